@@ -1,0 +1,1 @@
+"""Example agents that a newcomer runs first."""

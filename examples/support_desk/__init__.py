@@ -1,0 +1,1 @@
+"""A support desk agent over a SQLite database: lookups, and refunds that need approval."""

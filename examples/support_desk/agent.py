@@ -1,0 +1,31 @@
+"""The support desk agent. Workers load it with TETHER_AGENT_MODULES=examples.support_desk.agent."""
+
+from __future__ import annotations
+
+from examples.support_desk.script import support_desk_script
+from examples.support_desk.tools import find_customer, issue_refund, lookup_order, orders_of_customer
+from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel
+from tether.config import get_settings
+from tether.models import ModelClient
+
+
+def _model() -> ModelClient:
+    settings = get_settings()
+    if settings.model_base_url:
+        return OpenAIModel(settings.model_name, base_url=settings.model_base_url,
+                           api_key=settings.model_api_key, timeout_s=settings.model_timeout_s)
+    return ScriptedModel(support_desk_script, label="support_desk")
+
+
+support_desk = Agent(
+    name="support_desk",
+    instructions=(
+        "You are a support agent for an outdoor gear shop. Use the tools to look up orders and "
+        "customers; never guess order details. Refunds need a human's approval: request them "
+        "with issue_refund only for the order's own amount or less, and say what you did."
+    ),
+    model=_model(),
+    tools=[lookup_order, find_customer, orders_of_customer, issue_refund],
+    budget=BudgetLimits(max_steps=8, max_tool_calls=10, max_tokens=50_000, max_cost_usd=0.50,
+                        max_wall_s=300),
+)

@@ -1,0 +1,1 @@
+"""Tether services: planner, executor and escalation, one Celery worker each."""

@@ -1,0 +1,1 @@
+"""The escalation service: one Celery worker, thin; the logic lives in shared/tether."""

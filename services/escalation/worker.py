@@ -1,0 +1,25 @@
+"""Escalation worker: consumes tether.escalations. Run with `tether worker escalation`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether import celery_app, escalations
+from tether.messages import Decision, Escalation
+from tether.service import parse, runtime, service_app
+
+app = service_app("escalation")
+
+
+@app.task(name=celery_app.ESCALATE)
+def open_escalation(escalation: dict[str, Any]) -> None:
+    parsed = parse(Escalation, escalation, celery_app.ESCALATE)
+    if parsed is not None:
+        escalations.open_escalation(runtime(), parsed)
+
+
+@app.task(name=celery_app.DECIDE)
+def decide(decision: dict[str, Any]) -> None:
+    parsed = parse(Decision, decision, celery_app.DECIDE)
+    if parsed is not None:
+        escalations.decide(runtime(), parsed)

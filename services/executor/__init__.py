@@ -1,0 +1,1 @@
+"""The executor service: one Celery worker, thin; the logic lives in shared/tether."""

@@ -1,0 +1,36 @@
+"""Planner worker: consumes tether.plan. Run with `tether worker planner`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether import celery_app, planner
+from tether.messages import Decision, Escalation, Observation
+from tether.service import parse, runtime, service_app
+
+app = service_app("planner")
+
+
+@app.task(name=celery_app.START)
+def start(event: Any) -> None:
+    planner.start(runtime(), event)
+
+
+@app.task(name=celery_app.STEP)
+def step(run_id: str, step: int) -> None:
+    planner.plan(runtime(), run_id, step)
+
+
+@app.task(name=celery_app.OBSERVE)
+def observe(observation: dict[str, Any]) -> None:
+    parsed = parse(Observation, observation, celery_app.OBSERVE)
+    if parsed is not None:
+        planner.observe(runtime(), parsed)
+
+
+@app.task(name=celery_app.RESUME)
+def resume(escalation: dict[str, Any], decision: dict[str, Any]) -> None:
+    parsed_escalation = parse(Escalation, escalation, celery_app.RESUME)
+    parsed_decision = parse(Decision, decision, celery_app.RESUME)
+    if parsed_escalation is not None and parsed_decision is not None:
+        planner.resume(runtime(), parsed_escalation, parsed_decision)

@@ -1,0 +1,76 @@
+"""Agents, and how workers find them: modules named in TETHER_AGENT_MODULES."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from tether.errors import ConfigError, InvalidToolCallError, UnknownAgentError
+from tether.messages import BudgetLimits
+from tether.models.base import ModelClient
+from tether.tools import Tool
+
+DEFAULT_BUDGET = BudgetLimits(max_steps=20, max_tool_calls=40, max_wall_s=600)
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    instructions: str
+    model: ModelClient
+    tools: list[Tool] = field(default_factory=list)
+    budget: BudgetLimits = DEFAULT_BUDGET
+    max_invalid_calls: int = 3
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"agent {self.name!r} declares tools twice: {', '.join(duplicates)}")
+
+    def tool(self, name: str) -> Tool:
+        for candidate in self.tools:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(t.name for t in self.tools) or "none"
+        raise InvalidToolCallError(
+            f"tool {name!r} does not exist for agent {self.name!r}; available tools: {known}"
+        )
+
+
+_loaded: dict[str, Agent] = {}
+
+
+def register(agent: Agent) -> Agent:
+    existing = _loaded.get(agent.name)
+    if existing is not None and existing is not agent:
+        raise ConfigError(f"two different agents are named {agent.name!r}; rename one of them")
+    _loaded[agent.name] = agent
+    return agent
+
+
+def load_agent_modules(modules: list[str]) -> dict[str, Agent]:
+    """Import each module and register every Agent defined at its top level."""
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import agent module {module_name!r} ({exc}); "
+                "check TETHER_AGENT_MODULES and the worker's PYTHONPATH"
+            ) from exc
+        for value in vars(module).values():
+            if isinstance(value, Agent):
+                register(value)
+    return dict(_loaded)
+
+
+def get_agent(name: str) -> Agent:
+    if name not in _loaded:
+        from tether.config import get_settings
+
+        load_agent_modules(get_settings().agent_modules)
+    try:
+        return _loaded[name]
+    except KeyError:
+        raise UnknownAgentError(name, sorted(_loaded)) from None

@@ -1,0 +1,50 @@
+-- Atomic budget reservation and settlement for one run.
+-- KEYS[1]: the run's budget hash (max_* limits, started_at, used counters)
+-- KEYS[2]: the set of reservation ids already applied (makes retries harmless)
+-- ARGV[1]: 'reserve' or 'settle'
+-- ARGV[2]: reservation id
+-- ARGV[3..6]: steps, tool_calls, tokens, cost_usd (deltas; settle may be negative)
+-- ARGV[7]: now, in seconds since the epoch
+-- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason}.
+local op, rid = ARGV[1], ARGV[2]
+local delta = {
+  steps = tonumber(ARGV[3]), tool_calls = tonumber(ARGV[4]),
+  tokens = tonumber(ARGV[5]), cost_usd = tonumber(ARGV[6]),
+}
+local now = tonumber(ARGV[7])
+local marker = op .. ':' .. rid
+
+if redis.call('SISMEMBER', KEYS[2], marker) == 1 then
+  return {1, 'duplicate'}
+end
+
+if op == 'reserve' then
+  local limit_of = function(field)
+    local v = redis.call('HGET', KEYS[1], 'max_' .. field)
+    if v == false or v == '' then return nil end
+    return tonumber(v)
+  end
+  local wall = limit_of('wall_s')
+  local started = tonumber(redis.call('HGET', KEYS[1], 'started_at') or now)
+  if wall ~= nil and now - started > wall then
+    return {0, string.format('wall time %.1fs is over max_wall_s=%s', now - started, wall)}
+  end
+  for _, field in ipairs({'steps', 'tool_calls', 'tokens', 'cost_usd'}) do
+    local limit = limit_of(field)
+    local want = delta[field]
+    if limit ~= nil and want > 0 then
+      local used = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+      if used + want > limit then
+        return {0, string.format('%s: %s used + %s requested exceeds max_%s=%s',
+          field, tostring(used), tostring(want), field, tostring(limit))}
+      end
+    end
+  end
+end
+
+for _, field in ipairs({'steps', 'tool_calls', 'tokens'}) do
+  if delta[field] ~= 0 then redis.call('HINCRBY', KEYS[1], field, delta[field]) end
+end
+if delta.cost_usd ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'cost_usd', ARGV[6]) end
+redis.call('SADD', KEYS[2], marker)
+return {1, 'ok'}

@@ -1,0 +1,66 @@
+"""The Celery app every service shares: queues, task names, delivery guarantees."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from tether.config import Settings
+
+PLAN_QUEUE = "tether.plan"
+TOOLS_QUEUE = "tether.tools"
+ESCALATIONS_QUEUE = "tether.escalations"
+
+# Task names are the public contract: upstream systems publish by name.
+START = "tether.plan.start"
+STEP = "tether.plan.step"
+OBSERVE = "tether.plan.observe"
+RESUME = "tether.plan.resume"
+EXECUTE = "tether.tools.execute"
+ESCALATE = "tether.escalations.open"
+DECIDE = "tether.escalations.decide"
+
+QUEUE_OF = {
+    START: PLAN_QUEUE,
+    STEP: PLAN_QUEUE,
+    OBSERVE: PLAN_QUEUE,
+    RESUME: PLAN_QUEUE,
+    EXECUTE: TOOLS_QUEUE,
+    ESCALATE: ESCALATIONS_QUEUE,
+    DECIDE: ESCALATIONS_QUEUE,
+}
+
+
+def create_app(settings: Settings, name: str = "tether") -> Celery:
+    app = Celery(name, broker=settings.broker_url or settings.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (PLAN_QUEUE, TOOLS_QUEUE, ESCALATIONS_QUEUE)
+        ],
+        task_default_queue=PLAN_QUEUE,
+        task_routes={
+            name: {"queue": queue, "exchange": queue, "routing_key": queue}
+            for name, queue in QUEUE_OF.items()
+        },
+        # A message is acknowledged only after its handler returns, and handed to
+        # another worker if its worker dies: every handler is safe to run twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+    )
+    return app

@@ -1,0 +1,88 @@
+"""What upstream systems and operators call: submit, wait, cancel, decide.
+
+Everything here goes through the same queues the services use; nothing
+changes a run behind the planner's back except cancellation, which only
+ever moves a run to its terminal ``cancelled`` state.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from tether import escalations, planner
+from tether.messages import BudgetLimits, Decision, ErrorCategory, TaskEvent, Verdict
+from tether.runtime import Runtime, get_runtime
+from tether.state import EscalationRecord, RunError, RunState, RunStatus
+from tether.store import run_id_for
+
+
+def submit(
+    agent: str,
+    input: str,
+    *,
+    event_id: str | None = None,
+    budget: BudgetLimits | dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    runtime: Runtime | None = None,
+) -> str:
+    """Publish a TaskEvent; returns the run id (the same one for the same event_id)."""
+    rt = runtime or get_runtime()
+    event = TaskEvent(
+        event_id=event_id or uuid.uuid4().hex,
+        agent=agent,
+        input=input,
+        budget=BudgetLimits.model_validate(budget) if isinstance(budget, dict) else budget,
+        metadata=metadata or {},
+    )
+    rt.publish_event(event)
+    return run_id_for(event.event_id)
+
+
+def wait(
+    run_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.1, runtime: Runtime | None = None
+) -> RunState:
+    """Block until the run is terminal; TimeoutError names the status it was stuck in."""
+    rt = runtime or get_runtime()
+    deadline = time.monotonic() + timeout_s
+    state: RunState | None = None
+    while time.monotonic() < deadline:
+        state = rt.store.get(run_id)
+        if state is not None and state.terminal:
+            return state
+        time.sleep(poll_s)
+    status = state.status if state else "not yet created"
+    raise TimeoutError(f"run {run_id} is still {status} after {timeout_s:g}s")
+
+
+def cancel(run_id: str, *, by: str = "operator", runtime: Runtime | None = None) -> RunState | None:
+    """Stop a run at once; in-flight steps lose their commit and tools are not started."""
+    rt = runtime or get_runtime()
+    rt.store.load(run_id)
+    return planner.finish(rt, run_id, None, RunStatus.cancelled, RunError(
+        category=ErrorCategory.cancelled,
+        message=f"cancelled by {by}; the partial result holds what was done before"))
+
+
+def decide(
+    escalation_id: str,
+    verdict: Verdict,
+    *,
+    by: str,
+    reason: str | None = None,
+    answer: str | None = None,
+    runtime: Runtime | None = None,
+) -> Decision:
+    """Send a human's decision to the escalation service, after checking it can apply."""
+    rt = runtime or get_runtime()
+    decision = Decision(escalation_id=escalation_id, verdict=verdict, by=by, reason=reason,
+                        answer=answer)
+    record, _ = escalations.load(rt, escalation_id)
+    escalations.check_decision(record, decision)
+    rt.send_decision(decision)
+    return decision
+
+
+def pending_escalations(runtime: Runtime | None = None) -> list[EscalationRecord]:
+    return escalations.list_escalations(runtime or get_runtime())

@@ -1,0 +1,50 @@
+"""Runtime configuration, read from TETHER_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TETHER_", env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url"
+    )
+    agent_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules that declare agents; workers import them at start",
+    )
+
+    # Celery delivery. A message whose worker dies is redelivered only after the
+    # visibility timeout, and one running longer than it is delivered twice, so
+    # it must sit well above the hard time limit of every task.
+    visibility_timeout_s: int = 600
+    task_soft_time_limit_s: int = 120
+    task_time_limit_s: int = 180
+    worker_concurrency: int = 2
+    worker_pool: str = "prefork"
+
+    # Model endpoint. With no base URL, agents that ask for it get the scripted model.
+    model_base_url: str | None = None
+    model_api_key: str = "unset"
+    model_name: str = "gpt-4o-mini"
+    model_timeout_s: float = 60.0
+    model_max_retries: int = 2
+
+    max_event_bytes: int = 256 * 1024
+    run_ttl_s: int = 7 * 24 * 3600
+
+    sentry_dsn: str | None = None
+    log_level: str = "INFO"
+    log_json: bool = False
+    metrics_port: int | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

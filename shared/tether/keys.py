@@ -1,0 +1,35 @@
+"""Every Redis key Tether uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "tether"
+
+RUN_INDEX = f"{PREFIX}:runs"
+LIFECYCLE_STREAM = f"{PREFIX}:events"
+REJECTED_STREAM = f"{PREFIX}:rejected"
+PENDING_ESCALATIONS = f"{PREFIX}:escalations:pending"
+ALL_ESCALATIONS = f"{PREFIX}:escalations"
+
+
+def run(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}"
+
+
+def run_log(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:log"
+
+
+def budget(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:budget"
+
+
+def reservations(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:reservations"
+
+
+def action_result(action_id: str) -> str:
+    return f"{PREFIX}:action:{action_id}"
+
+
+def escalation(escalation_id: str) -> str:
+    return f"{PREFIX}:escalation:{escalation_id}"

@@ -1,0 +1,151 @@
+"""Versioned wire messages: what crosses a queue, as JSON, never pickle.
+
+Every message carries ``schema_version`` so a consumer can refuse what it does
+not understand instead of misreading it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class BudgetLimits(BaseModel):
+    """Upper bounds for one run; ``None`` means unbounded on that axis."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: int | None = Field(default=None, ge=1)
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_wall_s: float | None = Field(default=None, gt=0)
+
+    def tightened_by(self, other: BudgetLimits | None) -> BudgetLimits:
+        """The stricter of both on every axis: an event may narrow, never widen."""
+        if other is None:
+            return self
+        merged: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            candidates = [v for v in (mine, theirs) if v is not None]
+            merged[name] = min(candidates) if candidates else None
+        return BudgetLimits(**merged)
+
+
+class TaskEvent(Message):
+    """What an upstream system publishes to start a run.
+
+    ``event_id`` is the idempotency key: the same event published twice starts one run.
+    """
+
+    event_id: str = Field(min_length=1, max_length=200)
+    agent: str = Field(min_length=1, max_length=200)
+    input: str = Field(min_length=1)
+    budget: BudgetLimits | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolAction(Message):
+    """One tool call of one run, executed by the executor service."""
+
+    action_id: str
+    run_id: str
+    agent: str
+    step: int
+    tool: str
+    tool_call_id: str
+    arguments: dict[str, Any]
+    idempotent: bool = True
+
+
+class ErrorCategory(StrEnum):
+    model_transient = "model_transient"
+    model_invalid_output = "model_invalid_output"
+    tool_validation = "tool_validation"
+    tool_transient = "tool_transient"
+    tool_permanent = "tool_permanent"
+    timeout = "timeout"
+    budget = "budget"
+    policy_denied = "policy_denied"
+    human_rejected = "human_rejected"
+    cancelled = "cancelled"
+    internal = "internal"
+
+
+class Observation(Message):
+    """The outcome of one ToolAction, handed back to the planner."""
+
+    action_id: str
+    run_id: str
+    step: int
+    tool: str
+    tool_call_id: str
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    error_category: ErrorCategory | None = None
+    latency_ms: float = 0.0
+
+
+class EscalationKind(StrEnum):
+    approval_required = "approval_required"
+    model_uncertain = "model_uncertain"
+    repeated_failure = "repeated_failure"
+    budget_exhausted = "budget_exhausted"
+    unsafe_retry = "unsafe_retry"
+
+
+class Verdict(StrEnum):
+    approve = "approve"
+    reject = "reject"
+    answer = "answer"
+
+
+class Decision(Message):
+    """A human's answer to an escalation, with who decided and when."""
+
+    escalation_id: str
+    verdict: Verdict
+    by: str = Field(min_length=1)
+    at: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+    answer: str | None = None
+
+
+class Escalation(Message):
+    """A run that needs a human. Anyone may consume the escalation queue."""
+
+    escalation_id: str
+    run_id: str
+    agent: str
+    kind: EscalationKind
+    reason: str
+    action: ToolAction | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RunEvent(BaseModel):
+    """One decision point in a run's event log (its audit trail)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    kind: str
+    step: int
+    at: datetime = Field(default_factory=utcnow)
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,40 @@
+"""What every model client takes and returns."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tether.state import ChatMessage, ToolCall
+
+
+class ModelResponse(BaseModel):
+    """One completion: either tool calls, or text, or (malformed) neither."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def complete(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> ModelResponse:
+        """One chat completion offering ``tools``; raises ModelError when it cannot."""
+        ...
+
+    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+        """An upper-bound guess of the call's tokens, reserved from the budget beforehand."""
+        ...

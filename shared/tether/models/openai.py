@@ -1,0 +1,128 @@
+"""A model client for any OpenAI-compatible chat completions endpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import openai
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from tether.errors import ModelError
+from tether.models.base import ModelResponse
+from tether.models.prices import cost_usd, estimate_tokens
+from tether.state import ChatMessage, ToolCall
+
+TRANSIENT = (
+    openai.RateLimitError,
+    openai.APIConnectionError,  # includes APITimeoutError
+    openai.InternalServerError,
+)
+
+
+class wait_retry_after(wait_base):
+    """Wait what the server asked for in Retry-After, else fall back to jittered backoff."""
+
+    def __init__(self, fallback: wait_base, cap_s: float = 60.0) -> None:
+        self.fallback = fallback
+        self.cap_s = cap_s
+
+    def __call__(self, retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        response = getattr(exc, "response", None)
+        header = response.headers.get("retry-after") if response is not None else None
+        if header:
+            try:
+                return min(float(header), self.cap_s)
+            except ValueError:
+                pass
+        return float(self.fallback(retry_state))
+
+
+class OpenAIModel:
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str = "unset",
+        timeout_s: float = 60.0,
+        max_attempts: int = 3,
+        max_output_tokens: int = 1024,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.max_output_tokens = max_output_tokens
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    def _openai(self) -> openai.OpenAI:
+        # Created on first use so each forked worker process opens its own connections.
+        with self._lock:
+            if self._client is None:
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self.api_key,
+                    timeout=self.timeout_s,
+                    max_retries=0,
+                )
+            return self._client
+
+    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+        prompt = json.dumps([m.to_openai() for m in messages]) + json.dumps(tools)
+        return estimate_tokens(prompt) + self.max_output_tokens
+
+    def complete(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> ModelResponse:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.to_openai() for m in messages],
+            "max_tokens": self.max_output_tokens,
+        }
+        if tools:
+            request["tools"] = tools
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT),
+            wait=wait_retry_after(wait_exponential_jitter(initial=0.5, max=20)),
+            stop=stop_after_attempt(self.max_attempts),
+            reraise=True,
+        )
+        try:
+            completion = retrying(self._openai().chat.completions.create, **request)
+        except openai.OpenAIError as exc:
+            raise ModelError(
+                f"model {self.model!r} at {self.base_url or 'the OpenAI API'} failed after "
+                f"{self.max_attempts} attempts: {exc}; check the endpoint, key and rate limits"
+            ) from exc
+        if not completion.choices:
+            raise ModelError(f"model {self.model!r} returned no choices; the endpoint is misbehaving")
+        message = completion.choices[0].message
+        calls = [
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
+            for call in (message.tool_calls or [])
+            if call.type == "function"
+        ]
+        usage = completion.usage
+        input_tokens = usage.prompt_tokens if usage else 0
+        output_tokens = usage.completion_tokens if usage else 0
+        return ModelResponse(
+            content=message.content,
+            tool_calls=calls,
+            model=completion.model or self.model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd(self.model, input_tokens, output_tokens),
+        )

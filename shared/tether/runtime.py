@@ -1,0 +1,65 @@
+"""The per-process handles every service uses: settings, Redis, the run store, Celery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from celery import Celery
+
+from tether import celery_app
+from tether.config import Settings, get_settings
+from tether.messages import Decision, Escalation, Observation, TaskEvent, ToolAction
+from tether.store import RunStore, connect
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def store(self) -> RunStore:
+        return RunStore(connect(self.settings.redis_url), run_ttl_s=self.settings.run_ttl_s)
+
+    @cached_property
+    def celery(self) -> Celery:
+        return celery_app.create_app(self.settings)
+
+    def _send(self, task: str, **kwargs: Any) -> None:
+        self.celery.send_task(task, kwargs=kwargs, queue=celery_app.QUEUE_OF[task])
+
+    def publish_event(self, event: TaskEvent) -> None:
+        self._send(celery_app.START, event=event.model_dump(mode="json"))
+
+    def send_step(self, run_id: str, step: int) -> None:
+        self._send(celery_app.STEP, run_id=run_id, step=step)
+
+    def send_action(self, action: ToolAction) -> None:
+        self._send(celery_app.EXECUTE, action=action.model_dump(mode="json"))
+
+    def send_observation(self, observation: Observation) -> None:
+        self._send(celery_app.OBSERVE, observation=observation.model_dump(mode="json"))
+
+    def send_escalation(self, escalation: Escalation) -> None:
+        self._send(celery_app.ESCALATE, escalation=escalation.model_dump(mode="json"))
+
+    def send_decision(self, decision: Decision) -> None:
+        self._send(celery_app.DECIDE, decision=decision.model_dump(mode="json"))
+
+    def send_resume(self, escalation: Escalation, decision: Decision) -> None:
+        self._send(
+            celery_app.RESUME,
+            escalation=escalation.model_dump(mode="json"),
+            decision=decision.model_dump(mode="json"),
+        )
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(get_settings())
+    return _runtime

@@ -1,0 +1,46 @@
+"""What every service worker does at start: logging, Sentry, metrics, agents."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from celery import Celery
+from celery.signals import worker_init
+from pydantic import BaseModel, ValidationError
+
+from tether.agents import load_agent_modules
+from tether.runtime import Runtime, get_runtime
+from tether.telemetry import configure, log
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def service_app(service: str) -> Celery:
+    rt = get_runtime()
+    configure(rt.settings, service)
+
+    @worker_init.connect(weak=False)
+    def _load_agents(**_: Any) -> None:
+        agents = load_agent_modules(rt.settings.agent_modules)
+        log.info("worker_ready", service=service, agents=sorted(agents))
+        if rt.settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(rt.settings.metrics_port)
+
+    return rt.celery
+
+
+def runtime() -> Runtime:
+    return get_runtime()
+
+
+def parse(model: type[M], payload: Any, task: str) -> M | None:
+    """A message as its model, or None after recording why it could not be read."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        reason = f"{task} got a malformed {model.__name__}: {exc.errors()[0]['msg']}"
+        get_runtime().store.reject(reason, payload)
+        log.error("message_rejected", task=task, reason=reason)
+        return None

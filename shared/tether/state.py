@@ -1,0 +1,138 @@
+"""The explicit state of one run, stored in Redis with a version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tether.messages import (
+    BudgetLimits,
+    Decision,
+    ErrorCategory,
+    Escalation,
+    Observation,
+    ToolAction,
+    utcnow,
+)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    waiting_tools = "waiting_tools"
+    waiting_human = "waiting_human"
+    succeeded = "succeeded"
+    failed = "failed"
+    budget_exhausted = "budget_exhausted"
+    rejected = "rejected"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        RunStatus.succeeded,
+        RunStatus.failed,
+        RunStatus.budget_exhausted,
+        RunStatus.rejected,
+        RunStatus.cancelled,
+    }
+)
+
+
+class ToolCall(BaseModel):
+    """A tool call exactly as the model wrote it; ``arguments`` is its raw JSON text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def to_openai(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class RunError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    category: ErrorCategory
+    message: str
+
+
+class EscalationRecord(BaseModel):
+    """An escalation as the escalation service keeps it."""
+
+    escalation: Escalation
+    status: Literal["pending", "decided"] = "pending"
+    decision: Decision | None = None
+
+
+class RunState(BaseModel):
+    schema_version: Literal[1] = 1
+    run_id: str
+    event_id: str
+    agent: str
+    goal: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: RunStatus = RunStatus.queued
+    step: int = 0
+    messages: list[ChatMessage] = Field(default_factory=list)
+    pending_actions: list[ToolAction] = Field(default_factory=list)
+    completed_actions: list[Observation] = Field(default_factory=list)
+    awaiting_approval: list[ToolAction] = Field(default_factory=list)
+    escalation_id: str | None = None
+    invalid_calls: int = 0
+    limits: BudgetLimits = Field(default_factory=BudgetLimits)
+    result: str | None = None
+    partial_result: str | None = None
+    error: RunError | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    version: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def latest_partial(self) -> str:
+        """What the run had achieved so far, for runs that end without an answer."""
+        lines = [
+            f"{obs.tool} -> {obs.output if obs.ok else 'error: ' + (obs.error or '')}"
+            for obs in self.completed_actions
+        ]
+        last_text = next(
+            (m.content for m in reversed(self.messages) if m.role == "assistant" and m.content),
+            None,
+        )
+        if last_text:
+            lines.append(f"last model note: {last_text}")
+        return "\n".join(lines) if lines else "no steps completed"

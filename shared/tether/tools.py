@@ -1,0 +1,193 @@
+"""Tools: typed Python functions with pydantic input and output schemas.
+
+The schemas come from the function's signature, so the model sees exactly
+what the function accepts, and every call the model makes is validated before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from tether.errors import InvalidToolCallError, ToolDefinitionError, ToolTimeoutError
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Handed to a tool that declares a parameter of this type; not part of its schema.
+
+    ``action_id`` is stable across redeliveries: use it as the idempotency key
+    for side effects in other systems.
+    """
+
+    run_id: str
+    action_id: str
+    agent: str
+    step: int
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    input_model: type[BaseModel]
+    output_adapter: TypeAdapter[Any]
+    context_param: str | None
+    idempotent: bool = True
+    requires_approval: bool = False
+    timeout_s: float = 30.0
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.input_model.model_json_schema(),
+            },
+        }
+
+    def validate_call(self, raw_arguments: str | dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments, validated; raises InvalidToolCallError with what to fix."""
+        if isinstance(raw_arguments, str):
+            try:
+                parsed = json.loads(raw_arguments or "{}")
+            except json.JSONDecodeError as exc:
+                raise InvalidToolCallError(
+                    f"arguments for tool {self.name!r} are not valid JSON ({exc.msg} at "
+                    f"position {exc.pos}); send a JSON object matching the tool's schema"
+                ) from exc
+        else:
+            parsed = raw_arguments
+        if not isinstance(parsed, dict):
+            raise InvalidToolCallError(
+                f"arguments for tool {self.name!r} must be a JSON object, got "
+                f"{type(parsed).__name__}; send an object matching the tool's schema"
+            )
+        try:
+            validated = self.input_model.model_validate(parsed)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidToolCallError(
+                f"arguments for tool {self.name!r} failed validation: {problems}; "
+                "correct them and call the tool again"
+            ) from exc
+        return validated.model_dump(mode="json")
+
+    def invoke(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        """Run the tool within its timeout; returns its output as JSON-ready data."""
+        validated = self.input_model.model_validate(arguments)
+        kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
+        if self.context_param is not None:
+            kwargs[self.context_param] = context
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        try:
+            future = pool.submit(self.fn, **kwargs)
+            try:
+                output = future.result(timeout=self.timeout_s)
+            except concurrent.futures.TimeoutError as exc:
+                raise ToolTimeoutError(self.name, self.timeout_s) from exc
+        finally:
+            # A timed-out call keeps its thread; we stop waiting, we cannot kill it.
+            pool.shutdown(wait=False)
+        return self.output_adapter.dump_python(
+            self.output_adapter.validate_python(output), mode="json"
+        )
+
+
+def _build_tool(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    idempotent: bool,
+    requires_approval: bool,
+    timeout_s: float,
+) -> Tool:
+    tool_name = name or fn.__name__
+    try:
+        hints = get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise ToolDefinitionError(f"cannot read type hints of tool {tool_name!r}: {exc}") from exc
+    if "return" not in hints:
+        raise ToolDefinitionError(
+            f"tool {tool_name!r} has no return annotation; annotate it so its output can be validated"
+        )
+    fields: dict[str, Any] = {}
+    context_param: str | None = None
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolDefinitionError(
+                f"tool {tool_name!r} takes *{param.name}; tools need named, typed parameters"
+            )
+        if param.name not in hints:
+            raise ToolDefinitionError(
+                f"parameter {param.name!r} of tool {tool_name!r} has no type hint; add one"
+            )
+        if hints[param.name] is ToolContext:
+            context_param = param.name
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    input_model = create_model(  # type: ignore[call-overload]
+        f"{tool_name}_input", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    description = inspect.cleandoc(fn.__doc__ or "").strip() or tool_name
+    return Tool(
+        name=tool_name,
+        description=description,
+        fn=fn,
+        input_model=input_model,
+        output_adapter=TypeAdapter(hints["return"]),
+        context_param=context_param,
+        idempotent=idempotent,
+        requires_approval=requires_approval,
+        timeout_s=timeout_s,
+    )
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    idempotent: bool = True,
+    requires_approval: bool = False,
+    timeout_s: float = 30.0,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    idempotent: bool = True,
+    requires_approval: bool = False,
+    timeout_s: float = 30.0,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a typed function into a Tool: ``@tool`` or ``@tool(requires_approval=True)``."""
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return _build_tool(
+            f,
+            name=name,
+            idempotent=idempotent,
+            requires_approval=requires_approval,
+            timeout_s=timeout_s,
+        )
+
+    return wrap(fn) if fn is not None else wrap
