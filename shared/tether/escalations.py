@@ -32,7 +32,8 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
     created = escalation.created_at.timestamp()
     rt.store.client.zadd(keys.PENDING_ESCALATIONS, {escalation.escalation_id: created})
     rt.store.client.zadd(keys.ALL_ESCALATIONS, {escalation.escalation_id: created})
-    rt.store.log(escalation.run_id, "escalation_opened", 0,
+    step = escalation.action.step if escalation.action else 0
+    rt.store.log(escalation.run_id, "escalation_opened", step,
                  escalation_id=escalation.escalation_id, kind=escalation.kind,
                  reason=escalation.reason)
     log.warning("escalation_pending", escalation_id=escalation.escalation_id,
@@ -65,7 +66,8 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
         log.warning("decision_lost_race", escalation_id=decision.escalation_id)
         return None
     rt.store.client.zrem(keys.PENDING_ESCALATIONS, decision.escalation_id)
-    rt.store.log(record.escalation.run_id, "escalation_decided", 0,
+    action = record.escalation.action
+    rt.store.log(record.escalation.run_id, "escalation_decided", action.step if action else 0,
                  escalation_id=decision.escalation_id, verdict=decision.verdict, by=decision.by,
                  at=decision.at.isoformat(), reason=decision.reason, answer=decision.answer)
     rt.send_resume(record.escalation, decision)

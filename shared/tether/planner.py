@@ -146,7 +146,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
         if response.content:
             rt.store.log(read.run_id, "decision", step, decision="final_answer")
             finish(rt, read.run_id, step, RunStatus.succeeded, None, result=response.content,
-                   append=[assistant])
+                   append=[assistant], advance=True)
             return
         feedback = [ChatMessage(role="user", content=(
             "Your reply had neither a tool call nor an answer. Call one of the tools, "
@@ -336,14 +336,19 @@ def finish(
     *,
     result: str | None = None,
     append: list[ChatMessage] | None = None,
+    advance: bool = False,
 ) -> RunState | None:
-    """End a run once; a run that ends without an answer keeps its partial result."""
+    """End a run once; a run that ends without an answer keeps its partial result.
+
+    ``advance`` counts the ending as a committed step (the model's final answer).
+    """
     def end(state: RunState) -> RunState | None:
         if state.terminal or (step is not None and state.step != step):
             return None
         messages = [*state.messages, *(append or [])]
         ended = state.model_copy(update={"messages": messages})
         return ended.model_copy(update={
+            "step": state.step + 1 if advance else state.step,
             "status": status, "result": result, "error": error,
             "partial_result": None if result is not None else ended.latest_partial(),
             "pending_actions": [], "awaiting_approval": [],

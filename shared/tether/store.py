@@ -96,7 +96,7 @@ class RunStore:
 
     # event log -----------------------------------------------------------------
 
-    def log(self, run_id: str, kind: str, step: int, **data: Any) -> RunEvent:
+    def log(self, run_id: str, kind: str, step: int, /, **data: Any) -> RunEvent:
         event = RunEvent(run_id=run_id, kind=kind, step=step, data=data)
         payload = event.model_dump_json()
         pipe = self.client.pipeline(transaction=False)

@@ -1,0 +1,59 @@
+"""Fixtures: a redis-server the suite starts itself, and the embedded stack on it.
+
+Nothing here touches a Redis the suite did not start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tether.config import Settings
+from tether.devstack import DevStack
+from tether.redis_server import RedisServer
+from tether.runtime import Runtime
+
+UNIT_DB = 1
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A clean database on the suite's own server, for tests that need no workers."""
+    url = f"redis://127.0.0.1:{redis_server.port}/{UNIT_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def runtime(redis_url: str) -> Runtime:
+    return Runtime(Settings(redis_url=redis_url))
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """Real planner, executor and escalation worker processes on the suite's Redis."""
+    logs = Path(tmp_path_factory.mktemp("worker-logs"))
+    env = {"SUPPORT_DESK_DB": str(logs / "support.sqlite3"), "LEDGER_DIR": str(logs)}
+    with DevStack(
+        redis_url=redis_server.url,
+        agent_modules=["tests.agents", "examples.support_desk.agent"],
+        log_dir=logs,
+        env=env,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack_runtime(stack: DevStack) -> Runtime:
+    return Runtime(Settings(redis_url=stack.redis_url))
