@@ -5,6 +5,7 @@ Nothing here touches a Redis the suite did not start.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
     """Real planner, executor and escalation worker processes on the suite's Redis."""
     logs = Path(tmp_path_factory.mktemp("worker-logs"))
     env = {"SUPPORT_DESK_DB": str(logs / "support.sqlite3"), "LEDGER_DIR": str(logs)}
+    os.environ.update(env)  # the tests read the same ledger the workers write
     with DevStack(
         redis_url=redis_server.url,
         agent_modules=["tests.agents", "examples.support_desk.agent"],

@@ -24,9 +24,12 @@ LOCK_MARGIN_S = 30
 
 def execute(rt: Runtime, action: ToolAction) -> None:
     state = rt.store.get(action.run_id)
-    if state is None or state.terminal:
-        log.info("action_skipped", action_id=action.action_id,
-                 reason="run gone" if state is None else f"run {state.status}")
+    if state is None:
+        log.info("action_skipped", action_id=action.action_id, reason="run gone")
+        return
+    if state.terminal:
+        rt.store.log(action.run_id, "action_skipped", action.step, action_id=action.action_id,
+                     reason=f"run is {state.status}")
         return
     stored = rt.store.get_result(action.action_id)
     if stored is not None:

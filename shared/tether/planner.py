@@ -95,7 +95,7 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
     if state.step != step or state.status not in (RunStatus.queued, RunStatus.running):
         if state.step == step + 1:
             redispatch(rt, state)
-        log.info("duplicate_step_dropped", run_id=run_id, step=step, current=state.step)
+        rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
         return
     agent = get_agent(state.agent)
     tools = [t.openai_schema() for t in agent.tools]
@@ -204,6 +204,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             "messages": [*state.messages, assistant],
             "pending_actions": runnable,
             "awaiting_approval": needs_approval,
+            "invalid_calls": 0,
             "status": RunStatus.waiting_human if needs_approval else RunStatus.waiting_tools,
         })
 
@@ -281,7 +282,11 @@ def observe(rt: Runtime, observation: Observation) -> None:
 
     committed = rt.store.update(observation.run_id, record)
     state = committed or rt.store.load(observation.run_id)
-    if committed is not None:
+    if committed is None:
+        rt.store.log(state.run_id, "observation_ignored", observation.step,
+                     action_id=observation.action_id,
+                     reason=f"run is {state.status}" if state.terminal else "already recorded")
+    else:
         rt.store.log(state.run_id, "observation", observation.step, action_id=observation.action_id,
                      tool=observation.tool, ok=observation.ok, remaining=len(state.pending_actions))
     if state.status == RunStatus.running and not state.pending_actions:
