@@ -1,0 +1,88 @@
+"""The CLI as an operator uses it: `tether dev` in one process, `tether submit` in another."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+
+def _tether(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tether.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_submit_from_another_process_against_tether_dev(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), COLUMNS="200",
+               LEDGER_DIR=str(tmp_path), SUPPORT_DESK_DB=str(tmp_path / "support.sqlite3"))
+    env.pop("TETHER_REDIS_URL", None)
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "tether.cli.main", "dev", "--agents", "tests.agents",
+         "--agents", "examples.support_desk.agent", "--concurrency", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = dev.stdout.readline() if dev.stdout else ""
+            if not line and dev.poll() is not None:
+                break
+            lines.append(line)
+            match = re.search(r"export TETHER_REDIS_URL=(\S+)", line)
+            url = match.group(1) if match else None
+        assert url, "tether dev never printed its Redis URL:\n" + "".join(lines)
+        client_env = dict(env, TETHER_REDIS_URL=url)
+
+        submitted = _tether("submit", "calculator", "What is 2 + 3?", "--wait", env=client_env)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "succeeded" in submitted.stdout and "2 + 3 = 5" in submitted.stdout
+        run_id = re.search(r"submitted (run_\w+)", submitted.stdout).group(1)  # type: ignore[union-attr]
+
+        shown = _tether("runs", "show", run_id, env=client_env)
+        assert "succeeded" in shown.stdout
+        traced = _tether("runs", "trace", run_id, env=client_env)
+        assert "model_call" in traced.stdout and "tool_call" in traced.stdout
+        listed = _tether("runs", "list", env=client_env)
+        assert run_id in listed.stdout
+
+        paying = _tether("submit", "payer", "Pay acme", env=client_env)
+        pay_run = re.search(r"submitted (run_\w+)", paying.stdout).group(1)  # type: ignore[union-attr]
+        escalation_id = f"esc_{pay_run}_0_0"
+        deadline = time.monotonic() + 20
+        while escalation_id not in _tether("escalations", "list", env=client_env).stdout:
+            assert time.monotonic() < deadline, "the escalation never showed up"
+            time.sleep(0.3)
+        decided = _tether("escalations", "reject", escalation_id, "--reason", "not today",
+                          "--by", "qa", env=client_env)
+        assert decided.returncode == 0, decided.stdout + decided.stderr
+        deadline = time.monotonic() + 20
+        while "rejected" not in _tether("runs", "show", pay_run, env=client_env).stdout:
+            assert time.monotonic() < deadline, "the run never ended rejected"
+            time.sleep(0.3)
+        again = _tether("escalations", "approve", escalation_id, "--by", "qa", env=client_env)
+        assert again.returncode == 2 and "already decided" in again.stdout
+        unknown = _tether("runs", "show", "run_nope", env=client_env)
+        assert unknown.returncode == 2 and "does not exist" in unknown.stdout
+
+        dev.send_signal(signal.SIGINT)
+        out, _ = dev.communicate(timeout=30)
+        assert dev.returncode == 0, out
+        assert "stopped" in out
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+            raise AssertionError("tether dev left its redis-server running")
+        except redis.ConnectionError:
+            pass
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
