@@ -47,7 +47,9 @@ def slow_lookup(seconds: float) -> str:
 calculator = Agent(
     name="calculator",
     instructions="Add numbers with the add tool.",
-    model=ScriptedModel([tool_call("add", {"a": 2, "b": 3}), text("2 + 3 = 5")], label="calculator"),
+    model=ScriptedModel(
+        [tool_call("add", {"a": 2, "b": 3}), text("2 + 3 = 5")], label="calculator"
+    ),
     tools=[add],
 )
 
@@ -71,7 +73,10 @@ payer = Agent(
     name="payer",
     instructions="Pay what the user asks, with approval.",
     model=ScriptedModel(
-        [tool_call("record_payment", {"account": "acme", "cents": 500}), text("paid acme 500 cents")],
+        [
+            tool_call("record_payment", {"account": "acme", "cents": 500}),
+            text("paid acme 500 cents"),
+        ],
         label="payer",
     ),
     tools=[record_payment],
@@ -80,7 +85,9 @@ payer = Agent(
 looper = Agent(
     name="looper",
     instructions="Keep adding.",
-    model=ScriptedModel(lambda messages: tool_call("add", {"a": len(messages), "b": 1}), label="looper"),
+    model=ScriptedModel(
+        lambda messages: tool_call("add", {"a": len(messages), "b": 1}), label="looper"
+    ),
     tools=[add],
     budget=BudgetLimits(max_steps=50, max_tool_calls=50),
 )
@@ -88,6 +95,8 @@ looper = Agent(
 sleeper = Agent(
     name="sleeper",
     instructions="Wait for the slow API.",
-    model=ScriptedModel([tool_call("slow_lookup", {"seconds": 3}), text("finished waiting")], label="sleeper"),
+    model=ScriptedModel(
+        [tool_call("slow_lookup", {"seconds": 3}), text("finished waiting")], label="sleeper"
+    ),
     tools=[slow_lookup],
 )

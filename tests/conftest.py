@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from tether.config import Settings
 from tether.devstack import DevStack
 from tether.redis_server import RedisServer
@@ -42,7 +41,9 @@ def runtime(redis_url: str) -> Runtime:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+def stack(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DevStack]:
     """Real planner, executor and escalation worker processes on the suite's Redis."""
     logs = Path(tmp_path_factory.mktemp("worker-logs"))
     env = {"SUPPORT_DESK_DB": str(logs / "support.sqlite3"), "LEDGER_DIR": str(logs)}

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from examples.support_desk.script import support_desk_script
-from examples.support_desk.tools import find_customer, issue_refund, lookup_order, orders_of_customer
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel
 from tether.config import get_settings
 from tether.models import ModelClient
+
+from examples.support_desk.script import support_desk_script
+from examples.support_desk.tools import (
+    find_customer,
+    issue_refund,
+    lookup_order,
+    orders_of_customer,
+)
 
 
 def _model() -> ModelClient:
     settings = get_settings()
     if settings.model_base_url:
-        return OpenAIModel(settings.model_name, base_url=settings.model_base_url,
-                           api_key=settings.model_api_key, timeout_s=settings.model_timeout_s)
+        return OpenAIModel(
+            settings.model_name,
+            base_url=settings.model_base_url,
+            api_key=settings.model_api_key,
+            timeout_s=settings.model_timeout_s,
+        )
     return ScriptedModel(support_desk_script, label="support_desk")
 
 
@@ -26,6 +36,7 @@ support_desk = Agent(
     ),
     model=_model(),
     tools=[lookup_order, find_customer, orders_of_customer, issue_refund],
-    budget=BudgetLimits(max_steps=8, max_tool_calls=10, max_tokens=50_000, max_cost_usd=0.50,
-                        max_wall_s=300),
+    budget=BudgetLimits(
+        max_steps=8, max_tool_calls=10, max_tokens=50_000, max_cost_usd=0.50, max_wall_s=300
+    ),
 )

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from rich.table import Table
-
 from tether import client
 from tether.cli import render
 from tether.config import Settings
@@ -73,8 +72,13 @@ def main() -> int:
             run_ids.append(client.submit("support_desk", goal, runtime=rt))
             render.console.print(f"submitted {run_ids[-1]}: {goal}")
         # The same event published twice is one run.
-        again = client.submit("support_desk", "Where is order 1001?", event_id="demo-dup", runtime=rt)
-        assert client.submit("support_desk", "Where is order 1001?", event_id="demo-dup", runtime=rt) == again
+        again = client.submit(
+            "support_desk", "Where is order 1001?", event_id="demo-dup", runtime=rt
+        )
+        assert (
+            client.submit("support_desk", "Where is order 1001?", event_id="demo-dup", runtime=rt)
+            == again
+        )
 
         settled = wait_until(rt, run_ids, {"succeeded", "failed", "waiting_human"}, 60)
         render.console.print(progress(rt, run_ids))
@@ -88,11 +92,28 @@ def main() -> int:
         human("escalations", "list")
         approve_id = pending[run_ids[3]].escalation.escalation_id
         reject_id = pending[run_ids[4]].escalation.escalation_id
-        human("escalations", "approve", approve_id, "--by", "dana@support", "--reason", "damaged on arrival")
-        human("escalations", "reject", reject_id, "--by", "dana@support",
-              "--reason", "used for a month: outside the return policy")
+        human(
+            "escalations",
+            "approve",
+            approve_id,
+            "--by",
+            "dana@support",
+            "--reason",
+            "damaged on arrival",
+        )
+        human(
+            "escalations",
+            "reject",
+            reject_id,
+            "--by",
+            "dana@support",
+            "--reason",
+            "used for a month: outside the return policy",
+        )
 
-        settled = wait_until(rt, run_ids, {"succeeded", "failed", "rejected", "budget_exhausted"}, 60)
+        settled = wait_until(
+            rt, run_ids, {"succeeded", "failed", "rejected", "budget_exhausted"}, 60
+        )
         render.console.rule("traces")
         for state in settled:
             events = [e for _, e in rt.store.trace(state.run_id)]

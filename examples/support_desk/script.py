@@ -41,12 +41,19 @@ def support_desk_script(messages: list[ChatMessage]) -> ModelResponse:
         if "human_answer" in last:
             return text(f"Per {last['by']}: {last['human_answer']}")
         if "refund_id" in result:
-            return text(f"Refunded {_money(result['amount_cents'])} for order {order_id} "
-                        f"(refund {result['refund_id']}).")
+            return text(
+                f"Refunded {_money(result['amount_cents'])} for order {order_id} "
+                f"(refund {result['refund_id']})."
+            )
         if "item" in result:
-            return tool_call("issue_refund", {
-                "order_id": order_id, "amount_cents": result["amount_cents"],
-                "reason": goal[:200]})
+            return tool_call(
+                "issue_refund",
+                {
+                    "order_id": order_id,
+                    "amount_cents": result["amount_cents"],
+                    "reason": goal[:200],
+                },
+            )
         return text(f"I could not refund order {order_id}: {last.get('error')}")
 
     if email:
@@ -65,10 +72,18 @@ def support_desk_script(messages: list[ChatMessage]) -> ModelResponse:
             return tool_call("lookup_order", {"order_id": order.group(0)})
         result = last.get("result")
         if not isinstance(result, dict):
-            if "error" in last and "validation" not in str(last["error"]) and "invalid" not in str(last["error"]):
+            if (
+                "error" in last
+                and "validation" not in str(last["error"])
+                and "invalid" not in str(last["error"])
+            ):
                 return text(f"I could not find that order: {last['error']}")
             return tool_call("lookup_order", {"order_id": int(order.group(2))})
         tracking = f", tracking {result['tracking']}" if result.get("tracking") else ""
-        return text(f"Order {result['order_id']} ({result['item']}) is {result['status']}{tracking}.")
+        return text(
+            f"Order {result['order_id']} ({result['item']}) is {result['status']}{tracking}."
+        )
 
-    return text("I can help with orders, customers and refunds: give me an order number or an email.")
+    return text(
+        "I can help with orders, customers and refunds: give me an order number or an email."
+    )

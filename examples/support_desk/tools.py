@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, Field
+from tether import ToolContext, tool
 
 from examples.support_desk.db import connect
-from tether import ToolContext, tool
 
 
 class Order(BaseModel):
@@ -34,8 +34,14 @@ class Refund(BaseModel):
 
 def _order(row: object) -> Order:
     r = dict(row)  # type: ignore[call-overload]
-    return Order(order_id=r["id"], customer_id=r["customer_id"], item=r["item"],
-                 amount_cents=r["amount_cents"], status=r["status"], tracking=r["tracking"])
+    return Order(
+        order_id=r["id"],
+        customer_id=r["customer_id"],
+        item=r["item"],
+        amount_cents=r["amount_cents"],
+        status=r["status"],
+        tracking=r["tracking"],
+    )
 
 
 @tool
@@ -84,10 +90,16 @@ def issue_refund(
         if order is None:
             raise LookupError(f"order {order_id} does not exist")
         if amount_cents > order["amount_cents"]:
-            raise ValueError(f"refund {amount_cents} exceeds the order total {order['amount_cents']}")
+            raise ValueError(
+                f"refund {amount_cents} exceeds the order total {order['amount_cents']}"
+            )
         inserted = conn.execute(
             "INSERT OR IGNORE INTO refunds (idempotency_key, order_id, amount_cents, reason) VALUES (?, ?, ?, ?)",
             (ctx.action_id, order_id, amount_cents, reason),
         ).rowcount
-    return Refund(order_id=order_id, amount_cents=amount_cents, refund_id=ctx.action_id,
-                  already_refunded=not inserted)
+    return Refund(
+        order_id=order_id,
+        amount_cents=amount_cents,
+        refund_id=ctx.action_id,
+        already_refunded=not inserted,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from importlib.resources import files
+from typing import cast
 
 import redis
 from pydantic import BaseModel
@@ -62,7 +63,15 @@ class Budgets:
     ) -> Reservation:
         granted, reason = self._script(
             keys=[keys.budget(run_id), keys.reservations(run_id)],
-            args=[op, reservation_id, steps, tool_calls, tokens, repr(float(cost_usd)), repr(time.time())],
+            args=[
+                op,
+                reservation_id,
+                steps,
+                tool_calls,
+                tokens,
+                repr(float(cost_usd)),
+                repr(time.time()),
+            ],
         )
         return Reservation(granted=bool(granted), reason=str(reason))
 
@@ -77,19 +86,29 @@ class Budgets:
         cost_usd: float = 0.0,
     ) -> Reservation:
         return self._run(
-            "reserve", run_id, reservation_id,
-            steps=steps, tool_calls=tool_calls, tokens=tokens, cost_usd=cost_usd,
+            "reserve",
+            run_id,
+            reservation_id,
+            steps=steps,
+            tool_calls=tool_calls,
+            tokens=tokens,
+            cost_usd=cost_usd,
         )
 
     def settle(self, run_id: str, reservation_id: str, *, tokens: int, cost_usd: float) -> None:
         """Correct a reservation's estimate to what was really spent (deltas may be negative)."""
         self._run(
-            "settle", run_id, reservation_id,
-            steps=0, tool_calls=0, tokens=tokens, cost_usd=cost_usd,
+            "settle",
+            run_id,
+            reservation_id,
+            steps=0,
+            tool_calls=0,
+            tokens=tokens,
+            cost_usd=cost_usd,
         )
 
     def usage(self, run_id: str) -> BudgetUsage:
-        raw: dict[str, str] = self._client.hgetall(keys.budget(run_id))
+        raw = cast(dict[str, str], self._client.hgetall(keys.budget(run_id)))
         started = float(raw.get("started_at") or time.time())
         return BudgetUsage(
             steps=int(raw.get("steps", 0)),

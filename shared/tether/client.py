@@ -60,9 +60,16 @@ def cancel(run_id: str, *, by: str = "operator", runtime: Runtime | None = None)
     """Stop a run at once; in-flight steps lose their commit and tools are not started."""
     rt = runtime or get_runtime()
     rt.store.load(run_id)
-    return planner.finish(rt, run_id, None, RunStatus.cancelled, RunError(
-        category=ErrorCategory.cancelled,
-        message=f"cancelled by {by}; the partial result holds what was done before"))
+    return planner.finish(
+        rt,
+        run_id,
+        None,
+        RunStatus.cancelled,
+        RunError(
+            category=ErrorCategory.cancelled,
+            message=f"cancelled by {by}; the partial result holds what was done before",
+        ),
+    )
 
 
 def decide(
@@ -76,8 +83,9 @@ def decide(
 ) -> Decision:
     """Send a human's decision to the escalation service, after checking it can apply."""
     rt = runtime or get_runtime()
-    decision = Decision(escalation_id=escalation_id, verdict=verdict, by=by, reason=reason,
-                        answer=answer)
+    decision = Decision(
+        escalation_id=escalation_id, verdict=verdict, by=by, reason=reason, answer=answer
+    )
     record, _ = escalations.load(rt, escalation_id)
     escalations.check_decision(record, decision)
     rt.send_decision(decision)

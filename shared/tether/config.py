@@ -12,9 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TETHER_", env_file=".env", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = Field(
-        default=None, description="Celery broker; defaults to redis_url"
-    )
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
     agent_modules: list[str] = Field(
         default_factory=list,
         description="Python modules that declare agents; workers import them at start",

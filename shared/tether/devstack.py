@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 from celery import Celery
 
@@ -54,17 +55,19 @@ class DevStack:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "TETHER_REDIS_URL": self.redis_url,
-            "TETHER_AGENT_MODULES": json_list(self.agent_modules),
-            "TETHER_WORKER_CONCURRENCY": str(self.concurrency),
-        })
+        env.update(
+            {
+                "TETHER_REDIS_URL": self.redis_url,
+                "TETHER_AGENT_MODULES": json_list(self.agent_modules),
+                "TETHER_WORKER_CONCURRENCY": str(self.concurrency),
+            }
+        )
         env.update(self.extra_env)
         root = str(Path.cwd())
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         return env
 
-    def _output(self, name: str) -> int | object:
+    def _output(self, name: str) -> int | IO[bytes]:
         if self.log_dir is None:
             return subprocess.DEVNULL
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,9 @@ class DevStack:
         out = self._output(service)
         process = subprocess.Popen(
             [sys.executable, "-m", "tether.cli.main", "worker", service],
-            env=self.env(), stdout=out, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+            env=self.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.workers[service] = process
@@ -87,9 +92,19 @@ class DevStack:
             self.start_worker(service)
         if self.flower_port:
             self.flower = subprocess.Popen(
-                [sys.executable, "-m", "celery", "--broker", self.redis_url, "flower",
-                 f"--port={self.flower_port}", "--address=127.0.0.1"],
-                env=self.env(), stdout=self._output("flower"), stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "--broker",
+                    self.redis_url,
+                    "flower",
+                    f"--port={self.flower_port}",
+                    "--address=127.0.0.1",
+                ],
+                env=self.env(),
+                stdout=self._output("flower"),
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.wait_ready(SERVICES, timeout_s)

@@ -25,7 +25,9 @@ class UnknownAgentError(TetherError):
 
 class UnknownRunError(TetherError):
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r} does not exist in the run store; check the id with `tether runs list`")
+        super().__init__(
+            f"run {run_id!r} does not exist in the run store; check the id with `tether runs list`"
+        )
         self.run_id = run_id
 
 

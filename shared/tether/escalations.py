@@ -6,6 +6,8 @@ people (or two deliveries) decide at the same moment.
 
 from __future__ import annotations
 
+from typing import cast
+
 from tether import keys
 from tether.errors import EscalationClosedError, StaleStateError, UnknownEscalationError
 from tether.messages import Decision, Escalation, Verdict
@@ -33,11 +35,21 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
     rt.store.client.zadd(keys.PENDING_ESCALATIONS, {escalation.escalation_id: created})
     rt.store.client.zadd(keys.ALL_ESCALATIONS, {escalation.escalation_id: created})
     step = escalation.action.step if escalation.action else 0
-    rt.store.log(escalation.run_id, "escalation_opened", step,
-                 escalation_id=escalation.escalation_id, kind=escalation.kind,
-                 reason=escalation.reason)
-    log.warning("escalation_pending", escalation_id=escalation.escalation_id,
-                run_id=escalation.run_id, kind=escalation.kind, reason=escalation.reason)
+    rt.store.log(
+        escalation.run_id,
+        "escalation_opened",
+        step,
+        escalation_id=escalation.escalation_id,
+        kind=escalation.kind,
+        reason=escalation.reason,
+    )
+    log.warning(
+        "escalation_pending",
+        escalation_id=escalation.escalation_id,
+        run_id=escalation.run_id,
+        kind=escalation.kind,
+        reason=escalation.reason,
+    )
 
 
 def check_decision(record: EscalationRecord, decision: Decision) -> None:
@@ -61,22 +73,34 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
         return None
     decided = record.model_copy(update={"status": "decided", "decision": decision})
     try:
-        rt.store.docs.write(keys.escalation(decision.escalation_id), decided.model_dump_json(), version)
+        rt.store.docs.write(
+            keys.escalation(decision.escalation_id), decided.model_dump_json(), version
+        )
     except StaleStateError:
         log.warning("decision_lost_race", escalation_id=decision.escalation_id)
         return None
     rt.store.client.zrem(keys.PENDING_ESCALATIONS, decision.escalation_id)
     action = record.escalation.action
-    rt.store.log(record.escalation.run_id, "escalation_decided", action.step if action else 0,
-                 escalation_id=decision.escalation_id, verdict=decision.verdict, by=decision.by,
-                 at=decision.at.isoformat(), reason=decision.reason, answer=decision.answer)
+    rt.store.log(
+        record.escalation.run_id,
+        "escalation_decided",
+        action.step if action else 0,
+        escalation_id=decision.escalation_id,
+        verdict=decision.verdict,
+        by=decision.by,
+        at=decision.at.isoformat(),
+        reason=decision.reason,
+        answer=decision.answer,
+    )
     rt.send_resume(record.escalation, decision)
     return decided
 
 
-def list_escalations(rt: Runtime, *, pending_only: bool = True, limit: int = 100) -> list[EscalationRecord]:
+def list_escalations(
+    rt: Runtime, *, pending_only: bool = True, limit: int = 100
+) -> list[EscalationRecord]:
     index = keys.PENDING_ESCALATIONS if pending_only else keys.ALL_ESCALATIONS
-    ids = rt.store.client.zrevrange(index, 0, limit - 1)
+    ids = cast(list[str], rt.store.client.zrevrange(index, 0, limit - 1))
     records = []
     for escalation_id in ids:
         try:

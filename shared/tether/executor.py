@@ -28,8 +28,13 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         log.info("action_skipped", action_id=action.action_id, reason="run gone")
         return
     if state.terminal:
-        rt.store.log(action.run_id, "action_skipped", action.step, action_id=action.action_id,
-                     reason=f"run is {state.status}")
+        rt.store.log(
+            action.run_id,
+            "action_skipped",
+            action.step,
+            action_id=action.action_id,
+            reason=f"run is {state.status}",
+        )
         return
     stored = rt.store.get_result(action.action_id)
     if stored is not None:
@@ -37,35 +42,62 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         return
     wall = rt.store.budgets.reserve(action.run_id, f"exec:{action.action_id}")
     if not wall.granted:
-        _report(rt, action, ok=False, error=f"not run: budget exhausted ({wall.reason})",
-                category=ErrorCategory.budget, latency_ms=0.0)
+        _report(
+            rt,
+            action,
+            ok=False,
+            error=f"not run: budget exhausted ({wall.reason})",
+            category=ErrorCategory.budget,
+            latency_ms=0.0,
+        )
         return
 
     try:
         tool = get_agent(action.agent).tool(action.tool)
     except (UnknownAgentError, InvalidToolCallError) as exc:
-        _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent,
-                latency_ms=0.0)
+        _report(
+            rt,
+            action,
+            ok=False,
+            error=str(exc),
+            category=ErrorCategory.tool_permanent,
+            latency_ms=0.0,
+        )
         return
 
     lock = keys.action_result(action.action_id) + ":lock"
     if not rt.store.client.set(lock, "1", nx=True, ex=int(tool.timeout_s) + LOCK_MARGIN_S):
         log.info("action_in_flight_elsewhere", action_id=action.action_id)
         return
-    context = ToolContext(run_id=action.run_id, action_id=action.action_id,
-                          agent=action.agent, step=action.step)
+    context = ToolContext(
+        run_id=action.run_id, action_id=action.action_id, agent=action.agent, step=action.step
+    )
     started = time.perf_counter()
     try:
         output = tool.invoke(action.arguments, context)
     except ValidationError as exc:
-        _report(rt, action, ok=False, category=ErrorCategory.tool_validation, started=started,
-                error=f"tool {tool.name!r} got or returned invalid data: {exc.errors()[0]['msg']}")
+        _report(
+            rt,
+            action,
+            ok=False,
+            category=ErrorCategory.tool_validation,
+            started=started,
+            error=f"tool {tool.name!r} got or returned invalid data: {exc.errors()[0]['msg']}",
+        )
     except ToolTimeoutError as exc:
-        _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.timeout, started=started)
+        _report(
+            rt, action, ok=False, error=str(exc), category=ErrorCategory.timeout, started=started
+        )
     except Exception as exc:
         message = str(exc) if isinstance(exc, TetherError) else f"{type(exc).__name__}: {exc}"
-        _report(rt, action, ok=False, error=f"tool {tool.name!r} failed: {message}",
-                category=ErrorCategory.tool_permanent, started=started)
+        _report(
+            rt,
+            action,
+            ok=False,
+            error=f"tool {tool.name!r} failed: {message}",
+            category=ErrorCategory.tool_permanent,
+            started=started,
+        )
     else:
         _report(rt, action, ok=True, output=output, started=started)
     finally:
@@ -85,14 +117,32 @@ def _report(
 ) -> None:
     if latency_ms is None:
         latency_ms = (time.perf_counter() - (started or time.perf_counter())) * 1000
-    observation = rt.store.save_result(Observation(
-        action_id=action.action_id, run_id=action.run_id, step=action.step, tool=action.tool,
-        tool_call_id=action.tool_call_id, ok=ok, output=output, error=error,
-        error_category=category, latency_ms=round(latency_ms, 3),
-    ))
+    observation = rt.store.save_result(
+        Observation(
+            action_id=action.action_id,
+            run_id=action.run_id,
+            step=action.step,
+            tool=action.tool,
+            tool_call_id=action.tool_call_id,
+            ok=ok,
+            output=output,
+            error=error,
+            error_category=category,
+            latency_ms=round(latency_ms, 3),
+        )
+    )
     TOOL_LATENCY.labels(action.agent, action.tool).observe(observation.latency_ms / 1000)
-    rt.store.log(action.run_id, "tool_call", action.step, action_id=action.action_id,
-                 tool=action.tool, arguments=action.arguments, ok=observation.ok,
-                 output=observation.output, error=observation.error,
-                 error_category=observation.error_category, latency_ms=observation.latency_ms)
+    rt.store.log(
+        action.run_id,
+        "tool_call",
+        action.step,
+        action_id=action.action_id,
+        tool=action.tool,
+        arguments=action.arguments,
+        ok=observation.ok,
+        output=observation.output,
+        error=observation.error,
+        error_category=observation.error_category,
+        latency_ms=observation.latency_ms,
+    )
     rt.send_observation(observation)

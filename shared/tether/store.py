@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -17,6 +17,7 @@ from tether.state import RunState
 from tether.versioned import VersionedDocs
 
 LIFECYCLE_MAXLEN = 100_000
+StreamEntries = list[tuple[str, dict[str, str]]]
 _RUN_NAMESPACE = uuid.UUID("6f1c1d1e-7a43-4c35-9a4e-1f3b8f0b2a10")
 
 
@@ -82,15 +83,22 @@ class RunStore:
                 return self.commit(changed)
             except StaleStateError:
                 continue
-        raise StaleStateError(f"run {run_id} kept changing under {attempts} update attempts; retry later")
+        raise StaleStateError(
+            f"run {run_id} kept changing under {attempts} update attempts; retry later"
+        )
 
-    def list(self, limit: int = 50) -> list[RunState]:
-        run_ids = self.client.zrevrange(keys.RUN_INDEX, 0, limit - 1)
+    def recent(self, limit: int = 50) -> list[RunState]:
+        run_ids = cast(list[str], self.client.zrevrange(keys.RUN_INDEX, 0, limit - 1))
         return [s for s in (self.get(r) for r in run_ids) if s is not None]
 
     def _expire(self, run_id: str) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for key in (keys.run(run_id), keys.run_log(run_id), keys.budget(run_id), keys.reservations(run_id)):
+        for key in (
+            keys.run(run_id),
+            keys.run_log(run_id),
+            keys.budget(run_id),
+            keys.reservations(run_id),
+        ):
             pipe.expire(key, self.run_ttl_s)
         pipe.execute()
 
@@ -113,7 +121,7 @@ class RunStore:
     def trace(self, run_id: str, after: str = "-") -> list[tuple[str, RunEvent]]:
         """The run's event log from ``after`` (exclusive when it is an id) onwards."""
         start = after if after == "-" else f"({after}"
-        entries = self.client.xrange(keys.run_log(run_id), min=start)
+        entries = cast(StreamEntries, self.client.xrange(keys.run_log(run_id), min=start))
         return [(entry_id, RunEvent.model_validate_json(f["event"])) for entry_id, f in entries]
 
     # action results --------------------------------------------------------------
@@ -148,4 +156,9 @@ class RunStore:
         )
 
     def rejected(self, count: int = 50) -> list[dict[str, str]]:
-        return [dict(fields, id=entry_id) for entry_id, fields in self.client.xrevrange(keys.REJECTED_STREAM, count=count)]
+        return [
+            dict(fields, id=entry_id)
+            for entry_id, fields in cast(
+                StreamEntries, self.client.xrevrange(keys.REJECTED_STREAM, count=count)
+            )
+        ]

@@ -20,15 +20,21 @@ ERRORS = Counter("tether_errors_total", "Failures by category", ["agent", "categ
 TOKENS = Counter("tether_model_tokens_total", "Model tokens used", ["agent", "model"])
 COST = Counter("tether_model_cost_usd_total", "Model cost in USD", ["agent", "model"])
 MODEL_LATENCY = Histogram(
-    "tether_model_latency_seconds", "Model call latency", ["agent", "model"],
+    "tether_model_latency_seconds",
+    "Model call latency",
+    ["agent", "model"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 TOOL_LATENCY = Histogram(
-    "tether_tool_latency_seconds", "Tool call latency", ["agent", "tool"],
+    "tether_tool_latency_seconds",
+    "Tool call latency",
+    ["agent", "tool"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
 RUN_STEPS = Histogram(
-    "tether_run_steps", "Planning steps per finished run", ["agent", "status"],
+    "tether_run_steps",
+    "Planning steps per finished run",
+    ["agent", "status"],
     buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55),
 )
 

@@ -139,7 +139,7 @@ def _build_tool(
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (hints[param.name], default)
-    input_model = create_model(  # type: ignore[call-overload]
+    input_model = create_model(
         f"{tool_name}_input", __config__=ConfigDict(extra="forbid"), **fields
     )
     description = inspect.cleandoc(fn.__doc__ or "").strip() or tool_name

@@ -9,7 +9,9 @@ from tether.runtime import Runtime
 from tether.state import EscalationRecord, RunState
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():

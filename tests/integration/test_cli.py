@@ -13,19 +13,43 @@ from pathlib import Path
 import redis
 
 
-def _tether(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tether.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _tether(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tether.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_submit_from_another_process_against_tether_dev(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), COLUMNS="200",
-               LEDGER_DIR=str(tmp_path), SUPPORT_DESK_DB=str(tmp_path / "support.sqlite3"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.getcwd(),
+        COLUMNS="200",
+        LEDGER_DIR=str(tmp_path),
+        SUPPORT_DESK_DB=str(tmp_path / "support.sqlite3"),
+    )
     env.pop("TETHER_REDIS_URL", None)
     dev = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli.main", "dev", "--agents", "tests.agents",
-         "--agents", "examples.support_desk.agent", "--concurrency", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tether.cli.main",
+            "dev",
+            "--agents",
+            "tests.agents",
+            "--agents",
+            "examples.support_desk.agent",
+            "--concurrency",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     lines: list[str] = []
@@ -61,8 +85,16 @@ def test_submit_from_another_process_against_tether_dev(tmp_path: Path) -> None:
         while escalation_id not in _tether("escalations", "list", env=client_env).stdout:
             assert time.monotonic() < deadline, "the escalation never showed up"
             time.sleep(0.3)
-        decided = _tether("escalations", "reject", escalation_id, "--reason", "not today",
-                          "--by", "qa", env=client_env)
+        decided = _tether(
+            "escalations",
+            "reject",
+            escalation_id,
+            "--reason",
+            "not today",
+            "--by",
+            "qa",
+            env=client_env,
+        )
         assert decided.returncode == 0, decided.stdout + decided.stderr
         deadline = time.monotonic() + 20
         while "rejected" not in _tether("runs", "show", pay_run, env=client_env).stdout:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from tests.agents import read_ledger
-from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
 from tether import client
 from tether.messages import Verdict
 from tether.runtime import Runtime
+
+from tests.agents import read_ledger
+from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
 
 
 def new_id() -> str:
@@ -23,16 +24,29 @@ def test_happy_path_records_every_decision_point(stack_runtime: Runtime) -> None
     assert state.result == "2 + 3 = 5"
     assert [obs.output for obs in state.completed_actions] == [5]
     assert kinds(rt, run_id) == [
-        "run_started", "model_call", "decision", "tool_call", "observation",
-        "model_call", "decision", "run_finished",
+        "run_started",
+        "model_call",
+        "decision",
+        "tool_call",
+        "observation",
+        "model_call",
+        "decision",
+        "run_finished",
     ]
     model_calls = [e for _, e in rt.store.trace(run_id) if e.kind == "model_call"]
     assert model_calls[0].data["model"] == "scripted:calculator"
-    assert [m["role"] for m in model_calls[1].data["messages"]] == ["system", "user", "assistant", "tool"]
+    assert [m["role"] for m in model_calls[1].data["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+    ]
     assert all(e.data["input_tokens"] > 0 and "latency_ms" in e.data for e in model_calls)
     usage = rt.store.budgets.usage(run_id)
     assert (usage.steps, usage.tool_calls) == (2, 1)
-    assert usage.tokens == sum(e.data["input_tokens"] + e.data["output_tokens"] for e in model_calls)
+    assert usage.tokens == sum(
+        e.data["input_tokens"] + e.data["output_tokens"] for e in model_calls
+    )
 
 
 def test_invalid_tool_calls_are_fed_back_never_executed(stack_runtime: Runtime) -> None:
@@ -74,8 +88,13 @@ def test_approval_rejected_ends_run_without_side_effect(stack_runtime: Runtime) 
     run_id = client.submit("payer", "Pay acme 5 dollars", runtime=rt)
     record = pending_escalation(rt, run_id)
 
-    client.decide(record.escalation.escalation_id, Verdict.reject, by="bob",
-                  reason="acme is not a supplier", runtime=rt)
+    client.decide(
+        record.escalation.escalation_id,
+        Verdict.reject,
+        by="bob",
+        reason="acme is not a supplier",
+        runtime=rt,
+    )
     state = wait_status(rt, run_id, "rejected")
 
     assert state.error is not None and state.error.category == "human_rejected"
@@ -89,8 +108,13 @@ def test_human_answer_replaces_the_tool_and_the_run_goes_on(stack_runtime: Runti
     run_id = client.submit("payer", "Pay acme 5 dollars", runtime=rt)
     record = pending_escalation(rt, run_id)
 
-    client.decide(record.escalation.escalation_id, Verdict.answer, by="carol",
-                  answer="already paid by wire yesterday", runtime=rt)
+    client.decide(
+        record.escalation.escalation_id,
+        Verdict.answer,
+        by="carol",
+        answer="already paid by wire yesterday",
+        runtime=rt,
+    )
     state = wait_status(rt, run_id, "succeeded")
 
     tool_messages = [m.content or "" for m in state.messages if m.role == "tool"]
@@ -175,8 +199,11 @@ def test_cancel_stops_the_run_and_keeps_it_cancelled(stack_runtime: Runtime) -> 
     cancelled = client.cancel(run_id, by="ops", runtime=rt)
     assert cancelled is not None and cancelled.status == "cancelled"
     # The tool still finishes; its observation must not revive the run.
-    wait_for(lambda: "observation_ignored" in kinds(rt, run_id), timeout_s=20,
-             what="the slow tool's observation to arrive")
+    wait_for(
+        lambda: "observation_ignored" in kinds(rt, run_id),
+        timeout_s=20,
+        what="the slow tool's observation to arrive",
+    )
 
     state = rt.store.load(run_id)
     assert state.status == "cancelled"
@@ -188,15 +215,22 @@ def test_cancel_stops_the_run_and_keeps_it_cancelled(stack_runtime: Runtime) -> 
 def test_bad_events_are_recorded_and_nothing_else_is_disturbed(stack_runtime: Runtime) -> None:
     rt = stack_runtime
     marker = new_id()
-    rt.celery.send_task("tether.plan.start", kwargs={"event": {"event_id": marker, "agent": "calculator"}},
-                        queue="tether.plan")
-    rt.celery.send_task("tether.plan.start",
-                        kwargs={"event": {"event_id": marker + "x", "agent": "nobody", "input": "hi"}},
-                        queue="tether.plan")
+    rt.celery.send_task(
+        "tether.plan.start",
+        kwargs={"event": {"event_id": marker, "agent": "calculator"}},
+        queue="tether.plan",
+    )
+    rt.celery.send_task(
+        "tether.plan.start",
+        kwargs={"event": {"event_id": marker + "x", "agent": "nobody", "input": "hi"}},
+        queue="tether.plan",
+    )
     good = client.submit("calculator", "What is 2 + 3?", runtime=rt)
     wait_status(rt, good, "succeeded")
-    wait_for(lambda: sum(marker in r["payload"] for r in rt.store.rejected(200)) == 2,
-             what="both bad events to be recorded")
+    wait_for(
+        lambda: sum(marker in r["payload"] for r in rt.store.rejected(200)) == 2,
+        what="both bad events to be recorded",
+    )
 
     reasons = {r["payload"]: r["reason"] for r in rt.store.rejected(200) if marker in r["payload"]}
     assert any("malformed TaskEvent" in reason and "input" in reason for reason in reasons.values())

@@ -24,8 +24,9 @@ def _who(by: str) -> str:
 @escalations_app.command("list")
 def list_escalations(all: bool = typer.Option(False, "--all", help="Include decided ones")) -> None:
     """Pending escalations (or all of them)."""
-    render.console.print(render.escalations_table(
-        escalations.list_escalations(get_runtime(), pending_only=not all)))
+    render.console.print(
+        render.escalations_table(escalations.list_escalations(get_runtime(), pending_only=not all))
+    )
 
 
 @escalations_app.command()
@@ -43,8 +44,11 @@ def approve(escalation_id: str, by: str = BY, reason: str = typer.Option("", hel
 
 
 @escalations_app.command()
-def reject(escalation_id: str, reason: str = typer.Option(..., help="Why (recorded in the run)"),
-           by: str = BY) -> None:
+def reject(
+    escalation_id: str,
+    reason: str = typer.Option(..., help="Why (recorded in the run)"),
+    by: str = BY,
+) -> None:
     """Refuse the held action; the run ends `rejected` with its partial result."""
     client.decide(escalation_id, Verdict.reject, by=_who(by), reason=reason)
     render.console.print(f"rejected {escalation_id} as {_who(by)}")

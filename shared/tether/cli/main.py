@@ -27,28 +27,39 @@ app.add_typer(escalations_app, name="escalations")
 @app.command()
 def dev(
     agents: list[str] = typer.Option(
-        ["examples.support_desk.agent"], "--agents", "-a", help="Agent modules to load"),
+        ["examples.support_desk.agent"], "--agents", "-a", help="Agent modules to load"
+    ),
     concurrency: int = typer.Option(2, help="Worker processes per service"),
     flower_port: int = typer.Option(0, help="Also start Flower on this port (0: off)"),
 ) -> None:
     """Start a Redis this command owns and the three services; Ctrl-C stops all of it."""
-    stack = DevStack(agent_modules=agents, concurrency=concurrency,
-                     log_dir=Path(".tether/logs"), flower_port=flower_port or None)
+    stack = DevStack(
+        agent_modules=agents,
+        concurrency=concurrency,
+        log_dir=Path(".tether/logs"),
+        flower_port=flower_port or None,
+    )
     render.console.print("starting redis-server and the planner, executor and escalation workers…")
     with stack:
         render.console.print(f"[bold]redis[/]      {stack.redis_url} (owned by this process)")
         for name, process in stack.workers.items():
-            render.console.print(f"[bold]{name:<10}[/] pid {process.pid}  log {stack.log_dir}/{name}.log")
+            render.console.print(
+                f"[bold]{name:<10}[/] pid {process.pid}  log {stack.log_dir}/{name}.log"
+            )
         if stack.flower:
             render.console.print(f"[bold]flower[/]     http://127.0.0.1:{flower_port}")
-        render.console.print(f"\nIn another shell:\n  export TETHER_REDIS_URL={stack.redis_url}\n"
-                             "  tether submit support_desk 'Where is order 1001?' --wait\n")
+        render.console.print(
+            f"\nIn another shell:\n  export TETHER_REDIS_URL={stack.redis_url}\n"
+            "  tether submit support_desk 'Where is order 1001?' --wait\n"
+        )
         render.console.print("Ctrl-C stops everything.")
         try:
             while True:
                 for name, process in stack.workers.items():
                     if process.poll() is not None:
-                        render.console.print(f"[red]{name} worker exited ({process.returncode}); restarting[/]")
+                        render.console.print(
+                            f"[red]{name} worker exited ({process.returncode}); restarting[/]"
+                        )
                         stack.start_worker(name)
                 time.sleep(1)
         except KeyboardInterrupt:
@@ -65,15 +76,34 @@ def worker(
 ) -> None:
     """Run one service's Celery worker; start as many as you like to scale out."""
     if service not in SERVICES:
-        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+        raise typer.BadParameter(
+            f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
+        )
     settings = get_settings()
-    queue = {"planner": "tether.plan", "executor": "tether.tools", "escalation": "tether.escalations"}[service]
+    queue = {
+        "planner": "tether.plan",
+        "executor": "tether.tools",
+        "escalation": "tether.escalations",
+    }[service]
     argv = [
-        sys.executable, "-m", "celery", "-A", f"services.{service}.worker", "worker",
-        "-Q", queue, "-n", f"{service}-{os.getpid()}@{socket.gethostname()}",
-        "--pool", pool or settings.worker_pool,
-        "--concurrency", str(concurrency or settings.worker_concurrency),
-        "--loglevel", loglevel, "--without-mingle", "--without-gossip",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        f"services.{service}.worker",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        f"{service}-{os.getpid()}@{socket.gethostname()}",
+        "--pool",
+        pool or settings.worker_pool,
+        "--concurrency",
+        str(concurrency or settings.worker_concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
     ]
     os.execv(sys.executable, argv)
 

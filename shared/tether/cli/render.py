@@ -16,8 +16,14 @@ from tether.state import EscalationRecord, RunState
 console = Console()
 
 STATUS_STYLE = {
-    "succeeded": "green", "failed": "red", "budget_exhausted": "yellow", "rejected": "magenta",
-    "cancelled": "dim", "waiting_human": "cyan", "waiting_tools": "blue", "running": "blue",
+    "succeeded": "green",
+    "failed": "red",
+    "budget_exhausted": "yellow",
+    "rejected": "magenta",
+    "cancelled": "dim",
+    "waiting_human": "cyan",
+    "waiting_tools": "blue",
+    "running": "blue",
     "queued": "white",
 }
 
@@ -31,8 +37,14 @@ def runs_table(runs: list[RunState]) -> Table:
     for column in ("run", "agent", "status", "step", "goal", "updated"):
         table.add_column(column)
     for run in runs:
-        table.add_row(run.run_id, run.agent, status_text(run.status), str(run.step),
-                      _clip(run.goal, 50), run.updated_at.strftime("%H:%M:%S"))
+        table.add_row(
+            run.run_id,
+            run.agent,
+            status_text(run.status),
+            str(run.step),
+            _clip(run.goal, 50),
+            run.updated_at.strftime("%H:%M:%S"),
+        )
     return table
 
 
@@ -57,7 +69,9 @@ def run_panel(run: RunState, usage: BudgetUsage) -> Panel:
 
 
 def _limits(run: RunState) -> str:
-    return "  ".join(f"{k}={v}" for k, v in run.limits.model_dump().items() if v is not None) or "none"
+    return (
+        "  ".join(f"{k}={v}" for k, v in run.limits.model_dump().items() if v is not None) or "none"
+    )
 
 
 def describe_event(event: RunEvent) -> str:
@@ -67,31 +81,48 @@ def describe_event(event: RunEvent) -> str:
             return f"started: {_clip(str(d.get('goal')), 80)}"
         case "model_call":
             answer = d.get("answer", {})
-            calls = ", ".join(f"{c['name']}({_clip(c['arguments'], 60)})" for c in answer.get("tool_calls", []))
+            calls = ", ".join(
+                f"{c['name']}({_clip(c['arguments'], 60)})" for c in answer.get("tool_calls", [])
+            )
             said = calls or _clip(str(answer.get("content")), 80)
-            return (f"model {d.get('model')} saw {len(d.get('messages', []))} messages -> {said}  "
-                    f"[{d.get('input_tokens')}+{d.get('output_tokens')} tok, ${d.get('cost_usd', 0):.6f}, "
-                    f"{d.get('latency_ms')} ms]")
+            return (
+                f"model {d.get('model')} saw {len(d.get('messages', []))} messages -> {said}  "
+                f"[{d.get('input_tokens')}+{d.get('output_tokens')} tok, ${d.get('cost_usd', 0):.6f}, "
+                f"{d.get('latency_ms')} ms]"
+            )
         case "decision":
             return f"decision: {d.get('decision')}" + (
-                f" (awaiting approval: {', '.join(d['awaiting_approval'])})" if d.get("awaiting_approval") else "")
+                f" (awaiting approval: {', '.join(d['awaiting_approval'])})"
+                if d.get("awaiting_approval")
+                else ""
+            )
         case "tool_call_invalid":
             return f"invalid tool call, fed back to the model: {_clip(str(d.get('error')), 120)}"
         case "tool_call":
-            outcome = _clip(json.dumps(d.get("output")), 80) if d.get("ok") else f"error [{d.get('error_category')}] {d.get('error')}"
+            outcome = (
+                _clip(json.dumps(d.get("output")), 80)
+                if d.get("ok")
+                else f"error [{d.get('error_category')}] {d.get('error')}"
+            )
             return f"tool {d.get('tool')}({_clip(json.dumps(d.get('arguments')), 60)}) -> {outcome}  [{d.get('latency_ms')} ms]"
         case "observation":
             return f"observation of {d.get('tool')} recorded"
         case "escalation_opened":
             return f"escalation {d.get('escalation_id')} [{d.get('kind')}]: {d.get('reason')}"
         case "escalation_decided":
-            return f"escalation {d.get('escalation_id')} decided: {d.get('verdict')} by {d.get('by')} at {d.get('at')}" + (
-                f" ({d['reason']})" if d.get("reason") else "")
+            return (
+                f"escalation {d.get('escalation_id')} decided: {d.get('verdict')} by {d.get('by')} at {d.get('at')}"
+                + (f" ({d['reason']})" if d.get("reason") else "")
+            )
         case "resumed":
             return f"resumed after {d.get('verdict')} by {d.get('by')}"
         case "run_finished":
             error = d.get("error")
-            tail = f" [{error['category']}] {error['message']}" if error else f": {_clip(str(d.get('result')), 100)}"
+            tail = (
+                f" [{error['category']}] {error['message']}"
+                if error
+                else f": {_clip(str(d.get('result')), 100)}"
+            )
             return f"finished {d.get('status')}{tail}"
         case _:
             return f"{event.kind} {_clip(json.dumps(d, default=str), 100)}"
@@ -104,8 +135,12 @@ def trace_table(run_id: str, events: list[RunEvent]) -> Table:
     table.add_column("event")
     table.add_column("detail", overflow="fold")
     for event in events:
-        table.add_row(event.at.strftime("%H:%M:%S.%f")[:-3], str(event.step), event.kind,
-                      describe_event(event))
+        table.add_row(
+            event.at.strftime("%H:%M:%S.%f")[:-3],
+            str(event.step),
+            event.kind,
+            describe_event(event),
+        )
     return table
 
 
@@ -115,7 +150,11 @@ def escalations_table(records: list[EscalationRecord]) -> Table:
         table.add_column(column, overflow="fold")
     for record in records:
         e = record.escalation
-        status = record.status if record.decision is None else f"{record.decision.verdict} by {record.decision.by}"
+        status = (
+            record.status
+            if record.decision is None
+            else f"{record.decision.verdict} by {record.decision.by}"
+        )
         table.add_row(e.escalation_id, e.run_id, e.kind, status, _clip(e.reason, 80))
     return table
 

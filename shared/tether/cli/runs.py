@@ -18,7 +18,7 @@ runs_app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 @runs_app.command("list")
 def list_runs(limit: int = typer.Option(20)) -> None:
     """The most recent runs."""
-    render.console.print(render.runs_table(get_runtime().store.list(limit)))
+    render.console.print(render.runs_table(get_runtime().store.recent(limit)))
 
 
 @runs_app.command()
@@ -41,7 +41,9 @@ def cancel(run_id: str, by: str = typer.Option("operator", help="Who cancels")) 
     """Stop a run now; it keeps its partial result."""
     state = client.cancel(run_id, by=by)
     if state is None:
-        render.console.print(f"{run_id} had already ended: {get_runtime().store.load(run_id).status}")
+        render.console.print(
+            f"{run_id} had already ended: {get_runtime().store.load(run_id).status}"
+        )
     else:
         render.console.print(f"{run_id} {render.status_text(state.status)}")
 
@@ -58,11 +60,15 @@ def follow(run_id: str, timeout_s: float) -> RunState:
     store = get_runtime().store
     last = "-"
     deadline = time.monotonic() + timeout_s
-    with Live(render.console.status(f"{run_id}: queued"), console=render.console, transient=True) as live:
+    with Live(
+        render.console.status(f"{run_id}: queued"), console=render.console, transient=True
+    ) as live:
         while time.monotonic() < deadline:
             for entry_id, event in store.trace(run_id, last):
                 last = entry_id
-                render.console.print(f"  {event.at:%H:%M:%S} step {event.step:<2} {render.describe_event(event)}")
+                render.console.print(
+                    f"  {event.at:%H:%M:%S} step {event.step:<2} {render.describe_event(event)}"
+                )
             state = store.get(run_id)
             if state is not None:
                 live.update(render.console.status(f"{run_id}: {state.status}, step {state.step}"))

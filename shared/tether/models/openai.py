@@ -108,7 +108,9 @@ class OpenAIModel:
                 f"{self.max_attempts} attempts: {exc}; check the endpoint, key and rate limits"
             ) from exc
         if not completion.choices:
-            raise ModelError(f"model {self.model!r} returned no choices; the endpoint is misbehaving")
+            raise ModelError(
+                f"model {self.model!r} returned no choices; the endpoint is misbehaving"
+            )
         message = completion.choices[0].message
         calls = [
             ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")

@@ -22,7 +22,9 @@ def text(content: str) -> ModelResponse:
     return ModelResponse(content=content, model="scripted")
 
 
-def tool_call(name: str, arguments: dict[str, Any] | str | None = None, *, call_id: str = "") -> ModelResponse:
+def tool_call(
+    name: str, arguments: dict[str, Any] | str | None = None, *, call_id: str = ""
+) -> ModelResponse:
     """A turn that calls one tool; pass a string to send malformed arguments on purpose."""
     raw = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
     return ModelResponse(
@@ -63,8 +65,9 @@ class ScriptedModel:
         prompt_tokens = estimate_tokens(_serialise(messages, tools))
         answer = (turn.content or "") + "".join(c.arguments for c in turn.tool_calls)
         calls = [
-            call if call.id and call.id != f"call_{call.name}" else
-            ToolCall(id=f"call_{len(messages)}_{i}", name=call.name, arguments=call.arguments)
+            call
+            if call.id and call.id != f"call_{call.name}"
+            else ToolCall(id=f"call_{len(messages)}_{i}", name=call.name, arguments=call.arguments)
             for i, call in enumerate(turn.tool_calls)
         ]
         return turn.model_copy(
