@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from tether import Agent, BudgetLimits, ScriptedModel, ToolContext, tool
+from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, ToolContext, tool
 from tether.models import text, tool_call
 
 
@@ -44,11 +44,24 @@ def slow_lookup(seconds: float) -> str:
     return "done"
 
 
+CALCULATOR_TURNS = [tool_call("add", {"a": 2, "b": 3}), text("2 + 3 = 5")]
+
 calculator = Agent(
     name="calculator",
     instructions="Add numbers with the add tool.",
-    model=ScriptedModel(
-        [tool_call("add", {"a": 2, "b": 3}), text("2 + 3 = 5")], label="calculator"
+    model=ScriptedModel(CALCULATOR_TURNS, label="calculator"),
+    tools=[add],
+)
+
+remote_calculator = Agent(
+    name="remote_calculator",
+    instructions="Add numbers with the add tool.",
+    # The tests serve CALCULATOR_TURNS from a local OpenAI-compatible server.
+    model=OpenAIModel(
+        "gpt-4o-mini",
+        base_url=os.environ.get("FAKE_OPENAI_URL", "http://127.0.0.1:9/v1"),
+        timeout_s=10,
+        max_attempts=2,
     ),
     tools=[add],
 )

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.agents import CALCULATOR_TURNS
 from tether.config import Settings
 from tether.devstack import DevStack
+from tether.models import from_turns
 from tether.redis_server import RedisServer
 from tether.runtime import Runtime
+from tether.testing.openai_server import ScriptedOpenAIServer
 
 UNIT_DB = 1
 
@@ -41,12 +45,25 @@ def runtime(redis_url: str) -> Runtime:
 
 
 @pytest.fixture(scope="session")
+def openai_server() -> Iterator[ScriptedOpenAIServer]:
+    """An OpenAI-compatible endpoint on loopback, reached through the real openai client."""
+    with ScriptedOpenAIServer(from_turns(CALCULATOR_TURNS)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def stack(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer,
+    openai_server: ScriptedOpenAIServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[DevStack]:
     """Real planner, executor and escalation worker processes on the suite's Redis."""
     logs = Path(tmp_path_factory.mktemp("worker-logs"))
-    env = {"SUPPORT_DESK_DB": str(logs / "support.sqlite3"), "LEDGER_DIR": str(logs)}
+    env = {
+        "SUPPORT_DESK_DB": str(logs / "support.sqlite3"),
+        "LEDGER_DIR": str(logs),
+        "FAKE_OPENAI_URL": openai_server.base_url,
+    }
     os.environ.update(env)  # the tests read the same ledger the workers write
     with DevStack(
         redis_url=redis_server.url,

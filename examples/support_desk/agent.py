@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel
-from tether.config import get_settings
-from tether.models import ModelClient
-
 from examples.support_desk.script import support_desk_script
 from examples.support_desk.tools import (
     find_customer,
@@ -13,6 +9,9 @@ from examples.support_desk.tools import (
     lookup_order,
     orders_of_customer,
 )
+from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel
+from tether.config import get_settings
+from tether.models import ModelClient
 
 
 def _model() -> ModelClient:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from rich.table import Table
+
 from tether import client
 from tether.cli import render
 from tether.config import Settings

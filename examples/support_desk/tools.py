@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, Field
-from tether import ToolContext, tool
 
 from examples.support_desk.db import connect
+from tether import ToolContext, tool
 
 
 class Order(BaseModel):

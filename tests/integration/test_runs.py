@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-from tether import client
-from tether.messages import Verdict
-from tether.runtime import Runtime
+import pytest
+from celery import Celery
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
+from tether import client
+from tether.config import Settings
+from tether.devstack import DevStack
+from tether.messages import Verdict
+from tether.runtime import Runtime
+from tether.store import run_id_for
+from tether.testing.openai_server import ScriptedOpenAIServer
 
 
 def new_id() -> str:
@@ -235,3 +241,47 @@ def test_bad_events_are_recorded_and_nothing_else_is_disturbed(stack_runtime: Ru
     reasons = {r["payload"]: r["reason"] for r in rt.store.rejected(200) if marker in r["payload"]}
     assert any("malformed TaskEvent" in reason and "input" in reason for reason in reasons.values())
     assert any("'nobody' is not registered" in reason for reason in reasons.values())
+
+
+def test_openai_compatible_endpoint_through_the_real_client(
+    stack_runtime: Runtime, openai_server: ScriptedOpenAIServer
+) -> None:
+    rt = stack_runtime
+    before = len(openai_server.requests)
+    run_id = client.submit("remote_calculator", "What is 2 + 3?", runtime=rt)
+    state = wait_status(rt, run_id, "succeeded")
+
+    assert state.result == "2 + 3 = 5"
+    requests = openai_server.requests[before:]
+    assert [r["model"] for r in requests] == ["gpt-4o-mini", "gpt-4o-mini"]
+    assert requests[0]["tools"][0]["function"]["name"] == "add"
+    assert requests[1]["messages"][-1]["role"] == "tool"
+    calls = [e.data for _, e in rt.store.trace(run_id) if e.kind == "model_call"]
+    # gpt-4o-mini is in the price table, so the trace and the budget carry real cost.
+    assert all(c["cost_usd"] > 0 for c in calls)
+    usage = rt.store.budgets.usage(run_id)
+    assert usage.cost_usd == pytest.approx(sum(c["cost_usd"] for c in calls))
+
+
+def test_upstream_publishes_by_task_name_from_a_plain_celery_client(stack: DevStack) -> None:
+    upstream = Celery("upstream", broker=stack.redis_url)
+    event_id = new_id()
+    upstream.send_task(
+        "tether.plan.start",
+        kwargs={
+            "event": {
+                "schema_version": 1,
+                "event_id": event_id,
+                "agent": "calculator",
+                "input": "What is 2 + 3?",
+                "budget": {"max_steps": 4},
+                "metadata": {"source": "crm"},
+            }
+        },
+        queue="tether.plan",
+    )
+    rt = Runtime(Settings(redis_url=stack.redis_url))
+    state = wait_status(rt, run_id_for(event_id), "succeeded")
+
+    assert state.metadata == {"source": "crm"}
+    assert state.limits.max_steps == 4

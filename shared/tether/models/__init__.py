@@ -2,6 +2,14 @@
 
 from tether.models.base import ModelClient, ModelResponse
 from tether.models.openai import OpenAIModel
-from tether.models.scripted import ScriptedModel, text, tool_call
+from tether.models.scripted import ScriptedModel, from_turns, text, tool_call
 
-__all__ = ["ModelClient", "ModelResponse", "OpenAIModel", "ScriptedModel", "text", "tool_call"]
+__all__ = [
+    "ModelClient",
+    "ModelResponse",
+    "OpenAIModel",
+    "ScriptedModel",
+    "from_turns",
+    "text",
+    "tool_call",
+]

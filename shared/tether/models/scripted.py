@@ -37,21 +37,23 @@ def _serialise(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> str:
     return json.dumps([m.to_openai() for m in messages]) + json.dumps(tools)
 
 
+def from_turns(turns: Sequence[ModelResponse]) -> Script:
+    """A script that plays ``turns`` in order: turn n answers after n assistant messages."""
+    played = list(turns)
+
+    def script(messages: list[ChatMessage]) -> ModelResponse:
+        index = sum(1 for m in messages if m.role == "assistant")
+        if index < len(played):
+            return played[index]
+        return text(f"scripted model: the script has {len(played)} turns and no more to say")
+
+    return script
+
+
 class ScriptedModel:
     def __init__(self, script: Script | Sequence[ModelResponse], *, label: str = "script") -> None:
         self._label = label
-        if callable(script):
-            self._script: Script = script
-        else:
-            turns = list(script)
-            self._script = lambda messages: self._nth_turn(turns, messages)
-
-    @staticmethod
-    def _nth_turn(turns: list[ModelResponse], messages: list[ChatMessage]) -> ModelResponse:
-        index = sum(1 for m in messages if m.role == "assistant")
-        if index < len(turns):
-            return turns[index]
-        return text(f"scripted model: the script has {len(turns)} turns and no more to say")
+        self._script: Script = script if callable(script) else from_turns(script)
 
     @property
     def name(self) -> str:

@@ -1,0 +1,1 @@
+"""Test doubles shipped with the library, for agent authors' own tests."""
