@@ -20,6 +20,7 @@ from celery import Celery
 from tether.celery_app import create_app
 from tether.config import Settings
 from tether.errors import ConfigError
+from tether.lifetime import die_with_parent
 from tether.redis_server import RedisServer
 
 SERVICES = ("planner", "executor", "escalation")
@@ -81,6 +82,7 @@ class DevStack:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self.workers[service] = process
         return process
@@ -106,6 +108,7 @@ class DevStack:
                 stdout=self._output("flower"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         self.wait_ready(SERVICES, timeout_s)
         return self

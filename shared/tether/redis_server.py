@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from tether.errors import ConfigError
+from tether.lifetime import die_with_parent
 
 
 def find_redis_server() -> str:
@@ -78,6 +79,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s

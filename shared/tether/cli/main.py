@@ -17,6 +17,7 @@ from tether.cli.runs import follow, runs_app
 from tether.config import get_settings
 from tether.devstack import SERVICES, DevStack
 from tether.errors import TetherError
+from tether.lifetime import interrupt_on_terminate
 from tether.messages import BudgetLimits
 
 app = typer.Typer(help="Tether: production runtime for LLM agents.", no_args_is_help=True)
@@ -39,6 +40,7 @@ def dev(
         log_dir=Path(".tether/logs"),
         flower_port=flower_port or None,
     )
+    interrupt_on_terminate()
     render.console.print("starting redis-server and the planner, executor and escalation workers…")
     with stack:
         render.console.print(f"[bold]redis[/]      {stack.redis_url} (owned by this process)")
