@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from tether.agents import load_agent_modules
 from tether.runtime import Runtime, get_runtime
-from tether.telemetry import configure, log
+from tether.telemetry import configure, log, serve_metrics
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,9 +24,7 @@ def service_app(service: str) -> Celery:
         agents = load_agent_modules(rt.settings.agent_modules)
         log.info("worker_ready", service=service, agents=sorted(agents))
         if rt.settings.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(rt.settings.metrics_port)
+            serve_metrics(rt.settings.metrics_port)
 
     return rt.celery
 

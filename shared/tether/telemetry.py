@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tether.config import Settings
 
@@ -37,6 +39,16 @@ RUN_STEPS = Histogram(
     ["agent", "status"],
     buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55),
 )
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics; with prefork pools the children write to PROMETHEUS_MULTIPROC_DIR."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        start_http_server(port, addr="0.0.0.0", registry=registry)
+    else:
+        start_http_server(port, addr="0.0.0.0")
 
 
 def configure(settings: Settings, service: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def worker(
         "--without-mingle",
         "--without-gossip",
     ]
+    if settings.metrics_port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Prefork children each count in their own process; the files let /metrics sum them.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix=f"tether-{service}-metrics-"
+        )
     os.execv(sys.executable, argv)
 
 
