@@ -22,6 +22,7 @@ def _model() -> ModelClient:
             base_url=settings.model_base_url,
             api_key=settings.model_api_key,
             timeout_s=settings.model_timeout_s,
+            max_attempts=settings.model_max_attempts,
         )
     return ScriptedModel(support_desk_script, label="support_desk")
 

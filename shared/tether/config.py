@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     model_api_key: str = "unset"
     model_name: str = "gpt-4o-mini"
     model_timeout_s: float = 60.0
-    model_max_retries: int = 2
+    model_max_attempts: int = 3
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description='USD per million tokens, e.g. {"my-model": [0.5, 1.5]}; adds to the built-in table',
+    )
 
     max_event_bytes: int = 256 * 1024
     run_ttl_s: int = 7 * 24 * 3600

@@ -79,7 +79,11 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
     except StaleStateError:
         log.warning("decision_lost_race", escalation_id=decision.escalation_id)
         return None
-    rt.store.client.zrem(keys.PENDING_ESCALATIONS, decision.escalation_id)
+    pipe = rt.store.client.pipeline(transaction=False)
+    pipe.zrem(keys.PENDING_ESCALATIONS, decision.escalation_id)
+    pipe.expire(keys.escalation(decision.escalation_id), rt.store.run_ttl_s)
+    pipe.zremrangebyscore(keys.ALL_ESCALATIONS, 0, decision.at.timestamp() - rt.store.run_ttl_s)
+    pipe.execute()
     action = record.escalation.action
     rt.store.log(
         record.escalation.run_id,

@@ -65,7 +65,7 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         )
         return
 
-    lock = keys.action_result(action.action_id) + ":lock"
+    lock = keys.action_lock(action.action_id)
     if not rt.store.client.set(lock, "1", nx=True, ex=int(tool.timeout_s) + LOCK_MARGIN_S):
         log.info("action_in_flight_elsewhere", action_id=action.action_id)
         return

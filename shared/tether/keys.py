@@ -31,5 +31,9 @@ def action_result(action_id: str) -> str:
     return f"{PREFIX}:action:{action_id}"
 
 
+def action_lock(action_id: str) -> str:
+    return f"{PREFIX}:action:{action_id}:lock"
+
+
 def escalation(escalation_id: str) -> str:
     return f"{PREFIX}:escalation:{escalation_id}"

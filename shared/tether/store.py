@@ -42,7 +42,12 @@ class RunStore:
     def create(self, event: TaskEvent, state: RunState) -> tuple[RunState, bool]:
         """Create the run for ``event`` unless it exists; returns (state, created)."""
         self.budgets.open(state.run_id, state.limits)
-        self.client.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
+        created_at = state.created_at.timestamp()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(keys.RUN_INDEX, {state.run_id: created_at}, nx=True)
+        # The index forgets runs whose keys have expired, so it cannot grow without bound.
+        pipe.zremrangebyscore(keys.RUN_INDEX, 0, created_at - self.run_ttl_s)
+        pipe.execute()
         try:
             version = self.docs.write(keys.run(state.run_id), state.model_dump_json(), 0)
         except StaleStateError:

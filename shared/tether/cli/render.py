@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -52,17 +53,17 @@ def run_panel(run: RunState, usage: BudgetUsage) -> Panel:
     lines = [
         f"agent      {run.agent}",
         f"status     {status_text(run.status)}",
-        f"goal       {run.goal}",
+        f"goal       {escape(run.goal)}",
         f"steps      {usage.steps}   tool calls {usage.tool_calls}   tokens {usage.tokens}   "
         f"cost ${usage.cost_usd:.6f}   wall {usage.wall_s:.1f}s",
         f"limits     {_limits(run)}",
     ]
     if run.result is not None:
-        lines.append(f"result     {run.result}")
+        lines.append(f"result     {escape(run.result)}")
     if run.partial_result is not None:
-        lines.append(f"partial    {run.partial_result}")
+        lines.append(f"partial    {escape(run.partial_result)}")
     if run.error is not None:
-        lines.append(f"error      [{run.error.category}] {run.error.message}")
+        lines.append(escape(f"error      [{run.error.category}] {run.error.message}"))
     if run.awaiting_approval:
         lines.append("waiting on " + ", ".join(a.tool for a in run.awaiting_approval))
     return Panel("\n".join(lines), title=run.run_id, expand=False)
@@ -139,7 +140,7 @@ def trace_table(run_id: str, events: list[RunEvent]) -> Table:
             event.at.strftime("%H:%M:%S.%f")[:-3],
             str(event.step),
             event.kind,
-            describe_event(event),
+            escape(describe_event(event)),
         )
     return table
 

@@ -6,6 +6,7 @@ import time
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from tether import client
 from tether.cli import render
@@ -67,7 +68,7 @@ def follow(run_id: str, timeout_s: float) -> RunState:
             for entry_id, event in store.trace(run_id, last):
                 last = entry_id
                 render.console.print(
-                    f"  {event.at:%H:%M:%S} step {event.step:<2} {render.describe_event(event)}"
+                    f"  {event.at:%H:%M:%S} step {event.step:<2} {escape(render.describe_event(event))}"
                 )
             state = store.get(run_id)
             if state is not None:

@@ -1,12 +1,11 @@
 """USD per million tokens (input, output) for models whose price we know.
 
-Override or extend with TETHER_MODEL_PRICES='{"my-model": [0.5, 1.5]}'.
+Override or extend with TETHER_MODEL_PRICES='{"my-model": [0.5, 1.5]}' (environment or .env).
 """
 
 from __future__ import annotations
 
-import json
-import os
+from tether.config import get_settings
 
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
@@ -19,15 +18,11 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 
 
 def price_table() -> dict[str, tuple[float, float]]:
-    table = dict(DEFAULT_PRICES)
-    extra = os.environ.get("TETHER_MODEL_PRICES")
-    if extra:
-        table.update({name: (float(p[0]), float(p[1])) for name, p in json.loads(extra).items()})
-    return table
+    return {**DEFAULT_PRICES, **get_settings().model_prices}
 
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int) -> float:
-    """Cost of one call; a model missing from the table costs 0 and says so in the trace."""
+    """Cost of one call; a model missing from the table costs 0 until TETHER_MODEL_PRICES names it."""
     prices = price_table().get(model)
     if prices is None:
         return 0.0
