@@ -6,19 +6,19 @@ from typing import Any
 
 from tether import celery_app, escalations
 from tether.messages import Decision, Escalation
-from tether.service import parse, runtime, service_app
+from tether.service import RETRY_TRANSIENT, parse, runtime, service_app
 
 app = service_app("escalation")
 
 
-@app.task(name=celery_app.ESCALATE)
+@app.task(name=celery_app.ESCALATE, **RETRY_TRANSIENT)
 def open_escalation(escalation: dict[str, Any]) -> None:
     parsed = parse(Escalation, escalation, celery_app.ESCALATE)
     if parsed is not None:
         escalations.open_escalation(runtime(), parsed)
 
 
-@app.task(name=celery_app.DECIDE)
+@app.task(name=celery_app.DECIDE, **RETRY_TRANSIENT)
 def decide(decision: dict[str, Any]) -> None:
     parsed = parse(Decision, decision, celery_app.DECIDE)
     if parsed is not None:

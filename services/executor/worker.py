@@ -6,12 +6,12 @@ from typing import Any
 
 from tether import celery_app, executor
 from tether.messages import ToolAction
-from tether.service import parse, runtime, service_app
+from tether.service import RETRY_TRANSIENT, parse, runtime, service_app
 
 app = service_app("executor")
 
 
-@app.task(name=celery_app.EXECUTE)
+@app.task(name=celery_app.EXECUTE, **RETRY_TRANSIENT)
 def execute(action: dict[str, Any]) -> None:
     parsed = parse(ToolAction, action, celery_app.EXECUTE)
     if parsed is not None:

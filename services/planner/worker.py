@@ -6,29 +6,29 @@ from typing import Any
 
 from tether import celery_app, planner
 from tether.messages import Decision, Escalation, Observation
-from tether.service import parse, runtime, service_app
+from tether.service import RETRY_TRANSIENT, parse, runtime, service_app
 
 app = service_app("planner")
 
 
-@app.task(name=celery_app.START)
+@app.task(name=celery_app.START, **RETRY_TRANSIENT)
 def start(event: Any) -> None:
     planner.start(runtime(), event)
 
 
-@app.task(name=celery_app.STEP)
+@app.task(name=celery_app.STEP, **RETRY_TRANSIENT)
 def step(run_id: str, step: int) -> None:
     planner.plan(runtime(), run_id, step)
 
 
-@app.task(name=celery_app.OBSERVE)
+@app.task(name=celery_app.OBSERVE, **RETRY_TRANSIENT)
 def observe(observation: dict[str, Any]) -> None:
     parsed = parse(Observation, observation, celery_app.OBSERVE)
     if parsed is not None:
         planner.observe(runtime(), parsed)
 
 
-@app.task(name=celery_app.RESUME)
+@app.task(name=celery_app.RESUME, **RETRY_TRANSIENT)
 def resume(escalation: dict[str, Any], decision: dict[str, Any]) -> None:
     parsed_escalation = parse(Escalation, escalation, celery_app.RESUME)
     parsed_decision = parse(Decision, decision, celery_app.RESUME)

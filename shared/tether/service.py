@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import redis
 from celery import Celery
 from celery.signals import worker_init
 from pydantic import BaseModel, ValidationError
 
 from tether.agents import load_agent_modules
+from tether.errors import StaleStateError
 from tether.runtime import Runtime, get_runtime
 from tether.telemetry import configure, log, serve_metrics
 
 M = TypeVar("M", bound=BaseModel)
+
+# Every handler is safe to run twice, so a message that met a passing fault
+# (Redis failing over, a commit that kept losing its race) is simply run again.
+RETRY_TRANSIENT: dict[str, Any] = {
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StaleStateError),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
 
 def service_app(service: str) -> Celery:
