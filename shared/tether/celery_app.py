@@ -31,6 +31,17 @@ QUEUE_OF = {
 }
 
 
+def direct_route(queue: str) -> dict[str, str]:
+    """Publish straight onto the queue's list through the anonymous exchange.
+
+    kombu's Redis transport routes a named exchange through binding keys kept in
+    Redis; if those are lost (a Redis restarted without its data) while a
+    process keeps its declared-queue cache, publishes are silently dropped.
+    The anonymous exchange needs no binding, and saves a lookup per message.
+    """
+    return {"queue": queue, "exchange": "", "routing_key": queue}
+
+
 def create_app(settings: Settings, name: str = "tether") -> Celery:
     app = Celery(name, broker=settings.broker_url or settings.redis_url)
     app.conf.update(
@@ -45,10 +56,7 @@ def create_app(settings: Settings, name: str = "tether") -> Celery:
             for name in (PLAN_QUEUE, TOOLS_QUEUE, ESCALATIONS_QUEUE)
         ],
         task_default_queue=PLAN_QUEUE,
-        task_routes={
-            name: {"queue": queue, "exchange": queue, "routing_key": queue}
-            for name, queue in QUEUE_OF.items()
-        },
+        task_routes={name: direct_route(queue) for name, queue in QUEUE_OF.items()},
         # A message is acknowledged only after its handler returns, and handed to
         # another worker if its worker dies: every handler is safe to run twice.
         task_acks_late=True,

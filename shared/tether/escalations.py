@@ -82,7 +82,6 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
     pipe = rt.store.client.pipeline(transaction=False)
     pipe.zrem(keys.PENDING_ESCALATIONS, decision.escalation_id)
     pipe.expire(keys.escalation(decision.escalation_id), rt.store.run_ttl_s)
-    pipe.zremrangebyscore(keys.ALL_ESCALATIONS, 0, decision.at.timestamp() - rt.store.run_ttl_s)
     pipe.execute()
     action = record.escalation.action
     rt.store.log(
@@ -110,5 +109,6 @@ def list_escalations(
         try:
             records.append(load(rt, escalation_id)[0])
         except UnknownEscalationError:
-            continue
+            # Decided escalations expire with their runs; the index forgets them here.
+            rt.store.client.zrem(index, escalation_id)
     return records

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -182,7 +183,6 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
 
     if not response.tool_calls:
         if response.content:
-            rt.store.log(read.run_id, "decision", step, decision="final_answer")
             finish(
                 rt,
                 read.run_id,
@@ -192,6 +192,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
                 result=response.content,
                 append=[assistant],
                 advance=True,
+                decision="final_answer",
             )
             return
         feedback = [
@@ -203,7 +204,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
                 ),
             )
         ]
-        _retry_invalid(rt, agent, read, [assistant, *feedback], "empty reply")
+        _retry_invalid(rt, agent, read, [assistant, *feedback], {"": "empty reply"})
         return
 
     actions: list[ToolAction] = []
@@ -243,12 +244,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             )
             for call in response.tool_calls
         ]
-        for call_id, problem in problems.items():
-            rt.store.log(
-                read.run_id, "tool_call_invalid", step, tool_call_id=call_id, error=problem
-            )
-            ERRORS.labels(agent.name, ErrorCategory.tool_validation).inc()
-        _retry_invalid(rt, agent, read, [assistant, *feedback], "; ".join(problems.values()))
+        _retry_invalid(rt, agent, read, [assistant, *feedback], problems)
         return
 
     reservation = rt.store.budgets.reserve(read.run_id, f"tools:{step}", tool_calls=len(actions))
@@ -300,9 +296,27 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
 
 
 def _retry_invalid(
-    rt: Runtime, agent: Agent, read: RunState, append: list[ChatMessage], problem: str
+    rt: Runtime,
+    agent: Agent,
+    read: RunState,
+    append: list[ChatMessage],
+    problems: dict[str, str],
 ) -> None:
+    """Feed an unusable answer back to the model, or fail the run after too many in a row.
+
+    ``problems`` maps each offending tool call id ("" when there was no call) to what was wrong.
+    """
     step = read.step
+    problem = "; ".join(problems.values())
+
+    def log_problems() -> None:
+        for call_id, error in problems.items():
+            if call_id:
+                rt.store.log(
+                    read.run_id, "tool_call_invalid", step, tool_call_id=call_id, error=error
+                )
+                ERRORS.labels(agent.name, ErrorCategory.tool_validation).inc()
+
     if read.invalid_calls + 1 > agent.max_invalid_calls:
         finish(
             rt,
@@ -315,6 +329,7 @@ def _retry_invalid(
                 f"(last: {problem}); check the model and the agent's instructions",
             ),
             append=append,
+            before_end=log_problems,
         )
         return
 
@@ -333,6 +348,7 @@ def _retry_invalid(
     committed = rt.store.update(read.run_id, commit)
     if committed is not None:
         STEPS.labels(agent.name).inc()
+        log_problems()
         rt.store.log(
             read.run_id, "decision", step, decision="invalid_output_fed_back", problem=problem
         )
@@ -486,10 +502,13 @@ def finish(
     result: str | None = None,
     append: list[ChatMessage] | None = None,
     advance: bool = False,
+    decision: str | None = None,
+    before_end: Callable[[], None] | None = None,
 ) -> RunState | None:
     """End a run once; a run that ends without an answer keeps its partial result.
 
-    ``advance`` counts the ending as a committed step (the model's final answer).
+    ``advance`` counts the ending as a committed step (the model's final answer);
+    ``decision`` and ``before_end`` record, only if this call ended the run, what led to it.
     """
 
     def end(state: RunState) -> RunState | None:
@@ -513,6 +532,12 @@ def finish(
     committed = rt.store.update(run_id, end)
     if committed is None:
         return None
+    if before_end is not None:
+        before_end()
+    if decision is not None:
+        rt.store.log(
+            run_id, "decision", committed.step if step is None else step, decision=decision
+        )
     rt.store.log(
         run_id,
         "run_finished",

@@ -27,7 +27,8 @@ class Runtime:
         return celery_app.create_app(self.settings)
 
     def _send(self, task: str, **kwargs: Any) -> None:
-        self.celery.send_task(task, kwargs=kwargs, queue=celery_app.QUEUE_OF[task])
+        queue = celery_app.QUEUE_OF[task]
+        self.celery.send_task(task, kwargs=kwargs, **celery_app.direct_route(queue))
 
     def publish_event(self, event: TaskEvent) -> None:
         self._send(celery_app.START, event=event.model_dump(mode="json"))

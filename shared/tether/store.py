@@ -42,12 +42,7 @@ class RunStore:
     def create(self, event: TaskEvent, state: RunState) -> tuple[RunState, bool]:
         """Create the run for ``event`` unless it exists; returns (state, created)."""
         self.budgets.open(state.run_id, state.limits)
-        created_at = state.created_at.timestamp()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(keys.RUN_INDEX, {state.run_id: created_at}, nx=True)
-        # The index forgets runs whose keys have expired, so it cannot grow without bound.
-        pipe.zremrangebyscore(keys.RUN_INDEX, 0, created_at - self.run_ttl_s)
-        pipe.execute()
+        self.client.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
         try:
             version = self.docs.write(keys.run(state.run_id), state.model_dump_json(), 0)
         except StaleStateError:
@@ -94,7 +89,12 @@ class RunStore:
 
     def recent(self, limit: int = 50) -> list[RunState]:
         run_ids = cast(list[str], self.client.zrevrange(keys.RUN_INDEX, 0, limit - 1))
-        return [s for s in (self.get(r) for r in run_ids) if s is not None]
+        states = {run_id: self.get(run_id) for run_id in run_ids}
+        expired = [run_id for run_id, state in states.items() if state is None]
+        if expired:
+            # Finished runs expire after run_ttl_s; the index forgets them as it meets them.
+            self.client.zrem(keys.RUN_INDEX, *expired)
+        return [state for state in states.values() if state is not None]
 
     def _expire(self, run_id: str) -> None:
         pipe = self.client.pipeline(transaction=False)

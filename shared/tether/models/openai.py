@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from typing import Any
 
@@ -11,7 +12,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.wait import wait_base
 
@@ -40,9 +42,12 @@ class wait_retry_after(wait_base):
         header = response.headers.get("retry-after") if response is not None else None
         if header:
             try:
-                return min(float(header), self.cap_s)
+                seconds = float(header)
             except ValueError:
-                pass
+                seconds = -1.0
+            # A negative, NaN or absurd header is the server's bug; fall back rather than crash.
+            if math.isfinite(seconds) and seconds >= 0:
+                return min(seconds, self.cap_s)
         return float(self.fallback(retry_state))
 
 
@@ -96,7 +101,7 @@ class OpenAIModel:
             request["tools"] = tools
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT),
-            wait=wait_retry_after(wait_exponential_jitter(initial=0.5, max=20)),
+            wait=wait_retry_after(wait_exponential(multiplier=0.5, max=20) + wait_random(0, 0.5)),
             stop=stop_after_attempt(self.max_attempts),
             reraise=True,
         )

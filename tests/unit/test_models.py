@@ -1,0 +1,458 @@
+"""Model clients: the scripted model, and OpenAIModel against a local fake endpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from tenacity import wait_fixed
+
+from tether.config import get_settings
+from tether.errors import ModelError, TetherError
+from tether.models import ModelClient, ModelResponse, OpenAIModel, ScriptedModel, text, tool_call
+from tether.models.openai import wait_retry_after
+from tether.models.prices import DEFAULT_PRICES, cost_usd, estimate_tokens
+from tether.state import ChatMessage, ToolCall
+
+SYSTEM = ChatMessage(role="system", content="You add numbers.")
+USER = ChatMessage(role="user", content="What is 2 + 3?")
+ADD_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        },
+    },
+}
+
+
+def assistant(content: str | None = None, calls: list[ToolCall] | None = None) -> ChatMessage:
+    return ChatMessage(role="assistant", content=content, tool_calls=calls)
+
+
+# ScriptedModel ------------------------------------------------------------------------
+
+
+def test_scripted_model_name() -> None:
+    assert ScriptedModel([], label="calculator").name == "scripted:calculator"
+    assert ScriptedModel([]).name == "scripted:script"
+
+
+def test_scripted_model_picks_turns_by_assistant_message_count() -> None:
+    model = ScriptedModel([tool_call("add", {"a": 2, "b": 3}), text("2 + 3 = 5")], label="calc")
+    first = model.complete([SYSTEM, USER], [ADD_SCHEMA])
+    assert first.content is None
+    assert [(c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+        ("add", {"a": 2, "b": 3})
+    ]
+
+    history = [
+        SYSTEM,
+        USER,
+        assistant(calls=first.tool_calls),
+        ChatMessage(role="tool", tool_call_id=first.tool_calls[0].id, content="5"),
+    ]
+    second = model.complete(history, [ADD_SCHEMA])
+    assert second.content == "2 + 3 = 5"
+    assert second.tool_calls == []
+
+    # Only assistant messages count: extra user or tool messages do not advance the script.
+    assert model.complete([SYSTEM, USER, USER, USER], []).tool_calls[0].name == "add"
+
+
+def test_scripted_model_past_its_script_says_so() -> None:
+    model = ScriptedModel([text("only turn")])
+    answer = model.complete([SYSTEM, USER, assistant("only turn"), USER], [])
+    assert answer.content == "scripted model: the script has 1 turns and no more to say"
+    assert answer.tool_calls == []
+
+
+def test_scripted_model_replays_deterministically() -> None:
+    model = ScriptedModel([tool_call("add", {"a": 1, "b": 1})])
+    assert model.complete([SYSTEM, USER], [ADD_SCHEMA]) == model.complete(
+        [SYSTEM, USER], [ADD_SCHEMA]
+    )
+
+
+def test_scripted_model_names_itself_in_responses_and_costs_nothing() -> None:
+    model = ScriptedModel([text("hello there")], label="greeter")
+    response = model.complete([SYSTEM, USER], [])
+    assert response.model == "scripted:greeter"
+    assert response.cost_usd == 0.0
+    prompt = json.dumps([SYSTEM.to_openai(), USER.to_openai()]) + json.dumps([])
+    assert response.input_tokens == estimate_tokens(prompt)
+    assert response.output_tokens == estimate_tokens("hello there")
+    assert response.total_tokens == response.input_tokens + response.output_tokens
+
+
+def test_scripted_model_gives_default_call_ids_unique_per_position() -> None:
+    turn = ModelResponse(
+        model="scripted",
+        tool_calls=[
+            ToolCall(id="call_add", name="add", arguments="{}"),  # the tool_call() default id
+            ToolCall(id="", name="add", arguments="{}"),
+            ToolCall(id="mine", name="add", arguments="{}"),
+        ],
+    )
+    model = ScriptedModel([turn])
+    calls = model.complete([SYSTEM, USER], []).tool_calls
+    assert [c.id for c in calls] == ["call_2_0", "call_2_1", "mine"]
+    explicit = ScriptedModel([tool_call("add", {}, call_id="call_fixed")])
+    assert explicit.complete([SYSTEM, USER], []).tool_calls[0].id == "call_fixed"
+
+
+def test_scripted_model_keeps_malformed_arguments_verbatim() -> None:
+    model = ScriptedModel([tool_call("add", '{"a": "two", "b": 3')])
+    (call,) = model.complete([SYSTEM, USER], []).tool_calls
+    assert call.arguments == '{"a": "two", "b": 3'
+
+
+def test_scripted_model_with_a_callable_script() -> None:
+    seen: list[int] = []
+
+    def script(messages: list[ChatMessage]) -> ModelResponse:
+        seen.append(len(messages))
+        return text(f"{len(messages)} messages")
+
+    model = ScriptedModel(script, label="counter")
+    assert model.complete([SYSTEM, USER, USER], []).content == "3 messages"
+    assert seen == [3]
+
+
+def test_scripted_model_estimate_is_an_upper_bound() -> None:
+    model = ScriptedModel([tool_call("add", {"a": 2, "b": 3})])
+    messages = [SYSTEM, USER]
+    estimate = model.estimate_tokens(messages, [ADD_SCHEMA])
+    response = model.complete(messages, [ADD_SCHEMA])
+    assert estimate >= response.total_tokens
+    assert (
+        estimate
+        == estimate_tokens(json.dumps([m.to_openai() for m in messages]) + json.dumps([ADD_SCHEMA]))
+        + 256
+    )
+
+
+def test_both_clients_satisfy_the_protocol() -> None:
+    assert isinstance(ScriptedModel([]), ModelClient)
+    assert isinstance(OpenAIModel("gpt-4o-mini"), ModelClient)
+
+
+# prices ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def default_prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No TETHER_MODEL_PRICES, and no settings cached from before this test."""
+    monkeypatch.delenv("TETHER_MODEL_PRICES", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_cost_from_the_price_table(default_prices: None) -> None:
+    assert DEFAULT_PRICES["gpt-4o-mini"] == (0.15, 0.60)
+    assert cost_usd("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
+    assert cost_usd("gpt-4o-mini", 1000, 500) == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
+    assert cost_usd("no-such-model", 1000, 1000) == 0.0
+
+
+def test_price_overrides_from_the_environment(
+    default_prices: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_MODEL_PRICES", '{"my-model": [1.0, 2.0], "gpt-4o-mini": [10, 20]}')
+    get_settings.cache_clear()
+    assert cost_usd("my-model", 1_000_000, 1_000_000) == pytest.approx(3.0)
+    assert cost_usd("gpt-4o-mini", 1_000_000, 0) == pytest.approx(10.0)
+
+
+def test_estimate_tokens() -> None:
+    assert estimate_tokens("") == 1
+    assert estimate_tokens("abcd" * 100) == 100
+
+
+# the fake OpenAI-compatible endpoint ---------------------------------------------------
+
+
+def completion(
+    *,
+    content: str | None = None,
+    calls: list[dict[str, Any]] | None = None,
+    model: str = "gpt-4o-mini",
+    usage: dict[str, int] | None = None,
+    choices: bool = True,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    body: dict[str, Any] = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+        ]
+        if choices
+        else [],
+    }
+    if usage is not None:
+        body["usage"] = {**usage, "total_tokens": sum(usage.values())}
+    return body
+
+
+def error_body(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "test_error", "param": None, "code": None}}
+
+
+class FakeOpenAI:
+    """Serves POST /v1/chat/completions from a queue of replies; the last one repeats."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[int, dict[str, str], dict[str, Any]]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with fake.lock:
+                    fake.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                            "at": time.monotonic(),
+                        }
+                    )
+                    if self.path != "/v1/chat/completions" or not fake.replies:
+                        status, headers, reply = 404, {}, error_body(f"no route {self.path}")
+                    else:
+                        status, headers, reply = (
+                            fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
+                        )
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def reply(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> FakeOpenAI:
+        self.replies.append((status, headers or {}, body))
+        return self
+
+
+@pytest.fixture
+def fake_openai(default_prices: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    fake = FakeOpenAI()
+    fake.thread.start()
+    try:
+        yield fake
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+        fake.thread.join(5)
+
+
+def client(fake: FakeOpenAI, model: str = "gpt-4o-mini", **kwargs: Any) -> OpenAIModel:
+    options: dict[str, Any] = {"api_key": "sk-test", "timeout_s": 5, "max_attempts": 2}
+    options.update(kwargs)
+    return OpenAIModel(model, base_url=fake.base_url, **options)
+
+
+ADD_CALL = {
+    "id": "call_abc",
+    "type": "function",
+    "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
+}
+
+
+# OpenAIModel ----------------------------------------------------------------------------
+
+
+def test_openai_model_parses_tool_calls_usage_and_cost(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(
+        200,
+        completion(
+            calls=[
+                ADD_CALL,
+                {
+                    "id": "call_def",
+                    "type": "function",
+                    "function": {"name": "add", "arguments": '{"a": 1, "b": 1}'},
+                },
+            ],
+            model="gpt-4o-mini-2024-07-18",
+            usage={"prompt_tokens": 1000, "completion_tokens": 500},
+        ),
+    )
+    model = client(fake_openai, max_output_tokens=256)
+    response = model.complete([SYSTEM, USER], [ADD_SCHEMA])
+
+    assert response.content is None
+    assert response.tool_calls == [
+        ToolCall(id="call_abc", name="add", arguments='{"a": 2, "b": 3}'),
+        ToolCall(id="call_def", name="add", arguments='{"a": 1, "b": 1}'),
+    ]
+    assert response.model == "gpt-4o-mini-2024-07-18"
+    assert (response.input_tokens, response.output_tokens) == (1000, 500)
+    assert response.total_tokens == 1500
+    assert response.cost_usd == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1_000_000)
+
+    (request,) = fake_openai.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["authorization"] == "Bearer sk-test"
+    body = request["body"]
+    assert body["model"] == "gpt-4o-mini"
+    assert body["max_tokens"] == 256
+    assert body["messages"] == [SYSTEM.to_openai(), USER.to_openai()]
+    assert body["tools"] == [ADD_SCHEMA]
+
+
+def test_openai_model_sends_the_whole_conversation(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(
+        200, completion(content="2 + 3 = 5", usage={"prompt_tokens": 10, "completion_tokens": 5})
+    )
+    history = [
+        SYSTEM,
+        USER,
+        assistant(calls=[ToolCall(id="call_abc", name="add", arguments='{"a": 2, "b": 3}')]),
+        ChatMessage(role="tool", tool_call_id="call_abc", content='{"result": 5}'),
+    ]
+    response = client(fake_openai).complete(history, [])
+    assert response.content == "2 + 3 = 5"
+    assert response.tool_calls == []
+    body = fake_openai.requests[0]["body"]
+    assert "tools" not in body  # no tools offered, none sent
+    assert body["messages"][2]["tool_calls"] == [ADD_CALL]
+    assert body["messages"][3] == {
+        "role": "tool",
+        "content": '{"result": 5}',
+        "tool_call_id": "call_abc",
+    }
+
+
+def test_openai_model_unknown_model_costs_zero(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(
+        200,
+        completion(
+            content="hi",
+            model="local-llama",
+            usage={"prompt_tokens": 100, "completion_tokens": 100},
+        ),
+    )
+    response = client(fake_openai, model="local-llama").complete([USER], [])
+    assert response.cost_usd == 0.0
+    assert response.total_tokens == 200
+
+
+def test_openai_model_without_usage_counts_zero_tokens(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(200, completion(content="hi"))
+    response = client(fake_openai).complete([USER], [])
+    assert (response.input_tokens, response.output_tokens, response.cost_usd) == (0, 0, 0.0)
+
+
+def test_openai_model_retries_a_429_honouring_retry_after(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(429, error_body("slow down"), {"Retry-After": "0"})
+    fake_openai.reply(
+        200, completion(content="ok", usage={"prompt_tokens": 3, "completion_tokens": 1})
+    )
+    started = time.monotonic()
+    response = client(fake_openai, max_attempts=3).complete([USER], [])
+    elapsed = time.monotonic() - started
+    assert response.content == "ok"
+    assert len(fake_openai.requests) == 2
+    # Retry-After: 0 means no backoff (the fallback would wait at least 0.5 s).
+    assert fake_openai.requests[1]["at"] - fake_openai.requests[0]["at"] < 0.45
+    assert elapsed < 2
+
+
+def test_openai_model_gives_up_on_a_persistent_500(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(500, error_body("internal error"))
+    with pytest.raises(ModelError) as info:
+        client(fake_openai, max_attempts=2).complete([USER], [])
+    assert len(fake_openai.requests) == 2
+    message = str(info.value)
+    assert "model 'gpt-4o-mini'" in message
+    assert fake_openai.base_url in message
+    assert "failed after 2 attempts" in message
+    assert "check the endpoint, key and rate limits" in message
+    assert isinstance(info.value, TetherError)
+    # Without Retry-After it backs off (jittered, from 0.5 s) between attempts.
+    assert fake_openai.requests[1]["at"] - fake_openai.requests[0]["at"] >= 0.4
+
+
+def test_openai_model_does_not_retry_a_client_error(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(400, error_body("bad request: unknown parameter"))
+    with pytest.raises(ModelError, match="bad request: unknown parameter"):
+        client(fake_openai, max_attempts=3).complete([USER], [])
+    assert len(fake_openai.requests) == 1
+
+
+def test_openai_model_rejects_a_completion_without_choices(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(200, completion(choices=False))
+    with pytest.raises(ModelError, match="returned no choices"):
+        client(fake_openai).complete([USER], [])
+
+
+def test_openai_model_estimate_reserves_the_output_cap() -> None:
+    model = OpenAIModel("gpt-4o-mini", max_output_tokens=300)
+    messages = [SYSTEM, USER]
+    prompt = json.dumps([m.to_openai() for m in messages]) + json.dumps([ADD_SCHEMA])
+    assert model.estimate_tokens(messages, [ADD_SCHEMA]) == estimate_tokens(prompt) + 300
+    assert model.name == "gpt-4o-mini"
+
+
+# Retry-After handling ------------------------------------------------------------------
+
+
+def _state_with(headers: dict[str, str] | None) -> Any:
+    response = None if headers is None else SimpleNamespace(headers=headers)
+    exc = SimpleNamespace(response=response)
+    return SimpleNamespace(outcome=SimpleNamespace(exception=lambda: exc))
+
+
+def test_wait_retry_after_uses_the_header_capped() -> None:
+    wait = wait_retry_after(wait_fixed(7), cap_s=60)
+    assert wait(_state_with({"retry-after": "0"})) == 0.0
+    assert wait(_state_with({"retry-after": "2.5"})) == 2.5
+    assert wait(_state_with({"retry-after": "3600"})) == 60
+
+
+def test_wait_retry_after_falls_back_without_a_usable_header() -> None:
+    wait = wait_retry_after(wait_fixed(7))
+    assert wait(_state_with({})) == 7
+    assert wait(_state_with(None)) == 7  # e.g. a connection error has no response
+    assert wait(_state_with({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 7
+    assert wait(SimpleNamespace(outcome=None)) == 7

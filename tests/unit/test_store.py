@@ -1,0 +1,366 @@
+"""The run store and versioned documents on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import redis
+
+from tether import keys
+from tether.errors import StaleStateError, UnknownRunError
+from tether.messages import BudgetLimits, Observation, TaskEvent
+from tether.state import ChatMessage, RunState, RunStatus
+from tether.store import RunStore, connect, run_id_for
+from tether.versioned import VersionedDocs
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return connect(redis_url)
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> RunStore:
+    return RunStore(client, run_ttl_s=3600)
+
+
+def _event(event_id: str = "evt-1", text: str = "add 2 and 3") -> TaskEvent:
+    return TaskEvent(event_id=event_id, agent="calculator", input=text)
+
+
+def _state(event: TaskEvent, **overrides: object) -> RunState:
+    fields: dict[str, object] = {
+        "run_id": run_id_for(event.event_id),
+        "event_id": event.event_id,
+        "agent": event.agent,
+        "goal": event.input,
+        "limits": BudgetLimits(max_steps=5),
+        "messages": [ChatMessage(role="user", content=event.input)],
+    }
+    fields.update(overrides)
+    return RunState.model_validate(fields)
+
+
+# run ids ---------------------------------------------------------------------------
+
+
+def test_run_id_for_is_deterministic_and_distinct() -> None:
+    assert run_id_for("evt-1") == run_id_for("evt-1")
+    assert run_id_for("evt-1") != run_id_for("evt-2")
+    run_id = run_id_for("evt-1")
+    assert run_id.startswith("run_")
+    assert len(run_id) == len("run_") + 20
+    int(run_id.removeprefix("run_"), 16)  # hex
+
+
+def test_run_id_for_is_stable_across_releases() -> None:
+    # Run ids are persisted: changing the namespace would orphan every stored run.
+    assert run_id_for("evt-1") == "run_696b59ede6f8534bbf0a"
+    assert run_id_for("order-42") == "run_830c1d8eb48158ed994d"
+    assert run_id_for("") != run_id_for(" ")
+
+
+# create / load / commit ---------------------------------------------------------------
+
+
+def test_create_then_create_again_keeps_the_first_state(store: RunStore) -> None:
+    event = _event()
+    first, created = store.create(event, _state(event, goal="first goal"))
+    assert created is True
+    assert first.version == 1
+
+    second, created_again = store.create(
+        event, _state(event, goal="second goal", limits=BudgetLimits(max_steps=99))
+    )
+    assert created_again is False
+    assert second.goal == "first goal"
+    assert second.limits == BudgetLimits(max_steps=5)
+    assert second.version == 1
+    assert store.load(first.run_id).goal == "first goal"
+    assert [s.run_id for s in store.recent()] == [first.run_id]
+
+
+def test_create_opens_the_budget_with_the_runs_limits(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event, limits=BudgetLimits(max_steps=1)))
+    assert store.budgets.reserve(state.run_id, "model:0", steps=1).granted
+    assert "max_steps=1" in store.budgets.reserve(state.run_id, "model:1", steps=1).reason
+
+
+def test_get_and_load(store: RunStore) -> None:
+    assert store.get("run_missing") is None
+    with pytest.raises(UnknownRunError, match="run 'run_missing' does not exist"):
+        store.load("run_missing")
+    event = _event()
+    created, _ = store.create(event, _state(event))
+    loaded = store.load(created.run_id)
+    assert loaded.version == 1
+    assert loaded.messages == [ChatMessage(role="user", content="add 2 and 3")]
+    assert loaded.model_dump(exclude={"version"}) == created.model_dump(exclude={"version"})
+
+
+def test_commit_bumps_the_version(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    committed = store.commit(state.model_copy(update={"step": 1, "status": RunStatus.running}))
+    assert committed.version == 2
+    assert committed.updated_at >= state.updated_at
+    loaded = store.load(state.run_id)
+    assert (loaded.version, loaded.step, loaded.status) == (2, 1, RunStatus.running)
+
+
+def test_commit_with_a_stale_version_raises(store: RunStore) -> None:
+    event = _event()
+    read_by_a, _ = store.create(event, _state(event))
+    read_by_b = store.load(read_by_a.run_id)
+    store.commit(read_by_a.model_copy(update={"step": 1}))
+    with pytest.raises(StaleStateError, match="reload and decide again"):
+        store.commit(read_by_b.model_copy(update={"step": 7}))
+    loaded = store.load(read_by_a.run_id)
+    assert (loaded.step, loaded.version) == (1, 2)
+
+
+def test_commit_of_a_terminal_state_sets_expiry(store: RunStore, client: redis.Redis) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    store.log(state.run_id, "run_started", 0)
+    store.budgets.reserve(state.run_id, "model:0", steps=1)
+    assert client.ttl(keys.run(state.run_id)) == -1  # live runs never expire
+    store.commit(state.model_copy(update={"status": RunStatus.running}))
+    assert client.ttl(keys.run(state.run_id)) == -1
+    store.commit(store.load(state.run_id).model_copy(update={"status": RunStatus.succeeded}))
+    for key in (
+        keys.run(state.run_id),
+        keys.run_log(state.run_id),
+        keys.budget(state.run_id),
+        keys.reservations(state.run_id),
+    ):
+        assert 0 < client.ttl(key) <= 3600, key
+
+
+def test_update_applies_a_change(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    updated = store.update(state.run_id, lambda s: s.model_copy(update={"step": s.step + 1}))
+    assert updated is not None
+    assert (updated.step, updated.version) == (1, 2)
+
+
+def test_update_returns_none_when_the_change_declines(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    assert store.update(state.run_id, lambda s: None) is None
+    assert store.load(state.run_id).version == 1
+
+
+def test_update_of_an_unknown_run_raises(store: RunStore) -> None:
+    with pytest.raises(UnknownRunError):
+        store.update("run_missing", lambda s: s)
+
+
+def test_update_retries_on_a_conflict_and_keeps_both_changes(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    calls: list[int] = []
+
+    def change(current: RunState) -> RunState:
+        calls.append(current.version)
+        if len(calls) == 1:
+            # Another writer commits between our read and our commit.
+            other = store.load(current.run_id)
+            store.commit(other.model_copy(update={"metadata": {"other": True}}))
+        return current.model_copy(update={"invalid_calls": current.invalid_calls + 1})
+
+    updated = store.update(state.run_id, change)
+    assert calls == [1, 2]  # retried once, on the newer version
+    assert updated is not None
+    assert updated.version == 3
+    assert updated.invalid_calls == 1
+    assert updated.metadata == {"other": True}  # the other writer's change survived
+
+
+def test_update_gives_up_after_its_attempts(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    calls = 0
+
+    def always_conflicts(current: RunState) -> RunState:
+        nonlocal calls
+        calls += 1
+        store.commit(store.load(current.run_id))
+        return current
+
+    with pytest.raises(StaleStateError, match="kept changing under 3 update attempts"):
+        store.update(state.run_id, always_conflicts, attempts=3)
+    assert calls == 3
+
+
+def test_concurrent_updates_lose_no_increment(redis_url: str, store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    threads, per_thread = 6, 15
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def worker() -> None:
+        mine = RunStore(connect(redis_url))
+        barrier.wait()
+        try:
+            for _ in range(per_thread):
+                mine.update(
+                    state.run_id,
+                    lambda s: s.model_copy(update={"invalid_calls": s.invalid_calls + 1}),
+                    attempts=1000,
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(30)
+    assert not errors
+    final = store.load(state.run_id)
+    assert final.invalid_calls == threads * per_thread
+    assert final.version == 1 + threads * per_thread
+
+
+def test_recent_is_newest_first(store: RunStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    ids = []
+    for n in range(3):
+        event = _event(f"evt-{n}")
+        state, _ = store.create(event, _state(event, created_at=base + timedelta(minutes=n)))
+        ids.append(state.run_id)
+    assert [s.run_id for s in store.recent()] == list(reversed(ids))
+    assert [s.run_id for s in store.recent(limit=2)] == [ids[2], ids[1]]
+
+
+# versioned documents ---------------------------------------------------------------
+
+
+def test_versioned_docs_compare_and_set(client: redis.Redis) -> None:
+    docs = VersionedDocs(client)
+    assert docs.read("doc:1") is None
+    assert docs.write("doc:1", "v1", 0) == 1
+    with pytest.raises(StaleStateError):
+        docs.write("doc:1", "again", 0)  # expected no document yet
+    assert docs.write("doc:1", "v2", 1) == 2
+    with pytest.raises(StaleStateError):
+        docs.write("doc:1", "stale", 1)
+    with pytest.raises(StaleStateError):
+        docs.write("doc:1", "future", 5)
+    assert docs.read("doc:1") == ("v2", 2)
+
+
+# event log ---------------------------------------------------------------------
+
+
+def test_log_and_trace_round_trip(store: RunStore, client: redis.Redis) -> None:
+    first = store.log("run_1", "run_started", 0, agent="calculator", limits={"max_steps": 3})
+    store.log("run_1", "model_call", 0, tokens=12, answer={"content": None, "tool_calls": []})
+    store.log("run_2", "run_started", 0)  # another run's log stays separate
+    store.log("run_1", "run_finished", 1, status="succeeded")
+
+    trace = store.trace("run_1")
+    assert [event.kind for _, event in trace] == ["run_started", "model_call", "run_finished"]
+    entry_id, started = trace[0]
+    assert started == first
+    assert started.data == {"agent": "calculator", "limits": {"max_steps": 3}}
+    assert trace[1][1].data["answer"] == {"content": None, "tool_calls": []}
+    assert trace[2][1].step == 1
+    assert all(event.run_id == "run_1" for _, event in trace)
+    assert entry_id.count("-") == 1  # a stream id
+
+    lifecycle = client.xrange(keys.LIFECYCLE_STREAM)
+    assert [(f["run_id"], f["kind"]) for _, f in lifecycle] == [
+        ("run_1", "run_started"),
+        ("run_1", "model_call"),
+        ("run_2", "run_started"),
+        ("run_1", "run_finished"),
+    ]
+
+
+def test_trace_after_an_id_returns_only_later_entries(store: RunStore) -> None:
+    for n in range(5):
+        store.log("run_1", f"k{n}", n)
+    trace = store.trace("run_1")
+    ids = [entry_id for entry_id, _ in trace]
+    later = store.trace("run_1", after=ids[1])
+    assert [e.kind for _, e in later] == ["k2", "k3", "k4"]
+    assert [i for i, _ in later] == ids[2:]
+    assert store.trace("run_1", after=ids[-1]) == []
+    assert store.trace("run_missing") == []
+
+
+# action results ------------------------------------------------------------------
+
+
+def _observation(output: object, ok: bool = True) -> Observation:
+    return Observation(
+        action_id="run_1:0:0",
+        run_id="run_1",
+        step=0,
+        tool="add",
+        tool_call_id="call_1",
+        ok=ok,
+        output=output,
+        error=None if ok else "boom",
+    )
+
+
+def test_save_result_keeps_the_first(store: RunStore, client: redis.Redis) -> None:
+    assert store.get_result("run_1:0:0") is None
+    first = _observation(5)
+    assert store.save_result(first) == first
+    second = store.save_result(_observation(999, ok=False))
+    assert second == first
+    assert store.get_result("run_1:0:0") == first
+    assert 0 < client.ttl(keys.action_result("run_1:0:0")) <= 3600
+
+
+def test_concurrent_save_result_agrees_on_one_winner(store: RunStore, redis_url: str) -> None:
+    results: list[Observation] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        mine = RunStore(connect(redis_url))
+        barrier.wait()
+        got = mine.save_result(_observation(n))
+        with lock:
+            results.append(got)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 8
+    assert len({r.output for r in results}) == 1
+    assert store.get_result("run_1:0:0") == results[0]
+
+
+# rejected input ------------------------------------------------------------------
+
+
+def test_reject_and_rejected(store: RunStore) -> None:
+    assert store.rejected() == []
+    store.reject("malformed TaskEvent: event_id", {"event_id": "", "agent": "x"})
+    store.reject("not json", "<<garbage>>")
+    entries = store.rejected()
+    assert [e["reason"] for e in entries] == ["not json", "malformed TaskEvent: event_id"]
+    assert entries[0]["payload"] == "<<garbage>>"
+    assert json.loads(entries[1]["payload"]) == {"event_id": "", "agent": "x"}
+    assert all(e["id"] and e["at"] for e in entries)
+    assert len(store.rejected(count=1)) == 1
+
+
+def test_reject_truncates_huge_payloads(store: RunStore) -> None:
+    store.reject("too big", {"input": "x" * 10_000})
+    assert len(store.rejected()[0]["payload"]) == 4096
