@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
+
 from tether import celery_app, executor
+from tether.errors import ActionInFlightError
 from tether.messages import ToolAction
-from tether.service import RETRY_TRANSIENT, parse, runtime, service_app
+from tether.service import TASK_OPTIONS, parse, runtime, service_app
 
 app = service_app("executor")
 
 
-@app.task(name=celery_app.EXECUTE, **RETRY_TRANSIENT)
-def execute(action: dict[str, Any]) -> None:
-    parsed = parse(ToolAction, action, celery_app.EXECUTE)
-    if parsed is not None:
+@app.task(name=celery_app.EXECUTE, bind=True, **TASK_OPTIONS)
+def execute(self: Task, action: dict[str, Any]) -> None:
+    parsed = parse(ToolAction, action, celery_app.EXECUTE, {"action": action})
+    if parsed is None:
+        return
+    try:
         executor.execute(runtime(), parsed)
+    except ActionInFlightError as exc:
+        # Another delivery holds the action; look again once its lock would have lapsed.
+        raise self.retry(countdown=exc.retry_after_s, max_retries=None) from exc

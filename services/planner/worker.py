@@ -6,31 +6,32 @@ from typing import Any
 
 from tether import celery_app, planner
 from tether.messages import Decision, Escalation, Observation
-from tether.service import RETRY_TRANSIENT, parse, runtime, service_app
+from tether.service import TASK_OPTIONS, parse, runtime, service_app
 
 app = service_app("planner")
 
 
-@app.task(name=celery_app.START, **RETRY_TRANSIENT)
+@app.task(name=celery_app.START, **TASK_OPTIONS)
 def start(event: Any) -> None:
     planner.start(runtime(), event)
 
 
-@app.task(name=celery_app.STEP, **RETRY_TRANSIENT)
+@app.task(name=celery_app.STEP, **TASK_OPTIONS)
 def step(run_id: str, step: int) -> None:
     planner.plan(runtime(), run_id, step)
 
 
-@app.task(name=celery_app.OBSERVE, **RETRY_TRANSIENT)
+@app.task(name=celery_app.OBSERVE, **TASK_OPTIONS)
 def observe(observation: dict[str, Any]) -> None:
-    parsed = parse(Observation, observation, celery_app.OBSERVE)
+    parsed = parse(Observation, observation, celery_app.OBSERVE, {"observation": observation})
     if parsed is not None:
         planner.observe(runtime(), parsed)
 
 
-@app.task(name=celery_app.RESUME, **RETRY_TRANSIENT)
+@app.task(name=celery_app.RESUME, **TASK_OPTIONS)
 def resume(escalation: dict[str, Any], decision: dict[str, Any]) -> None:
-    parsed_escalation = parse(Escalation, escalation, celery_app.RESUME)
-    parsed_decision = parse(Decision, decision, celery_app.RESUME)
+    kwargs = {"escalation": escalation, "decision": decision}
+    parsed_escalation = parse(Escalation, escalation, celery_app.RESUME, kwargs)
+    parsed_decision = parse(Decision, decision, celery_app.RESUME, kwargs)
     if parsed_escalation is not None and parsed_decision is not None:
         planner.resume(runtime(), parsed_escalation, parsed_decision)

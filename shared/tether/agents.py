@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tether.errors import ConfigError, InvalidToolCallError, UnknownAgentError
-from tether.messages import BudgetLimits
+from tether.messages import BudgetLimits, ToolAction
 from tether.models.base import ModelClient
+from tether.state import RunState
 from tether.tools import Tool
+
+# A policy looks at a validated tool call in its run and returns why it is
+# refused, or None to allow it. A refusal goes back to the model as policy_denied.
+Policy = Callable[[ToolAction, RunState], str | None]
 
 DEFAULT_BUDGET = BudgetLimits(max_steps=20, max_tool_calls=40, max_wall_s=600)
 
@@ -21,12 +27,20 @@ class Agent:
     tools: list[Tool] = field(default_factory=list)
     budget: BudgetLimits = DEFAULT_BUDGET
     max_invalid_calls: int = 3
+    policies: list[Policy] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"agent {self.name!r} declares tools twice: {', '.join(duplicates)}")
+
+    def check_policies(self, action: ToolAction, state: RunState) -> str | None:
+        for policy in self.policies:
+            denial = policy(action, state)
+            if denial is not None:
+                return f"policy refused {action.tool!r}: {denial}"
+        return None
 
     def tool(self, name: str) -> Tool:
         for candidate in self.tools:

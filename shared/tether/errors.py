@@ -62,7 +62,28 @@ class ToolTimeoutError(TetherError):
 
 
 class ModelError(TetherError):
-    """The model endpoint failed or answered something unusable."""
+    """The model endpoint failed after its retries (and fallbacks)."""
+
+    def __init__(self, message: str, *, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class TransientToolError(TetherError):
+    """Raised by a tool when nothing happened and trying again later may work.
+
+    It is the one error on which a non-idempotent tool is retried: raising it
+    promises that the side effect did not take place.
+    """
+
+
+class ActionInFlightError(TetherError):
+    def __init__(self, action_id: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"action {action_id} is running on another worker; this delivery waits "
+            f"{retry_after_s:.0f}s and looks again"
+        )
+        self.retry_after_s = retry_after_s
 
 
 class StaleStateError(TetherError):

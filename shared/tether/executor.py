@@ -1,23 +1,40 @@
 """The executor: one message is one tool action.
 
 A result is stored under the action's id before the observation goes out, so
-a redelivered action returns the stored result instead of running again, and
-an in-flight lock keeps two deliveries of one action from running at once.
+a redelivered action returns the stored result instead of running again. An
+in-flight lock keeps two deliveries of one action from running at once. A
+non-idempotent tool also leaves an in-flight marker before it starts: a later
+delivery that finds the marker but no result knows the first attempt died
+mid-call, and asks a human instead of running the side effect again.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pydantic import ValidationError
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from tether import keys
 from tether.agents import get_agent
-from tether.errors import InvalidToolCallError, TetherError, ToolTimeoutError, UnknownAgentError
-from tether.messages import ErrorCategory, Observation, ToolAction
+from tether.errors import (
+    ActionInFlightError,
+    InvalidToolCallError,
+    TetherError,
+    ToolTimeoutError,
+    UnknownAgentError,
+)
+from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
 from tether.runtime import Runtime
 from tether.telemetry import TOOL_LATENCY, log
-from tether.tools import ToolContext
+from tether.tools import Tool, ToolContext
 
 LOCK_MARGIN_S = 30
 
@@ -48,60 +65,91 @@ def execute(rt: Runtime, action: ToolAction) -> None:
             ok=False,
             error=f"not run: budget exhausted ({wall.reason})",
             category=ErrorCategory.budget,
-            latency_ms=0.0,
         )
         return
-
     try:
         tool = get_agent(action.agent).tool(action.tool)
     except (UnknownAgentError, InvalidToolCallError) as exc:
-        _report(
-            rt,
-            action,
-            ok=False,
-            error=str(exc),
-            category=ErrorCategory.tool_permanent,
-            latency_ms=0.0,
-        )
+        _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
         return
 
     lock = keys.action_lock(action.action_id)
-    if not rt.store.client.set(lock, "1", nx=True, ex=int(tool.timeout_s) + LOCK_MARGIN_S):
-        log.info("action_in_flight_elsewhere", action_id=action.action_id)
-        return
+    lock_s = (
+        int(tool.timeout_s * tool.retry.max_attempts + tool.retry.max_backoff_s) + LOCK_MARGIN_S
+    )
+    if not rt.store.client.set(lock, "1", nx=True, ex=lock_s):
+        ttl = rt.store.client.ttl(lock)
+        raise ActionInFlightError(action.action_id, float(max(ttl, 1)))
+    try:
+        if not tool.idempotent and not _claim(rt, action):
+            _report(
+                rt,
+                action,
+                ok=False,
+                category=ErrorCategory.internal,
+                needs_human=EscalationKind.unsafe_retry,
+                error=f"{action.tool!r} is not idempotent and an earlier attempt of "
+                f"{action.action_id} died mid-call, so it may or may not have taken effect; "
+                "check the target system, then approve to run it again, answer with what "
+                "happened, or reject to end the run",
+            )
+            return
+        _run(rt, action, tool)
+    finally:
+        rt.store.client.delete(lock)
+
+
+def _claim(rt: Runtime, action: ToolAction) -> bool:
+    """Leave the in-flight marker; False if an earlier attempt left one (and no result)."""
+    marker = keys.action_inflight(action.action_id)
+    if action.rerun_approved:
+        rt.store.client.set(marker, "rerun", ex=rt.store.run_ttl_s)
+        return True
+    return bool(rt.store.client.set(marker, "1", nx=True, ex=rt.store.run_ttl_s))
+
+
+def _run(rt: Runtime, action: ToolAction, tool: Tool) -> None:
     context = ToolContext(
         run_id=action.run_id, action_id=action.action_id, agent=action.agent, step=action.step
     )
+    policy = tool.retry
+    retrying = Retrying(
+        retry=retry_if_exception_type(policy.retry_on),
+        wait=wait_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s)
+        + wait_random(0, policy.backoff_s),
+        stop=stop_after_attempt(policy.max_attempts),
+        reraise=True,
+    )
     started = time.perf_counter()
+    outcome: dict[str, Any]
     try:
-        output = tool.invoke(action.arguments, context)
+        output = retrying(tool.invoke, action.arguments, context)
     except ValidationError as exc:
-        _report(
-            rt,
-            action,
-            ok=False,
-            category=ErrorCategory.tool_validation,
-            started=started,
-            error=f"tool {tool.name!r} got or returned invalid data: {exc.errors()[0]['msg']}",
-        )
+        outcome = {
+            "ok": False,
+            "category": ErrorCategory.tool_validation,
+            "error": f"tool {tool.name!r} got or returned invalid data: {exc.errors()[0]['msg']}",
+        }
     except ToolTimeoutError as exc:
-        _report(
-            rt, action, ok=False, error=str(exc), category=ErrorCategory.timeout, started=started
-        )
+        outcome = {"ok": False, "category": ErrorCategory.timeout, "error": str(exc)}
+    except policy.retry_on as exc:
+        outcome = {
+            "ok": False,
+            "category": ErrorCategory.tool_transient,
+            "error": f"tool {tool.name!r} kept failing transiently: {type(exc).__name__}: {exc}; "
+            "it may work later",
+        }
     except Exception as exc:
         message = str(exc) if isinstance(exc, TetherError) else f"{type(exc).__name__}: {exc}"
-        _report(
-            rt,
-            action,
-            ok=False,
-            error=f"tool {tool.name!r} failed: {message}",
-            category=ErrorCategory.tool_permanent,
-            started=started,
-        )
+        outcome = {
+            "ok": False,
+            "category": ErrorCategory.tool_permanent,
+            "error": f"tool {tool.name!r} failed: {message}",
+        }
     else:
-        _report(rt, action, ok=True, output=output, started=started)
-    finally:
-        rt.store.client.delete(lock)
+        outcome = {"ok": True, "output": output}
+    attempts = int(retrying.statistics.get("attempt_number", 1))
+    _report(rt, action, started=started, attempts=attempts, **outcome)
 
 
 def _report(
@@ -113,24 +161,27 @@ def _report(
     error: str | None = None,
     category: ErrorCategory | None = None,
     started: float | None = None,
-    latency_ms: float | None = None,
+    attempts: int = 1,
+    needs_human: EscalationKind | None = None,
 ) -> None:
-    if latency_ms is None:
-        latency_ms = (time.perf_counter() - (started or time.perf_counter())) * 1000
-    observation = rt.store.save_result(
-        Observation(
-            action_id=action.action_id,
-            run_id=action.run_id,
-            step=action.step,
-            tool=action.tool,
-            tool_call_id=action.tool_call_id,
-            ok=ok,
-            output=output,
-            error=error,
-            error_category=category,
-            latency_ms=round(latency_ms, 3),
-        )
+    latency_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+    observation = Observation(
+        action_id=action.action_id,
+        run_id=action.run_id,
+        step=action.step,
+        tool=action.tool,
+        tool_call_id=action.tool_call_id,
+        ok=ok,
+        output=output,
+        error=error,
+        error_category=category,
+        latency_ms=round(latency_ms, 3),
+        attempts=attempts,
+        needs_human=needs_human,
     )
+    if needs_human is None:
+        # A question for a human is not the action's result: after an approval it runs.
+        observation = rt.store.save_result(observation)
     TOOL_LATENCY.labels(action.agent, action.tool).observe(observation.latency_ms / 1000)
     rt.store.log(
         action.run_id,
@@ -144,5 +195,7 @@ def _report(
         error=observation.error,
         error_category=observation.error_category,
         latency_ms=observation.latency_ms,
+        attempts=observation.attempts,
+        needs_human=needs_human,
     )
     rt.send_observation(observation)

@@ -7,6 +7,7 @@ PREFIX = "tether"
 RUN_INDEX = f"{PREFIX}:runs"
 LIFECYCLE_STREAM = f"{PREFIX}:events"
 REJECTED_STREAM = f"{PREFIX}:rejected"
+DEAD_STREAM = f"{PREFIX}:dead"
 PENDING_ESCALATIONS = f"{PREFIX}:escalations:pending"
 ALL_ESCALATIONS = f"{PREFIX}:escalations"
 
@@ -33,6 +34,10 @@ def action_result(action_id: str) -> str:
 
 def action_lock(action_id: str) -> str:
     return f"{PREFIX}:action:{action_id}:lock"
+
+
+def action_inflight(action_id: str) -> str:
+    return f"{PREFIX}:action:{action_id}:inflight"
 
 
 def escalation(escalation_id: str) -> str:

@@ -71,6 +71,9 @@ class ToolAction(Message):
     tool_call_id: str
     arguments: dict[str, Any]
     idempotent: bool = True
+    # Set when a human allowed a non-idempotent action to run again after its
+    # first attempt died mid-call (an unsafe_retry escalation).
+    rerun_approved: bool = False
 
 
 class ErrorCategory(StrEnum):
@@ -87,8 +90,20 @@ class ErrorCategory(StrEnum):
     internal = "internal"
 
 
+class EscalationKind(StrEnum):
+    approval_required = "approval_required"
+    model_uncertain = "model_uncertain"
+    repeated_failure = "repeated_failure"
+    budget_exhausted = "budget_exhausted"
+    unsafe_retry = "unsafe_retry"
+
+
 class Observation(Message):
-    """The outcome of one ToolAction, handed back to the planner."""
+    """The outcome of one ToolAction, handed back to the planner.
+
+    ``needs_human`` is set when the executor would not decide alone (a
+    non-idempotent action found half-done): the planner holds it for a human.
+    """
 
     action_id: str
     run_id: str
@@ -100,14 +115,8 @@ class Observation(Message):
     error: str | None = None
     error_category: ErrorCategory | None = None
     latency_ms: float = 0.0
-
-
-class EscalationKind(StrEnum):
-    approval_required = "approval_required"
-    model_uncertain = "model_uncertain"
-    repeated_failure = "repeated_failure"
-    budget_exhausted = "budget_exhausted"
-    unsafe_retry = "unsafe_retry"
+    attempts: int = 1
+    needs_human: EscalationKind | None = None
 
 
 class Verdict(StrEnum):

@@ -5,20 +5,41 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import redis
-from celery import Celery
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init
 from pydantic import BaseModel, ValidationError
 
+from tether import deadletters
 from tether.agents import load_agent_modules
 from tether.errors import StaleStateError
+from tether.messages import ErrorCategory
 from tether.runtime import Runtime, get_runtime
 from tether.telemetry import configure, log, serve_metrics
 
 M = TypeVar("M", bound=BaseModel)
 
+
+class TetherTask(Task):  # type: ignore[misc]
+    """Every service task: a message that fails past its retries becomes a dead letter."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        reason = f"{type(exc).__name__}: {exc} (after {self.request.retries} retries)"
+        deadletters.record(get_runtime(), self.name, dict(kwargs or {}), reason, _category(exc))
+        log.error("dead_letter", task=self.name, task_id=task_id, reason=reason)
+
+
+def _category(exc: BaseException) -> ErrorCategory:
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+        return ErrorCategory.timeout
+    return ErrorCategory.internal
+
+
 # Every handler is safe to run twice, so a message that met a passing fault
-# (Redis failing over, a commit that kept losing its race) is simply run again.
-RETRY_TRANSIENT: dict[str, Any] = {
+# (Redis failing over, a commit that kept losing its race) is simply run again;
+# past the retries it fails into the dead-letter stream.
+TASK_OPTIONS: dict[str, Any] = {
+    "base": TetherTask,
     "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StaleStateError),
     "retry_backoff": True,
     "retry_backoff_max": 30,
@@ -45,12 +66,12 @@ def runtime() -> Runtime:
     return get_runtime()
 
 
-def parse(model: type[M], payload: Any, task: str) -> M | None:
-    """A message as its model, or None after recording why it could not be read."""
+def parse(model: type[M], payload: Any, task: str, kwargs: dict[str, Any]) -> M | None:
+    """A message as its model, or None after dead-lettering the task's ``kwargs`` whole."""
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
         reason = f"{task} got a malformed {model.__name__}: {exc.errors()[0]['msg']}"
-        get_runtime().store.reject(reason, payload)
+        deadletters.record(get_runtime(), task, kwargs, reason, ErrorCategory.internal)
         log.error("message_rejected", task=task, reason=reason)
         return None

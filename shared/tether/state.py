@@ -13,6 +13,7 @@ from tether.messages import (
     Decision,
     ErrorCategory,
     Escalation,
+    EscalationKind,
     Observation,
     ToolAction,
     utcnow,
@@ -87,6 +88,27 @@ class RunError(BaseModel):
     message: str
 
 
+class HumanWait(BaseModel):
+    """Something the run waits on a human for; ``action`` is the tool call held, if any."""
+
+    model_config = ConfigDict(frozen=True)
+
+    escalation_id: str
+    kind: EscalationKind
+    reason: str
+    action: ToolAction | None = None
+
+    def escalation(self, run_id: str, agent: str) -> Escalation:
+        return Escalation(
+            escalation_id=self.escalation_id,
+            run_id=run_id,
+            agent=agent,
+            kind=self.kind,
+            reason=self.reason,
+            action=self.action,
+        )
+
+
 class EscalationRecord(BaseModel):
     """An escalation as the escalation service keeps it."""
 
@@ -107,8 +129,7 @@ class RunState(BaseModel):
     messages: list[ChatMessage] = Field(default_factory=list)
     pending_actions: list[ToolAction] = Field(default_factory=list)
     completed_actions: list[Observation] = Field(default_factory=list)
-    awaiting_approval: list[ToolAction] = Field(default_factory=list)
-    escalation_id: str | None = None
+    awaiting_human: list[HumanWait] = Field(default_factory=list)
     invalid_calls: int = 0
     limits: BudgetLimits = Field(default_factory=BudgetLimits)
     result: str | None = None

@@ -16,7 +16,12 @@ from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from tether.errors import InvalidToolCallError, ToolDefinitionError, ToolTimeoutError
+from tether.errors import (
+    InvalidToolCallError,
+    ToolDefinitionError,
+    ToolTimeoutError,
+    TransientToolError,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,28 @@ class ToolContext:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How the executor retries a tool's transient failures, with jittered backoff.
+
+    A non-idempotent tool is retried only on TransientToolError, which promises
+    that nothing happened; anything else could have half-done its side effect.
+    """
+
+    max_attempts: int = 3
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    retry_on: tuple[type[BaseException], ...] = (
+        TransientToolError,
+        ConnectionError,
+        TimeoutError,
+        ToolTimeoutError,
+    )
+
+
+NO_UNSAFE_RETRY = RetryPolicy(retry_on=(TransientToolError,))
+
+
+@dataclass(frozen=True)
 class Tool:
     name: str
     description: str
@@ -44,6 +71,7 @@ class Tool:
     idempotent: bool = True
     requires_approval: bool = False
     timeout_s: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
 
     def openai_schema(self) -> dict[str, Any]:
         return {
@@ -113,6 +141,7 @@ def _build_tool(
     idempotent: bool,
     requires_approval: bool,
     timeout_s: float,
+    retry: RetryPolicy | None,
 ) -> Tool:
     tool_name = name or fn.__name__
     try:
@@ -153,6 +182,7 @@ def _build_tool(
         idempotent=idempotent,
         requires_approval=requires_approval,
         timeout_s=timeout_s,
+        retry=retry or (RetryPolicy() if idempotent else NO_UNSAFE_RETRY),
     )
 
 
@@ -167,6 +197,7 @@ def tool(
     idempotent: bool = True,
     requires_approval: bool = False,
     timeout_s: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -178,8 +209,13 @@ def tool(
     idempotent: bool = True,
     requires_approval: bool = False,
     timeout_s: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Turn a typed function into a Tool: ``@tool`` or ``@tool(requires_approval=True)``."""
+    """Turn a typed function into a Tool: ``@tool`` or ``@tool(requires_approval=True)``.
+
+    ``retry`` defaults to three attempts on transient errors for idempotent tools,
+    and to retrying only TransientToolError for the others.
+    """
 
     def wrap(f: Callable[..., Any]) -> Tool:
         return _build_tool(
@@ -188,6 +224,7 @@ def tool(
             idempotent=idempotent,
             requires_approval=requires_approval,
             timeout_s=timeout_s,
+            retry=retry,
         )
 
     return wrap(fn) if fn is not None else wrap

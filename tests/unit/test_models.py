@@ -406,7 +406,7 @@ def test_openai_model_gives_up_on_a_persistent_500(fake_openai: FakeOpenAI) -> N
     message = str(info.value)
     assert "model 'gpt-4o-mini'" in message
     assert fake_openai.base_url in message
-    assert "failed after 2 attempts" in message
+    assert "failed after 2 attempt(s)" in message
     assert "check the endpoint, key and rate limits" in message
     assert isinstance(info.value, TetherError)
     # Without Retry-After it backs off (jittered, from 0.5 s) between attempts.

@@ -29,6 +29,7 @@ from tether.messages import (
     Decision,
     ErrorCategory,
     Escalation,
+    EscalationKind,
     Observation,
     TaskEvent,
     ToolAction,
@@ -429,7 +430,7 @@ def test_self_correcting_run_recovers_and_succeeds(runtime: Runtime) -> None:
     assert kinds(runtime, run_id).count("tool_call_invalid") == 3
 
 
-def test_too_many_invalid_answers_fail_the_run(runtime: Runtime) -> None:
+def test_too_many_invalid_answers_escalate_as_repeated_failure(runtime: Runtime) -> None:
     run_id = planner.start(
         runtime, {"event_id": "evt-bad", "agent": always_invalid.name, "input": "go"}
     )
@@ -437,10 +438,43 @@ def test_too_many_invalid_answers_fail_the_run(runtime: Runtime) -> None:
     assert runtime.store.load(run_id).status == RunStatus.running
     planner.plan(runtime, run_id, 1)
     state = runtime.store.load(run_id)
-    assert state.status == RunStatus.failed
+    assert state.status == RunStatus.waiting_human
+    (wait,) = state.awaiting_human
+    assert wait.kind == EscalationKind.repeated_failure
+    assert wait.action is None
+    assert "answered unusably 2 times in a row" in wait.reason
+    ((task, kwargs),) = [q for q in queued(runtime, ESCALATIONS_QUEUE)]
+    assert task == ESCALATE
+    assert Escalation.model_validate(kwargs["escalation"]).kind == EscalationKind.repeated_failure
+
+    # A human answers: the model gets the answer and a fresh allowance of attempts.
+    escalation = wait.escalation(run_id, state.agent)
+    answer = Decision(
+        escalation_id=wait.escalation_id, verdict=Verdict.answer, by="ops", answer="use add"
+    )
+    planner.resume(runtime, escalation, answer)
+    state = runtime.store.load(run_id)
+    assert state.awaiting_human == []
+    assert any(m.role == "user" and m.content == "ops answered: use add" for m in state.messages)
+    assert kinds(runtime, run_id).count("resumed") == 1
+
+
+def test_rejecting_a_repeated_failure_ends_the_run_rejected(runtime: Runtime) -> None:
+    run_id = planner.start(
+        runtime, {"event_id": "evt-bad-2", "agent": always_invalid.name, "input": "go"}
+    )
+    assert run_id is not None
+    planner.plan(runtime, run_id, 1)
+    (wait,) = runtime.store.load(run_id).awaiting_human
+    reject = Decision(
+        escalation_id=wait.escalation_id, verdict=Verdict.reject, by="ops", reason="broken model"
+    )
+    planner.resume(runtime, wait.escalation(run_id, always_invalid.name), reject)
+    state = runtime.store.load(run_id)
+    assert state.status == RunStatus.rejected
     assert state.error is not None
-    assert state.error.category == ErrorCategory.model_invalid_output
-    assert "answered unusably 2 times in a row" in state.error.message
+    assert state.error.category == ErrorCategory.human_rejected
+    assert "broken model" in state.error.message
     assert state.partial_result is not None
 
 
@@ -526,7 +560,8 @@ def test_approval_required_action_waits_for_a_human(runtime: Runtime) -> None:
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.waiting_human
     assert state.pending_actions == []
-    (action,) = state.awaiting_approval
+    ((action, kind),) = [(w.action, w.kind) for w in state.awaiting_human]
+    assert kind == EscalationKind.approval_required
     assert queued(runtime, TOOLS_QUEUE) == []
     ((task, kwargs),) = queued(runtime, ESCALATIONS_QUEUE)
     assert task == ESCALATE
@@ -540,7 +575,7 @@ def test_approval_required_action_waits_for_a_human(runtime: Runtime) -> None:
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.waiting_tools
     assert state.pending_actions == [action]
-    assert state.awaiting_approval == []
+    assert state.awaiting_human == []
     assert kinds(runtime, run_id).count("resumed") == 1
     assert [kw["action"]["action_id"] for _, kw in queued(runtime, TOOLS_QUEUE)] == [
         action.action_id

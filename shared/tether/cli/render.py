@@ -64,8 +64,8 @@ def run_panel(run: RunState, usage: BudgetUsage) -> Panel:
         lines.append(f"partial    {escape(run.partial_result)}")
     if run.error is not None:
         lines.append(escape(f"error      [{run.error.category}] {run.error.message}"))
-    if run.awaiting_approval:
-        lines.append("waiting on " + ", ".join(a.tool for a in run.awaiting_approval))
+    for wait in run.awaiting_human:
+        lines.append(escape(f"waiting    [{wait.kind}] {wait.escalation_id}: {wait.reason}"))
     return Panel("\n".join(lines), title=run.run_id, expand=False)
 
 
@@ -93,8 +93,8 @@ def describe_event(event: RunEvent) -> str:
             )
         case "decision":
             return f"decision: {d.get('decision')}" + (
-                f" (awaiting approval: {', '.join(d['awaiting_approval'])})"
-                if d.get("awaiting_approval")
+                f" (waiting for a human: {', '.join(d['awaiting_human'])})"
+                if d.get("awaiting_human")
                 else ""
             )
         case "tool_call_invalid":

@@ -20,6 +20,7 @@ class ModelResponse(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    attempts: int = 1
 
     @property
     def total_tokens(self) -> int:
@@ -31,8 +32,17 @@ class ModelClient(Protocol):
     @property
     def name(self) -> str: ...
 
-    def complete(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> ModelResponse:
-        """One chat completion offering ``tools``; raises ModelError when it cannot."""
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+    ) -> ModelResponse:
+        """One chat completion offering ``tools``; raises ModelError when it cannot.
+
+        ``deadline`` (epoch seconds) bounds retries: none starts after it.
+        """
         ...
 
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from typing import Any
 
 import openai
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from tether.errors import ModelError
@@ -26,7 +29,19 @@ TRANSIENT = (
     openai.RateLimitError,
     openai.APIConnectionError,  # includes APITimeoutError
     openai.InternalServerError,
+    openai.APIResponseValidationError,
+    ValueError,  # a body cut short: json.JSONDecodeError
 )
+
+
+class stop_at_deadline(stop_base):
+    """Stop retrying once the run's wall-time budget is spent."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
 
 
 class wait_retry_after(wait_base):
@@ -91,7 +106,13 @@ class OpenAIModel:
         prompt = json.dumps([m.to_openai() for m in messages]) + json.dumps(tools)
         return estimate_tokens(prompt) + self.max_output_tokens
 
-    def complete(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> ModelResponse:
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+    ) -> ModelResponse:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [m.to_openai() for m in messages],
@@ -102,19 +123,24 @@ class OpenAIModel:
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT),
             wait=wait_retry_after(wait_exponential(multiplier=0.5, max=20) + wait_random(0, 0.5)),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop_after_attempt(self.max_attempts) | stop_at_deadline(deadline),
             reraise=True,
         )
         try:
             completion = retrying(self._openai().chat.completions.create, **request)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
+            attempts = int(retrying.statistics.get("attempt_number", 1))
             raise ModelError(
                 f"model {self.model!r} at {self.base_url or 'the OpenAI API'} failed after "
-                f"{self.max_attempts} attempts: {exc}; check the endpoint, key and rate limits"
+                f"{attempts} attempt(s): {type(exc).__name__}: {exc}; check the endpoint, "
+                "key and rate limits",
+                attempts=attempts,
             ) from exc
+        attempts = int(retrying.statistics.get("attempt_number", 1))
         if not completion.choices:
             raise ModelError(
-                f"model {self.model!r} returned no choices; the endpoint is misbehaving"
+                f"model {self.model!r} returned no choices; the endpoint is misbehaving",
+                attempts=attempts,
             )
         message = completion.choices[0].message
         calls = [
@@ -132,4 +158,5 @@ class OpenAIModel:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=cost_usd(self.model, input_tokens, output_tokens),
+            attempts=attempts,
         )

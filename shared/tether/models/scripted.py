@@ -62,7 +62,13 @@ class ScriptedModel:
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
         return estimate_tokens(_serialise(messages, tools)) + 256
 
-    def complete(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> ModelResponse:
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+    ) -> ModelResponse:
         turn = self._script(messages)
         prompt_tokens = estimate_tokens(_serialise(messages, tools))
         answer = (turn.content or "") + "".join(c.arguments for c in turn.tool_calls)

@@ -1,0 +1,107 @@
+"""Dead letters: messages that could not be parsed or failed past their retries.
+
+Each is kept in the stream tether:dead with its task, its arguments and why,
+so an operator can read it (`tether dead list|show`) and, once the cause is
+fixed, put it back on its queue (`tether dead replay`). Handlers are
+idempotent, so a replay is as safe as a redelivery.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from pydantic import BaseModel
+
+from tether import keys
+from tether.celery_app import QUEUE_OF, direct_route
+from tether.messages import ErrorCategory, utcnow
+from tether.runtime import Runtime
+
+MAXLEN = 100_000
+
+
+class DeadLetter(BaseModel):
+    id: str
+    task: str
+    kwargs: dict[str, Any]
+    reason: str
+    category: ErrorCategory
+    at: str
+    run_id: str | None = None
+
+
+def _run_id(kwargs: dict[str, Any]) -> str | None:
+    for value in kwargs.values():
+        if isinstance(value, dict) and isinstance(value.get("run_id"), str):
+            return str(value["run_id"])
+    run_id = kwargs.get("run_id")
+    return run_id if isinstance(run_id, str) else None
+
+
+def record(
+    rt: Runtime, task: str, kwargs: dict[str, Any], reason: str, category: ErrorCategory
+) -> str:
+    entry_id = str(
+        rt.store.client.xadd(
+            keys.DEAD_STREAM,
+            {
+                "task": task,
+                "kwargs": json.dumps(kwargs, default=str),
+                "reason": reason[:4096],
+                "category": str(category),
+                "at": utcnow().isoformat(),
+            },
+            maxlen=MAXLEN,
+            approximate=True,
+        )
+    )
+    run_id = _run_id(kwargs)
+    if run_id is not None:
+        rt.store.log(
+            run_id, "dead_letter", -1, task=task, reason=reason, category=category, id=entry_id
+        )
+    return entry_id
+
+
+def _parse(entry_id: str, fields: dict[str, str]) -> DeadLetter:
+    kwargs = json.loads(fields["kwargs"])
+    return DeadLetter(
+        id=entry_id,
+        task=fields["task"],
+        kwargs=kwargs,
+        reason=fields["reason"],
+        category=ErrorCategory(fields["category"]),
+        at=fields["at"],
+        run_id=_run_id(kwargs),
+    )
+
+
+def list_dead(rt: Runtime, count: int = 50) -> list[DeadLetter]:
+    entries = cast(
+        list[tuple[str, dict[str, str]]], rt.store.client.xrevrange(keys.DEAD_STREAM, count=count)
+    )
+    return [_parse(entry_id, fields) for entry_id, fields in entries]
+
+
+def get(rt: Runtime, entry_id: str) -> DeadLetter | None:
+    entries = cast(
+        list[tuple[str, dict[str, str]]],
+        rt.store.client.xrange(keys.DEAD_STREAM, min=entry_id, max=entry_id),
+    )
+    return _parse(*entries[0]) if entries else None
+
+
+def replay(rt: Runtime, entry_id: str) -> DeadLetter | None:
+    """Put a dead letter back on its queue and take it off the dead-letter stream."""
+    letter = get(rt, entry_id)
+    if letter is None:
+        return None
+    queue = QUEUE_OF.get(letter.task)
+    if queue is None:
+        return None
+    rt.celery.send_task(letter.task, kwargs=letter.kwargs, **direct_route(queue))
+    rt.store.client.xdel(keys.DEAD_STREAM, entry_id)
+    if letter.run_id is not None:
+        rt.store.log(letter.run_id, "dead_letter_replayed", -1, task=letter.task, id=entry_id)
+    return letter

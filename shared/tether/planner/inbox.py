@@ -1,0 +1,168 @@
+"""What comes back to the planner: tool observations and human decisions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tether.messages import (
+    Decision,
+    ErrorCategory,
+    Escalation,
+    EscalationKind,
+    Observation,
+    Verdict,
+)
+from tether.planner.lifecycle import finish
+from tether.planner.outbox import redispatch
+from tether.planner.step import escalation_id, plan
+from tether.runtime import Runtime
+from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
+
+
+def _status(state: RunState, **update: Any) -> RunStatus:
+    waits = update.get("awaiting_human", state.awaiting_human)
+    pending = update.get("pending_actions", state.pending_actions)
+    if waits:
+        return RunStatus.waiting_human
+    return RunStatus.waiting_tools if pending else RunStatus.running
+
+
+def observe(rt: Runtime, observation: Observation) -> None:
+    """Record a tool's outcome; the last outstanding one triggers the next step."""
+
+    def record(state: RunState) -> RunState | None:
+        if state.terminal or observation.action_id not in {
+            a.action_id for a in state.pending_actions
+        }:
+            return None
+        action = next(a for a in state.pending_actions if a.action_id == observation.action_id)
+        update: dict[str, Any] = {
+            "pending_actions": [a for a in state.pending_actions if a is not action]
+        }
+        if observation.needs_human is not None:
+            update["awaiting_human"] = [
+                *state.awaiting_human,
+                HumanWait(
+                    escalation_id=escalation_id(action.action_id, observation.needs_human),
+                    kind=observation.needs_human,
+                    reason=observation.error or "the executor would not decide alone",
+                    action=action,
+                ),
+            ]
+        else:
+            content = (
+                {"result": observation.output} if observation.ok else {"error": observation.error}
+            )
+            update["completed_actions"] = [*state.completed_actions, observation]
+            update["messages"] = [
+                *state.messages,
+                ChatMessage(
+                    role="tool", tool_call_id=observation.tool_call_id, content=json.dumps(content)
+                ),
+            ]
+        return state.model_copy(update={**update, "status": _status(state, **update)})
+
+    committed = rt.store.update(observation.run_id, record)
+    if committed is None:
+        state = rt.store.load(observation.run_id)
+        rt.store.log(
+            state.run_id,
+            "observation_ignored",
+            observation.step,
+            action_id=observation.action_id,
+            reason=f"run is {state.status}" if state.terminal else "already recorded",
+        )
+        if state.status == RunStatus.running and not state.pending_actions:
+            # An earlier delivery committed but died before planning: plan now.
+            plan(rt, state.run_id, state.step)
+        return
+    rt.store.log(
+        committed.run_id,
+        "observation",
+        observation.step,
+        action_id=observation.action_id,
+        tool=observation.tool,
+        ok=observation.ok,
+        error_category=observation.error_category,
+        needs_human=observation.needs_human,
+        remaining=len(committed.pending_actions),
+    )
+    if committed.status == RunStatus.running:
+        plan(rt, committed.run_id, committed.step)
+    elif observation.needs_human is not None:
+        redispatch(rt, committed)
+
+
+def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
+    """Carry a human's decision into the run: go on, take the answer, or end the run."""
+    state = rt.store.get(escalation.run_id)
+    wait = next(
+        (
+            w
+            for w in (state.awaiting_human if state else [])
+            if w.escalation_id == escalation.escalation_id
+        ),
+        None,
+    )
+    if state is None or wait is None:
+        return
+    if decision.verdict == Verdict.reject:
+        held = f"{wait.action.tool!r} " if wait.action else ""
+        finish(
+            rt,
+            escalation.run_id,
+            None,
+            RunStatus.rejected,
+            RunError(
+                category=ErrorCategory.human_rejected,
+                message=f"{decision.by} rejected {held}({wait.kind}): "
+                f"{decision.reason or 'no reason given'}; the run stopped there and kept its "
+                "partial result",
+            ),
+        )
+        return
+
+    def apply(state: RunState) -> RunState | None:
+        if state.terminal or wait not in state.awaiting_human:
+            return None
+        update: dict[str, Any] = {"awaiting_human": [w for w in state.awaiting_human if w != wait]}
+        if wait.kind == EscalationKind.repeated_failure:
+            update["invalid_calls"] = 0
+        if decision.verdict == Verdict.approve and wait.action is not None:
+            rerun = wait.kind == EscalationKind.unsafe_retry
+            update["pending_actions"] = [
+                *state.pending_actions,
+                wait.action.model_copy(update={"rerun_approved": rerun}),
+            ]
+        elif decision.verdict == Verdict.answer:
+            said = {"human_answer": decision.answer, "by": decision.by}
+            update["messages"] = [
+                *state.messages,
+                ChatMessage(
+                    role="tool",
+                    tool_call_id=wait.action.tool_call_id,
+                    content=json.dumps({**said, "tool_not_run": True}),
+                )
+                if wait.action is not None
+                else ChatMessage(role="user", content=f"{decision.by} answered: {decision.answer}"),
+            ]
+        return state.model_copy(update={**update, "status": _status(state, **update)})
+
+    committed = rt.store.update(escalation.run_id, apply)
+    if committed is None:
+        return
+    rt.store.log(
+        committed.run_id,
+        "resumed",
+        committed.step,
+        escalation_id=escalation.escalation_id,
+        kind=wait.kind,
+        verdict=decision.verdict,
+        by=decision.by,
+    )
+    if decision.verdict == Verdict.approve and wait.action is not None:
+        approved = wait.action.action_id
+        rt.send_action(next(a for a in committed.pending_actions if a.action_id == approved))
+    elif committed.status == RunStatus.running:
+        plan(rt, committed.run_id, committed.step)

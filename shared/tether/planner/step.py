@@ -1,0 +1,305 @@
+"""One planning step: reserve budget, call the model, validate, decide, commit."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tether.agents import Agent, get_agent
+from tether.errors import InvalidToolCallError, ModelError
+from tether.messages import ErrorCategory, EscalationKind, ToolAction
+from tether.models.base import ModelResponse
+from tether.planner.lifecycle import finish
+from tether.planner.outbox import redispatch
+from tether.runtime import Runtime
+from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
+from tether.telemetry import COST, ERRORS, MODEL_LATENCY, STEPS, TOKENS
+
+
+def escalation_id(*parts: object) -> str:
+    return "esc_" + "_".join(str(p).replace(":", "_") for p in parts)
+
+
+def plan(rt: Runtime, run_id: str, step: int) -> None:
+    """Perform planning step ``step`` of a run, unless it was already committed."""
+    state = rt.store.load(run_id)
+    if state.terminal:
+        return
+    if state.step != step or state.status not in (RunStatus.queued, RunStatus.running):
+        if state.step == step + 1:
+            redispatch(rt, state)
+        rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
+        return
+    agent = get_agent(state.agent)
+    tools = [t.openai_schema() for t in agent.tools]
+
+    estimate = agent.model.estimate_tokens(state.messages, tools)
+    reservation = rt.store.budgets.reserve(run_id, f"model:{step}", steps=1, tokens=estimate)
+    if not reservation.granted:
+        finish(
+            rt,
+            run_id,
+            step,
+            RunStatus.budget_exhausted,
+            RunError(
+                category=ErrorCategory.budget,
+                message=f"budget exhausted before model call {step}: {reservation.reason}; "
+                "raise the agent's budget or the event's limits to let it go further",
+            ),
+        )
+        return
+
+    # Retries of a failing endpoint spend the run's wall-time budget, never more.
+    deadline = (
+        state.created_at.timestamp() + state.limits.max_wall_s
+        if state.limits.max_wall_s is not None
+        else None
+    )
+    started = time.perf_counter()
+    try:
+        response = agent.model.complete(state.messages, tools, deadline=deadline)
+    except ModelError as exc:
+        rt.store.budgets.settle(run_id, f"model:{step}", tokens=-estimate, cost_usd=0.0)
+        rt.store.log(
+            run_id,
+            "model_failed",
+            step,
+            model=agent.model.name,
+            error=str(exc),
+            attempts=exc.attempts,
+            error_category=ErrorCategory.model_transient,
+        )
+        finish(
+            rt,
+            run_id,
+            step,
+            RunStatus.failed,
+            RunError(
+                category=ErrorCategory.model_transient,
+                message=f"{exc}; the run kept its partial result: resubmit it with a new "
+                "event id once the endpoint is healthy",
+            ),
+        )
+        return
+    latency = time.perf_counter() - started
+    rt.store.budgets.settle(
+        run_id, f"model:{step}", tokens=response.total_tokens - estimate, cost_usd=response.cost_usd
+    )
+    rt.store.log(
+        run_id,
+        "model_call",
+        step,
+        model=response.model,
+        messages=[m.to_openai() for m in state.messages],
+        tools=[t.name for t in agent.tools],
+        answer={
+            "content": response.content,
+            "tool_calls": [c.model_dump() for c in response.tool_calls],
+        },
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
+        cost_usd=response.cost_usd,
+        latency_ms=round(latency * 1000, 3),
+        attempts=response.attempts,
+    )
+    MODEL_LATENCY.labels(agent.name, response.model).observe(latency)
+    TOKENS.labels(agent.name, response.model).inc(response.total_tokens)
+    COST.labels(agent.name, response.model).inc(response.cost_usd)
+    _decide(rt, agent, state, response)
+
+
+def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) -> None:
+    step = read.step
+    assistant = ChatMessage(
+        role="assistant", content=response.content, tool_calls=response.tool_calls or None
+    )
+    if not response.tool_calls:
+        if response.content:
+            finish(
+                rt,
+                read.run_id,
+                step,
+                RunStatus.succeeded,
+                None,
+                result=response.content,
+                append=[assistant],
+                advance=True,
+                decision="final_answer",
+            )
+            return
+        nudge = ChatMessage(
+            role="user",
+            content="Your reply had neither a tool call nor an answer. Call one of the tools, "
+            "or reply with the final answer as text.",
+        )
+        _feed_back(rt, agent, read, [assistant, nudge], {"": "empty reply"}, {})
+        return
+
+    actions: list[ToolAction] = []
+    invalid: dict[str, str] = {}
+    denied: dict[str, str] = {}
+    for index, call in enumerate(response.tool_calls):
+        try:
+            tool = agent.tool(call.name)
+            arguments = tool.validate_call(call.arguments)
+        except InvalidToolCallError as exc:
+            invalid[call.id] = str(exc)
+            continue
+        action = ToolAction(
+            action_id=f"{read.run_id}:{step}:{index}",
+            run_id=read.run_id,
+            agent=agent.name,
+            step=step,
+            tool=tool.name,
+            tool_call_id=call.id,
+            arguments=arguments,
+            idempotent=tool.idempotent,
+        )
+        denial = agent.check_policies(action, read)
+        if denial is not None:
+            denied[call.id] = denial
+            continue
+        actions.append(action)
+
+    if invalid or denied:
+        # Nothing of a refused turn runs: the model gets each problem and tries again.
+        feedback = [
+            ChatMessage(
+                role="tool",
+                tool_call_id=call.id,
+                content=json.dumps(
+                    {
+                        "error": invalid.get(call.id)
+                        or denied.get(call.id)
+                        or "not executed because another call in the same turn was refused; "
+                        "send it again"
+                    }
+                ),
+            )
+            for call in response.tool_calls
+        ]
+        _feed_back(rt, agent, read, [assistant, *feedback], invalid, denied)
+        return
+
+    reservation = rt.store.budgets.reserve(read.run_id, f"tools:{step}", tool_calls=len(actions))
+    if not reservation.granted:
+        finish(
+            rt,
+            read.run_id,
+            step,
+            RunStatus.budget_exhausted,
+            RunError(
+                category=ErrorCategory.budget,
+                message=f"budget exhausted before the tool calls of step {step}: "
+                f"{reservation.reason}; raise max_tool_calls to let it go further",
+            ),
+            append=[assistant],
+        )
+        return
+
+    waits = [
+        HumanWait(
+            escalation_id=escalation_id(a.action_id),
+            kind=EscalationKind.approval_required,
+            reason=f"tool {a.tool!r} requires human approval before it runs with arguments "
+            f"{json.dumps(a.arguments)}",
+            action=a,
+        )
+        for a in actions
+        if agent.tool(a.tool).requires_approval
+    ]
+    held = {w.action.action_id for w in waits if w.action}
+    runnable = [a for a in actions if a.action_id not in held]
+
+    def commit(state: RunState) -> RunState | None:
+        if state.step != step or state.terminal:
+            return None
+        return state.model_copy(
+            update={
+                "step": step + 1,
+                "messages": [*state.messages, assistant],
+                "pending_actions": runnable,
+                "awaiting_human": waits,
+                "invalid_calls": 0,
+                "status": RunStatus.waiting_human if waits else RunStatus.waiting_tools,
+            }
+        )
+
+    committed = rt.store.update(read.run_id, commit)
+    if committed is None:
+        return
+    STEPS.labels(agent.name).inc()
+    rt.store.log(
+        read.run_id,
+        "decision",
+        step,
+        decision="tool_calls",
+        actions=[a.model_dump(mode="json") for a in actions],
+        awaiting_human=[w.escalation_id for w in waits],
+    )
+    redispatch(rt, committed)
+
+
+def _feed_back(
+    rt: Runtime,
+    agent: Agent,
+    read: RunState,
+    append: list[ChatMessage],
+    invalid: dict[str, str],
+    denied: dict[str, str],
+) -> None:
+    """Give an unusable or refused turn back to the model; past the limit, ask a human.
+
+    ``invalid`` and ``denied`` map each offending tool call id ("" for no call) to why.
+    """
+    step = read.step
+    problem = "; ".join([*invalid.values(), *denied.values()])
+    repeated = read.invalid_calls + 1 > agent.max_invalid_calls
+    waits = (
+        [
+            HumanWait(
+                escalation_id=escalation_id(read.run_id, step, "repeated_failure"),
+                kind=EscalationKind.repeated_failure,
+                reason=f"the model answered unusably {read.invalid_calls + 1} times in a row "
+                f"(last: {problem}); approve to let it try again, answer to guide it, "
+                "or reject to end the run",
+            )
+        ]
+        if repeated
+        else []
+    )
+
+    def commit(state: RunState) -> RunState | None:
+        if state.step != step or state.terminal:
+            return None
+        return state.model_copy(
+            update={
+                "step": step + 1,
+                "messages": [*state.messages, *append],
+                "invalid_calls": state.invalid_calls + 1,
+                "awaiting_human": waits,
+                "status": RunStatus.waiting_human if waits else RunStatus.running,
+            }
+        )
+
+    committed = rt.store.update(read.run_id, commit)
+    if committed is None:
+        return
+    STEPS.labels(agent.name).inc()
+    for reasons, kind, category in (
+        (invalid, "tool_call_invalid", ErrorCategory.model_invalid_output),
+        (denied, "tool_call_denied", ErrorCategory.policy_denied),
+    ):
+        for call_id, error in reasons.items():
+            rt.store.log(
+                read.run_id, kind, step, tool_call_id=call_id, error=error, error_category=category
+            )
+            ERRORS.labels(agent.name, category).inc()
+    rt.store.log(
+        read.run_id,
+        "decision",
+        step,
+        decision="escalated_repeated_failure" if repeated else "fed_back",
+        problem=problem,
+    )
+    redispatch(rt, committed)
