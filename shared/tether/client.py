@@ -92,5 +92,10 @@ def decide(
     return decision
 
 
+def rejection(event_id: str, *, runtime: Runtime | None = None) -> str | None:
+    """Why an event was refused (malformed, oversized, unknown agent), or None."""
+    return (runtime or get_runtime()).store.rejection(event_id)
+
+
 def pending_escalations(runtime: Runtime | None = None) -> list[EscalationRecord]:
     return escalations.list_escalations(runtime or get_runtime())

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     # visibility timeout, and one running longer than it is delivered twice, so
     # it must sit well above the hard time limit of every task.
     visibility_timeout_s: int = 600
+    # How often a worker sweeps for messages whose worker died (kombu's restore).
+    unacked_restore_interval_s: int = 10
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
     worker_concurrency: int = 2

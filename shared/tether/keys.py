@@ -40,5 +40,9 @@ def action_inflight(action_id: str) -> str:
     return f"{PREFIX}:action:{action_id}:inflight"
 
 
+def rejection(event_id: str) -> str:
+    return f"{PREFIX}:rejected:{event_id}"
+
+
 def escalation(escalation_id: str) -> str:
     return f"{PREFIX}:escalation:{escalation_id}"

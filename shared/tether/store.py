@@ -151,14 +151,26 @@ class RunStore:
     # rejected input --------------------------------------------------------------
 
     def reject(self, reason: str, payload: Any) -> None:
-        """Record an event that could not be accepted, where its publisher can look it up."""
+        """Record an event that could not be accepted, where its publisher can look it up.
+
+        Every refusal goes to the stream tether:rejected; one whose event id can
+        be read is also kept under that id, for `rejection(event_id)`.
+        """
         text = payload if isinstance(payload, str) else json.dumps(payload, default=str)
+        event_id = payload.get("event_id") if isinstance(payload, dict) else None
+        if isinstance(event_id, str) and event_id:
+            self.client.set(keys.rejection(event_id), reason, ex=self.run_ttl_s)
         self.client.xadd(
             keys.REJECTED_STREAM,
             {"reason": reason, "payload": text[:4096], "at": utcnow().isoformat()},
             maxlen=LIFECYCLE_MAXLEN,
             approximate=True,
         )
+
+    def rejection(self, event_id: str) -> str | None:
+        """Why the event with this id was refused, or None if it was not."""
+        reason = self.client.get(keys.rejection(event_id))
+        return str(reason) if reason is not None else None
 
     def rejected(self, count: int = 50) -> list[dict[str, str]]:
         return [

@@ -13,6 +13,7 @@ import typer
 
 from tether import client
 from tether.cli import render
+from tether.cli.dead import dead_app
 from tether.cli.escalations import escalations_app
 from tether.cli.runs import follow, runs_app
 from tether.config import get_settings
@@ -24,6 +25,7 @@ from tether.messages import BudgetLimits
 app = typer.Typer(help="Tether: production runtime for LLM agents.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(escalations_app, name="escalations")
+app.add_typer(dead_app, name="dead")
 
 
 @app.command()
