@@ -2,21 +2,38 @@
 
 Tests point the real openai client (and so OpenAIModel) at it, so the whole
 HTTP path is exercised without a network. The script is the same kind the
-scripted model takes: the conversation in, the next turn out.
+scripted model takes: the conversation in, the next turn out. It injects the
+faults real endpoints have: 429 with Retry-After, 500, answers slower than the
+client's timeout, bodies cut short, and malformed tool calls, either on a
+schedule (one entry per request) or at random with a seed.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
+from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tether.models.prices import estimate_tokens
 from tether.models.scripted import Script
 from tether.state import ChatMessage, ToolCall
+
+
+class Fault(StrEnum):
+    rate_limit = "rate_limit"  # 429 with Retry-After
+    server_error = "server_error"  # 500
+    slow = "slow"  # answers after slow_s, past the client's timeout
+    truncated = "truncated"  # a 200 whose JSON body is cut short
+    invalid_arguments = "invalid_arguments"  # tool call arguments that are not JSON
+    unknown_tool = "unknown_tool"  # a tool call naming a tool that does not exist
+
+
+TRANSPORT_FAULTS = (Fault.rate_limit, Fault.server_error, Fault.slow, Fault.truncated)
 
 
 def _parse_messages(raw: list[dict[str, Any]]) -> list[ChatMessage]:
@@ -38,10 +55,29 @@ def _parse_messages(raw: list[dict[str, Any]]) -> list[ChatMessage]:
 
 
 class ScriptedOpenAIServer:
-    def __init__(self, script: Script, *, latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        script: Script,
+        *,
+        latency_s: float = 0.0,
+        schedule: list[Fault | None] | None = None,
+        fault_rate: float = 0.0,
+        faults: tuple[Fault, ...] = tuple(Fault),
+        seed: int = 0,
+        retry_after_s: float = 0.2,
+        slow_s: float = 3.0,
+    ) -> None:
         self.script = script
         self.latency_s = latency_s
+        self.schedule = list(schedule or [])
+        self.fault_rate = fault_rate
+        self.faults = faults
+        self.retry_after_s = retry_after_s
+        self.slow_s = slow_s
         self.requests: list[dict[str, Any]] = []
+        self.injected: list[Fault] = []
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -51,10 +87,23 @@ class ScriptedOpenAIServer:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-    def completion(self, request: dict[str, Any]) -> dict[str, Any]:
+    def next_fault(self) -> Fault | None:
+        """The fault for the next request: the schedule first, then chance."""
+        with self._lock:
+            if self.schedule:
+                fault = self.schedule.pop(0)
+            elif self.fault_rate and self._random.random() < self.fault_rate:
+                fault = self._random.choice(self.faults)
+            else:
+                fault = None
+            if fault is not None:
+                self.injected.append(fault)
+            return fault
+
+    def completion(self, request: dict[str, Any], fault: Fault | None = None) -> dict[str, Any]:
         messages = _parse_messages(request.get("messages", []))
         turn = self.script(messages)
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
                 "id": call.id
                 if call.id != f"call_{call.name}"
@@ -64,6 +113,14 @@ class ScriptedOpenAIServer:
             }
             for call in turn.tool_calls
         ]
+        if fault == Fault.invalid_arguments:
+            calls = calls or [{"id": "call_bad", "type": "function", "function": {"name": "x"}}]
+            calls[0]["function"]["arguments"] = '{"a": 1,'
+        elif fault == Fault.unknown_tool:
+            calls = calls or [
+                {"id": "call_bad", "type": "function", "function": {"arguments": "{}"}}
+            ]
+            calls[0]["function"]["name"] = "no_such_tool"
         prompt_tokens = estimate_tokens(json.dumps(request.get("messages", [])))
         completion_tokens = estimate_tokens((turn.content or "") + json.dumps(calls))
         return {
@@ -102,15 +159,44 @@ class ScriptedOpenAIServer:
                     return
                 if server.latency_s:
                     time.sleep(server.latency_s)
-                self._send(200, server.completion(request))
+                fault = server.next_fault()
+                if fault == Fault.rate_limit:
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                        {"retry-after": f"{server.retry_after_s:g}"},
+                    )
+                    return
+                if fault == Fault.server_error:
+                    self._send(500, {"error": {"message": "injected 500", "type": "server_error"}})
+                    return
+                if fault == Fault.slow:
+                    time.sleep(server.slow_s)
+                body = server.completion(request, fault)
+                if fault == Fault.truncated:
+                    payload = json.dumps(body).encode()
+                    self._send_raw(200, payload[: len(payload) // 2])
+                    return
+                self._send(200, body)
 
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+            def _send(
+                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
+                self._send_raw(status, json.dumps(body).encode(), headers)
+
+            def _send_raw(
+                self, status: int, payload: bytes, headers: dict[str, str] | None = None
+            ) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(payload)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its timeout): that is the fault working
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
