@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, ToolContext, tool
-from tether.models import text, tool_call
+from tether.errors import TransientToolError
+from tether.models import FallbackModel, ModelResponse, text, tool_call
+from tether.state import ChatMessage
 
 
 def ledger_path() -> Path:
@@ -42,6 +44,13 @@ def slow_lookup(seconds: float) -> str:
     """Wait a while, as a slow external API would."""
     time.sleep(seconds)
     return "done"
+
+
+def calculator_script(messages: list[ChatMessage]) -> ModelResponse:
+    """Call add until a result comes back, then answer: it recovers from any bad turn."""
+    if any(m.role == "tool" and "result" in (m.content or "") for m in messages):
+        return text("2 + 3 = 5")
+    return tool_call("add", {"a": 2, "b": 3})
 
 
 CALCULATOR_TURNS = [tool_call("add", {"a": 2, "b": 3}), text("2 + 3 = 5")]
@@ -112,4 +121,125 @@ sleeper = Agent(
         [tool_call("slow_lookup", {"seconds": 3}), text("finished waiting")], label="sleeper"
     ),
     tools=[slow_lookup],
+)
+
+
+# Fault tests --------------------------------------------------------------------
+# The faults suite serves these agents' model from a fault-injecting endpoint
+# (FAULT_OPENAI_URL) and counts side effects in the ledger.
+
+
+def _attempt(key: str) -> int:
+    """How many times ``key`` was tried before, across worker processes."""
+    path = ledger_path().with_name(f"attempts-{key}.txt")
+    with path.open("a") as attempts:
+        attempts.write("x")
+    return len(path.read_text())
+
+
+@tool
+def flaky_lookup(ctx: ToolContext, key: str) -> str:
+    """An API that fails twice with a transient error, then answers."""
+    if _attempt(ctx.action_id.replace(":", "_")) <= 2:
+        raise TransientToolError(f"lookup service busy for {key}")
+    return f"value of {key}"
+
+
+@tool
+def broken_lookup(key: str) -> str:
+    """An API that rejects every request."""
+    raise ValueError(f"no record {key}")
+
+
+@tool(timeout_s=1)
+def stuck_lookup(key: str) -> str:
+    """An API that never answers in time."""
+    time.sleep(3)
+    return key
+
+
+@tool(idempotent=False)
+def charge_card(ctx: ToolContext, cents: int, hold_s: float = 0.0) -> str:
+    """Charge a card: the side effect happens at once, the confirmation takes hold_s."""
+    with ledger_path().open("a") as ledger:
+        ledger.write(f"{ctx.run_id} charge {cents}\n")
+    time.sleep(hold_s)
+    return f"charged {cents}"
+
+
+@tool
+def note(ctx: ToolContext, text: str) -> str:
+    """Write a note (idempotent: keyed by the action id)."""
+    with ledger_path().open("a") as ledger:
+        ledger.write(f"{ctx.run_id} note {ctx.action_id}\n")
+    return "noted"
+
+
+def _endpoint(model: str) -> OpenAIModel:
+    return OpenAIModel(
+        model,
+        base_url=os.environ.get("FAULT_OPENAI_URL", "http://127.0.0.1:9/v1"),
+        timeout_s=1.0,
+        max_attempts=3,
+    )
+
+
+resilient = Agent(
+    name="resilient",
+    instructions="Add numbers with the add tool.",
+    model=FallbackModel(_endpoint("gpt-4o-mini"), _endpoint("gpt-4o-mini-fallback")),
+    tools=[add],
+    max_invalid_calls=2,
+)
+
+
+def _tool_then_answer(tool_name: str, arguments: dict[str, object]) -> ScriptedModel:
+    def script(messages: list[ChatMessage]) -> ModelResponse:
+        results = [m.content or "" for m in messages if m.role == "tool"]
+        if not results:
+            return tool_call(tool_name, arguments)
+        return text(f"{tool_name} said: {results[-1]}")
+
+    return ScriptedModel(script, label=tool_name)
+
+
+flaky = Agent(
+    name="flaky",
+    instructions="Look it up.",
+    model=_tool_then_answer("flaky_lookup", {"key": "k"}),
+    tools=[flaky_lookup],
+)
+broken = Agent(
+    name="broken",
+    instructions="Look it up.",
+    model=_tool_then_answer("broken_lookup", {"key": "k"}),
+    tools=[broken_lookup],
+)
+stuck = Agent(
+    name="stuck",
+    instructions="Look it up.",
+    model=_tool_then_answer("stuck_lookup", {"key": "k"}),
+    tools=[stuck_lookup],
+)
+charger = Agent(
+    name="charger",
+    instructions="Charge the card.",
+    model=_tool_then_answer("charge_card", {"cents": 700, "hold_s": 3.0}),
+    tools=[charge_card],
+)
+
+
+def _slow_thinking(messages: list[ChatMessage]) -> ModelResponse:
+    # Long enough to kill the planner mid-step, well under the visibility timeout.
+    time.sleep(float(os.environ.get("SLOW_THINK_S", "2")))
+    if not any(m.role == "tool" for m in messages):
+        return tool_call("note", {"text": "thought"})
+    return text("done thinking")
+
+
+slow_thinker = Agent(
+    name="slow_thinker",
+    instructions="Think slowly, note it.",
+    model=ScriptedModel(_slow_thinking, label="slow_thinker"),
+    tools=[note],
 )

@@ -45,6 +45,14 @@ def runtime(redis_url: str) -> Runtime:
 
 
 @pytest.fixture(scope="session")
+def ledger_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where test tools write their side effects; the tests read the same files."""
+    path = Path(tmp_path_factory.mktemp("ledger"))
+    os.environ["LEDGER_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def openai_server() -> Iterator[ScriptedOpenAIServer]:
     """An OpenAI-compatible endpoint on loopback, reached through the real openai client."""
     with ScriptedOpenAIServer(from_turns(CALCULATOR_TURNS)) as server:
@@ -55,16 +63,16 @@ def openai_server() -> Iterator[ScriptedOpenAIServer]:
 def stack(
     redis_server: RedisServer,
     openai_server: ScriptedOpenAIServer,
+    ledger_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[DevStack]:
     """Real planner, executor and escalation worker processes on the suite's Redis."""
     logs = Path(tmp_path_factory.mktemp("worker-logs"))
     env = {
         "SUPPORT_DESK_DB": str(logs / "support.sqlite3"),
-        "LEDGER_DIR": str(logs),
+        "LEDGER_DIR": str(ledger_dir),
         "FAKE_OPENAI_URL": openai_server.base_url,
     }
-    os.environ.update(env)  # the tests read the same ledger the workers write
     with DevStack(
         redis_url=redis_server.url,
         agent_modules=["tests.agents", "examples.support_desk.agent"],

@@ -70,6 +70,13 @@ def create_app(settings: Settings, name: str = "tether") -> Celery:
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
+        # Ride out a Redis restart when publishing, as the run store's client does.
+        task_publish_retry_policy={
+            "max_retries": 30,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,

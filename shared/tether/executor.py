@@ -31,12 +31,15 @@ from tether.errors import (
     ToolTimeoutError,
     UnknownAgentError,
 )
+from tether.leases import Lease
 from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
 from tether.runtime import Runtime
 from tether.telemetry import TOOL_LATENCY, log
 from tether.tools import Tool, ToolContext
 
-LOCK_MARGIN_S = 30
+# While a worker runs an action it renews this lease; if it dies, the lease
+# lapses within LEASE_S and a redelivery can look at what the attempt left.
+LEASE_S = 10.0
 
 
 def execute(rt: Runtime, action: ToolAction) -> None:
@@ -73,14 +76,10 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
         return
 
-    lock = keys.action_lock(action.action_id)
-    lock_s = (
-        int(tool.timeout_s * tool.retry.max_attempts + tool.retry.max_backoff_s) + LOCK_MARGIN_S
-    )
-    if not rt.store.client.set(lock, "1", nx=True, ex=lock_s):
-        ttl = rt.store.client.ttl(lock)
-        raise ActionInFlightError(action.action_id, float(max(ttl, 1)))
-    try:
+    lease = Lease(rt.store.client, keys.action_lock(action.action_id), LEASE_S)
+    if not lease.acquire():
+        raise ActionInFlightError(action.action_id, LEASE_S)
+    with lease:
         if not tool.idempotent and not _claim(rt, action):
             _report(
                 rt,
@@ -95,8 +94,6 @@ def execute(rt: Runtime, action: ToolAction) -> None:
             )
             return
         _run(rt, action, tool)
-    finally:
-        rt.store.client.delete(lock)
 
 
 def _claim(rt: Runtime, action: ToolAction) -> bool:

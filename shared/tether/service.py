@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init
@@ -35,12 +34,14 @@ def _category(exc: BaseException) -> ErrorCategory:
     return ErrorCategory.internal
 
 
-# Every handler is safe to run twice, so a message that met a passing fault
-# (Redis failing over, a commit that kept losing its race) is simply run again;
-# past the retries it fails into the dead-letter stream.
+# Every handler is safe to run twice, so a message whose commit kept losing its
+# race is simply run again; past the retries it fails into the dead-letter
+# stream. Redis faults are not retried by republishing (that needs the Redis
+# that just failed): the client rides them out, and past that the message,
+# still unacknowledged, comes back after the visibility timeout.
 TASK_OPTIONS: dict[str, Any] = {
     "base": TetherTask,
-    "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StaleStateError),
+    "autoretry_for": (StaleStateError,),
     "retry_backoff": True,
     "retry_backoff_max": 30,
     "retry_jitter": True,

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from tether import keys
 from tether.budgets import Budgets
@@ -22,7 +24,21 @@ _RUN_NAMESPACE = uuid.UUID("6f1c1d1e-7a43-4c35-9a4e-1f3b8f0b2a10")
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    """A client that rides out a Redis restart or failover of up to about a minute.
+
+    Every write Tether makes is safe to repeat (versioned commits, idempotent
+    reservations, SET NX results), so retrying a command whose reply was lost
+    is harmless.
+    """
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=2,
+        socket_timeout=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 def run_id_for(event_id: str) -> str:

@@ -20,12 +20,20 @@ def escalation_id(*parts: object) -> str:
     return "esc_" + "_".join(str(p).replace(":", "_") for p in parts)
 
 
+def _lost_commit(rt: Runtime, run_id: str, step: int) -> None:
+    """Someone committed this step first (maybe this worker, its reply lost): finish its job."""
+    state = rt.store.load(run_id)
+    if state.step == step + 1:
+        redispatch(rt, state)
+
+
 def plan(rt: Runtime, run_id: str, step: int) -> None:
     """Perform planning step ``step`` of a run, unless it was already committed."""
     state = rt.store.load(run_id)
-    if state.terminal:
-        return
-    if state.step != step or state.status not in (RunStatus.queued, RunStatus.running):
+    if state.terminal or state.step != step or state.status not in (
+        RunStatus.queued,
+        RunStatus.running,
+    ):
         if state.step == step + 1:
             redispatch(rt, state)
         rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
@@ -227,6 +235,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
 
     committed = rt.store.update(read.run_id, commit)
     if committed is None:
+        _lost_commit(rt, read.run_id, step)
         return
     STEPS.labels(agent.name).inc()
     rt.store.log(
@@ -284,6 +293,7 @@ def _feed_back(
 
     committed = rt.store.update(read.run_id, commit)
     if committed is None:
+        _lost_commit(rt, read.run_id, step)
         return
     STEPS.labels(agent.name).inc()
     for reasons, kind, category in (
