@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from importlib.resources import files
-from typing import cast
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel
+from redis.client import Pipeline
 
 from tether import keys
+from tether.batch import WriteBatch
 from tether.messages import BudgetLimits
 
 _SCRIPT = files("tether").joinpath("budgets.lua").read_text()
@@ -35,20 +37,32 @@ class Reservation(BaseModel):
     reason: str
 
 
+# Sets each field only if it is not set yet, all fields in one atomic step.
+_OPEN_SCRIPT = """
+for i = 1, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+
 class Budgets:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, batch: WriteBatch | None = None) -> None:
         self._client = client
-        self._script = client.register_script(_SCRIPT)
+        self._batch = batch or WriteBatch(client)
 
     def open(self, run_id: str, limits: BudgetLimits, *, started_at: float | None = None) -> None:
         """Set a run's limits; idempotent, so a redelivered start keeps the first clock."""
-        fields: dict[str, str] = {"started_at": repr(started_at or time.time())}
+        self._batch.run(lambda pipe: self.add_open(pipe, run_id, limits, started_at=started_at))
+
+    def add_open(
+        self, pipe: Pipeline, run_id: str, limits: BudgetLimits, *, started_at: float | None = None
+    ) -> None:
+        """Queue ``open`` on a pipeline, to go out with other commands in one round trip."""
+        fields: list[str] = ["started_at", repr(started_at or time.time())]
         for name, value in limits.model_dump().items():
-            fields[name] = "" if value is None else repr(value)
-        pipe = self._client.pipeline(transaction=True)
-        for name, value in fields.items():
-            pipe.hsetnx(keys.budget(run_id), name, value)
-        pipe.execute()
+            fields += [name, "" if value is None else repr(value)]
+        pipe.eval(_OPEN_SCRIPT, 1, keys.budget(run_id), *fields)
 
     def _run(
         self,
@@ -61,19 +75,32 @@ class Budgets:
         tokens: int,
         cost_usd: float,
     ) -> Reservation:
-        granted, reason = self._script(
-            keys=[keys.budget(run_id), keys.reservations(run_id)],
-            args=[
-                op,
-                reservation_id,
-                steps,
-                tool_calls,
-                tokens,
-                repr(float(cost_usd)),
-                repr(time.time()),
-            ],
-        )
+        args = self._args(op, run_id, reservation_id, steps, tool_calls, tokens, cost_usd)
+        (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        granted, reason = reply
         return Reservation(granted=bool(granted), reason=str(reason))
+
+    @staticmethod
+    def _args(
+        op: str,
+        run_id: str,
+        reservation_id: str,
+        steps: int,
+        tool_calls: int,
+        tokens: int,
+        cost_usd: float,
+    ) -> list[Any]:
+        return [
+            keys.budget(run_id),
+            keys.reservations(run_id),
+            op,
+            reservation_id,
+            steps,
+            tool_calls,
+            tokens,
+            repr(float(cost_usd)),
+            repr(time.time()),
+        ]
 
     def reserve(
         self,
@@ -96,7 +123,14 @@ class Budgets:
         )
 
     def settle(self, run_id: str, reservation_id: str, *, tokens: int, cost_usd: float) -> None:
-        """Correct a reservation's estimate to what was really spent (deltas may be negative)."""
+        """Correct a reservation's estimate to what was really spent (deltas may be negative).
+
+        Inside a task the correction rides along with the next round trip (it
+        needs no reply), and always before the next reservation.
+        """
+        args = self._args("settle", run_id, reservation_id, 0, 0, tokens, cost_usd)
+        if self._batch.defer("eval", _SCRIPT, 2, *args):
+            return
         self._run(
             "settle",
             run_id,
@@ -108,7 +142,8 @@ class Budgets:
         )
 
     def usage(self, run_id: str) -> BudgetUsage:
-        raw = cast(dict[str, str], self._client.hgetall(keys.budget(run_id)))
+        (found,) = self._batch.run(lambda pipe: pipe.hgetall(keys.budget(run_id)))
+        raw = cast(dict[str, str], found)
         started = float(raw.get("started_at") or time.time())
         return BudgetUsage(
             steps=int(raw.get("steps", 0)),

@@ -36,8 +36,10 @@ class DevStack:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         flower_port: int | None = None,
+        redis: RedisServer | None = None,
     ) -> None:
-        self.redis = None if redis_url else RedisServer()
+        """Use the Redis at ``redis_url``, else start ``redis`` (default: a new RedisServer)."""
+        self.redis = None if redis_url else (redis or RedisServer())
         self._redis_url = redis_url
         self.agent_modules = list(agent_modules)
         self.concurrency = concurrency

@@ -43,17 +43,17 @@ LEASE_S = 10.0
 
 
 def execute(rt: Runtime, action: ToolAction) -> None:
-    state = rt.store.get(action.run_id)
-    if state is None:
+    status = rt.store.status(action.run_id)  # the status field alone, not the whole state
+    if status is None:
         log.info("action_skipped", action_id=action.action_id, reason="run gone")
         return
-    if state.terminal:
+    if status.terminal:
         rt.store.log(
             action.run_id,
             "action_skipped",
             action.step,
             action_id=action.action_id,
-            reason=f"run is {state.status}",
+            reason=f"run is {status}",
         )
         return
     stored = rt.store.get_result(action.action_id)

@@ -45,12 +45,17 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(
-        self, port: int | None = None, data_dir: Path | None = None, appendonly: bool = True
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tether-redis-"))
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +78,7 @@ class RedisServer:
                 "--appendonly",
                 "yes" if self.appendonly else "no",
                 "--appendfsync",
-                "everysec",
+                self.appendfsync,
                 "--protected-mode",
                 "yes",
             ],
@@ -104,6 +109,13 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Die as a crash would: SIGKILL, no shutdown save (the AOF is what survives)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
         self.process = None
 
     def cleanup(self) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 from tether import celery_app
+from tether.batch import WriteBatch
 from tether.config import Settings, get_settings
 from tether.messages import Decision, Escalation, Observation, TaskEvent, ToolAction
 from tether.store import RunStore, connect
@@ -20,13 +23,17 @@ class Runtime:
 
     @cached_property
     def store(self) -> RunStore:
-        return RunStore(connect(self.settings.redis_url), run_ttl_s=self.settings.run_ttl_s)
+        store = RunStore(connect(self.settings.redis_url), run_ttl_s=self.settings.run_ttl_s)
+        _batches.add(store.batch)
+        return store
 
     @cached_property
     def celery(self) -> Celery:
         return celery_app.create_app(self.settings)
 
     def _send(self, task: str, **kwargs: Any) -> None:
+        # What the message's consumer may read (the log, settled budgets) goes out first.
+        self.store.flush()
         queue = celery_app.QUEUE_OF[task]
         self.celery.send_task(task, kwargs=kwargs, **celery_app.direct_route(queue))
 
@@ -54,6 +61,23 @@ class Runtime:
             escalation=escalation.model_dump(mode="json"),
             decision=decision.model_dump(mode="json"),
         )
+
+
+# Inside a task a store holds back log appends and settlements until its next
+# round trip (tether.batch); whatever is still held goes out when the task ends.
+_batches: weakref.WeakSet[WriteBatch] = weakref.WeakSet()
+
+
+@task_prerun.connect(weak=False)
+def _hold_back_writes(**_: Any) -> None:
+    for batch in list(_batches):
+        batch.begin()
+
+
+@task_postrun.connect(weak=False)
+def _send_held_writes(**_: Any) -> None:
+    for batch in list(_batches):
+        batch.end()
 
 
 _runtime: Runtime | None = None

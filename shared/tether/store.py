@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
 
 from tether import keys
+from tether.batch import WriteBatch
 from tether.budgets import Budgets
 from tether.errors import StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
-from tether.state import RunState
-from tether.versioned import VersionedDocs
+from tether.state import RunState, RunStatus
+from tether.versioned import SCRIPT as CAS_SCRIPT
+from tether.versioned import VersionedDocs, cas_call, parse_cas
 
 LIFECYCLE_MAXLEN = 100_000
+# Run states this process last read or committed, kept to start the next update from.
+KNOWN_STATES = 512
 StreamEntries = list[tuple[str, dict[str, str]]]
 _RUN_NAMESPACE = uuid.UUID("6f1c1d1e-7a43-4c35-9a4e-1f3b8f0b2a10")
 
@@ -47,30 +53,53 @@ def run_id_for(event_id: str) -> str:
 
 
 class RunStore:
+    """Run state, event logs and action results.
+
+    Round trips are the cost of a step, so the store saves them: an update
+    starts from the state this process last read or committed (the version
+    compare-and-set catches a stale one, and hands back the winner); a lost
+    commit gets the current state in the same reply; log appends and budget
+    settlements inside a task ride along with the next round trip
+    (tether.batch); a terminal commit sets the run's expiry in the same script.
+    """
+
     def __init__(self, client: redis.Redis, *, run_ttl_s: int = 7 * 24 * 3600) -> None:
         self.client = client
+        self.batch = WriteBatch(client)
         self.docs = VersionedDocs(client)
-        self.budgets = Budgets(client)
+        self.budgets = Budgets(client, self.batch)
         self.run_ttl_s = run_ttl_s
+        self._known: dict[str, RunState] = {}
+        self._known_lock = threading.Lock()
 
     # run state -----------------------------------------------------------------
 
     def create(self, event: TaskEvent, state: RunState) -> tuple[RunState, bool]:
         """Create the run for ``event`` unless it exists; returns (state, created)."""
-        self.budgets.open(state.run_id, state.limits)
-        self.client.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
-        try:
-            version = self.docs.write(keys.run(state.run_id), state.model_dump_json(), 0)
-        except StaleStateError:
-            return self.load(state.run_id), False
-        return state.model_copy(update={"version": version}), True
+
+        def build(pipe: Pipeline) -> None:
+            self.budgets.add_open(pipe, state.run_id, state.limits)
+            pipe.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
+            self._add_cas(pipe, state, 0)
+
+        version, current = parse_cas(self.batch.run(build)[-1])
+        if version < 0:
+            if current is None:
+                return self.load(state.run_id), False
+            return self._parse(state.run_id, *current), False
+        return self._remember(state.model_copy(update={"version": version})), True
 
     def get(self, run_id: str) -> RunState | None:
-        found = self.docs.read(keys.run(run_id))
+        key = keys.run(run_id)
+        if self.batch.pending:
+            (reply,) = self.batch.run(lambda pipe: pipe.hmget(key, ["doc", "version"]))
+            doc, version = reply
+            found = None if doc is None else (str(doc), int(version or 0))
+        else:
+            found = self.docs.read(key)
         if found is None:
             return None
-        doc, version = found
-        return RunState.model_validate_json(doc).model_copy(update={"version": version})
+        return self._parse(run_id, *found)
 
     def load(self, run_id: str) -> RunState:
         state = self.get(run_id)
@@ -78,30 +107,100 @@ class RunStore:
             raise UnknownRunError(run_id)
         return state
 
+    def status(self, run_id: str) -> RunStatus | None:
+        """The run's status alone (None if there is no such run): one field, nothing parsed."""
+        (status,) = self.batch.run(lambda pipe: pipe.hget(keys.run(run_id), "status"))
+        if status is not None:
+            return RunStatus(status)
+        state = self.get(run_id)  # written before the status field existed
+        return state.status if state is not None else None
+
     def commit(self, state: RunState) -> RunState:
         """Write ``state`` over the version it was loaded at; StaleStateError if it lost."""
-        updated = state.model_copy(update={"updated_at": utcnow()})
-        version = self.docs.write(keys.run(state.run_id), updated.model_dump_json(), state.version)
-        if updated.terminal:
-            self._expire(state.run_id)
-        return updated.model_copy(update={"version": version})
+        committed, _ = self._commit(state)
+        if committed is None:
+            raise StaleStateError(
+                f"{keys.run(state.run_id)} changed since version {state.version} was read; "
+                "reload and decide again"
+            )
+        return committed
 
     def update(
         self, run_id: str, change: Callable[[RunState], RunState | None], *, attempts: int = 20
     ) -> RunState | None:
-        """Apply ``change`` to the latest state until it commits; None when it declines."""
-        for _ in range(attempts):
+        """Apply ``change`` to the latest state until it commits; None when it declines.
+
+        The first attempt starts from the state this process last saw, if any:
+        a commit over a stale version loses and returns the current state, and
+        a decline on a remembered state is checked against the current version.
+        """
+        state = self._recall(run_id)
+        fresh = state is None
+        if state is None:
             state = self.load(run_id)
+        for _ in range(attempts):
             changed = change(state)
             if changed is None:
-                return None
-            try:
-                return self.commit(changed)
-            except StaleStateError:
+                if fresh or not self._moved_on(state):
+                    return None
+                state, fresh = self.load(run_id), True
                 continue
+            committed, current = self._commit(changed)
+            if committed is not None:
+                return committed
+            state, fresh = (current or self.load(run_id)), True
         raise StaleStateError(
             f"run {run_id} kept changing under {attempts} update attempts; retry later"
         )
+
+    def _commit(self, state: RunState) -> tuple[RunState | None, RunState | None]:
+        """(committed, None) if it won; (None, the current state) if another commit came first."""
+        updated = state.model_copy(update={"updated_at": utcnow()})
+        (reply,) = self.batch.run(lambda pipe: self._add_cas(pipe, updated, state.version))
+        version, current = parse_cas(reply)
+        if version < 0:
+            if current is None:
+                return None, None
+            return None, self._parse(state.run_id, *current)
+        return self._remember(updated.model_copy(update={"version": version})), None
+
+    def _add_cas(self, pipe: Pipeline, state: RunState, expected_version: int) -> None:
+        run_id = state.run_id
+        expire = (
+            [keys.run(run_id), keys.run_log(run_id), keys.budget(run_id), keys.reservations(run_id)]
+            if state.terminal
+            else []
+        )
+        cas_keys, args = cas_call(
+            keys.run(run_id),
+            state.model_dump_json(),
+            expected_version,
+            fields={"status": str(state.status)},
+            expire=expire,
+            ttl_s=self.run_ttl_s,
+        )
+        pipe.eval(CAS_SCRIPT, len(cas_keys), *cas_keys, *args)
+
+    def _moved_on(self, state: RunState) -> bool:
+        (version,) = self.batch.run(lambda pipe: pipe.hget(keys.run(state.run_id), "version"))
+        return int(version or 0) != state.version
+
+    def _parse(self, run_id: str, doc: str, version: int) -> RunState:
+        return self._remember(
+            RunState.model_validate_json(doc).model_copy(update={"version": version})
+        )
+
+    def _remember(self, state: RunState) -> RunState:
+        with self._known_lock:
+            self._known.pop(state.run_id, None)
+            if len(self._known) >= KNOWN_STATES:
+                self._known.pop(next(iter(self._known)))
+            self._known[state.run_id] = state
+        return state
+
+    def _recall(self, run_id: str) -> RunState | None:
+        with self._known_lock:
+            return self._known.get(run_id)
 
     def recent(self, limit: int = 50) -> list[RunState]:
         run_ids = cast(list[str], self.client.zrevrange(keys.RUN_INDEX, 0, limit - 1))
@@ -112,36 +211,38 @@ class RunStore:
             self.client.zrem(keys.RUN_INDEX, *expired)
         return [state for state in states.values() if state is not None]
 
-    def _expire(self, run_id: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for key in (
-            keys.run(run_id),
-            keys.run_log(run_id),
-            keys.budget(run_id),
-            keys.reservations(run_id),
-        ):
-            pipe.expire(key, self.run_ttl_s)
-        pipe.execute()
-
     # event log -----------------------------------------------------------------
 
     def log(self, run_id: str, kind: str, step: int, /, **data: Any) -> RunEvent:
+        """Append to the run's event log and the lifecycle stream.
+
+        Inside a task the append rides along with the next round trip; once the
+        run has ended (as far as this process knows) it goes out at once.
+        """
         event = RunEvent(run_id=run_id, kind=kind, step=step, data=data)
-        payload = event.model_dump_json()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xadd(keys.run_log(run_id), {"event": payload})
-        pipe.xadd(
-            keys.LIFECYCLE_STREAM,
-            {"run_id": run_id, "kind": kind, "step": step},
-            maxlen=LIFECYCLE_MAXLEN,
-            approximate=True,
-        )
-        pipe.execute()
+        log_key, entry = keys.run_log(run_id), {"event": event.model_dump_json()}
+        lifecycle: dict[str, str | int] = {"run_id": run_id, "kind": kind, "step": step}
+        capped: dict[str, Any] = {"maxlen": LIFECYCLE_MAXLEN, "approximate": True}
+        known = self._recall(run_id)
+        if (known is None or not known.terminal) and self.batch.defer("xadd", log_key, entry):
+            self.batch.defer("xadd", keys.LIFECYCLE_STREAM, lifecycle, **capped)
+            return event
+
+        def build(pipe: Pipeline) -> None:
+            pipe.xadd(log_key, entry)  # type: ignore[arg-type]
+            pipe.xadd(keys.LIFECYCLE_STREAM, lifecycle, **capped)  # type: ignore[arg-type]
+
+        self.batch.run(build)
         return event
+
+    def flush(self) -> None:
+        """Send the writes held back so far (before a message is published)."""
+        self.batch.flush()
 
     def trace(self, run_id: str, after: str = "-") -> list[tuple[str, RunEvent]]:
         """The run's event log from ``after`` (exclusive when it is an id) onwards."""
         start = after if after == "-" else f"({after}"
+        self.batch.flush()
         entries = cast(StreamEntries, self.client.xrange(keys.run_log(run_id), min=start))
         return [(entry_id, RunEvent.model_validate_json(f["event"])) for entry_id, f in entries]
 
@@ -149,11 +250,13 @@ class RunStore:
 
     def save_result(self, observation: Observation) -> Observation:
         """Store the first result for an action; a later one loses and gets the first back."""
-        stored = self.client.set(
-            keys.action_result(observation.action_id),
-            observation.model_dump_json(),
-            nx=True,
-            ex=self.run_ttl_s,
+        (stored,) = self.batch.run(
+            lambda pipe: pipe.set(
+                keys.action_result(observation.action_id),
+                observation.model_dump_json(),
+                nx=True,
+                ex=self.run_ttl_s,
+            )
         )
         if stored:
             return observation
@@ -161,7 +264,7 @@ class RunStore:
         return existing if existing is not None else observation
 
     def get_result(self, action_id: str) -> Observation | None:
-        raw = self.client.get(keys.action_result(action_id))
+        (raw,) = self.batch.run(lambda pipe: pipe.get(keys.action_result(action_id)))
         return Observation.model_validate_json(raw) if raw else None
 
     # rejected input --------------------------------------------------------------

@@ -1,24 +1,28 @@
 """Versioned documents in Redis: a writer commits only over the version it read.
 
 Run state and escalations are both stored this way, so a duplicate delivery or
-a concurrent writer can never overwrite a newer commit.
+a concurrent writer can never overwrite a newer commit. A writer that loses
+gets the winning document back in the same reply, so it can decide again
+without another round trip.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
+from typing import Any
 
 import redis
 
 from tether.errors import StaleStateError
 
-_SCRIPT = files("tether").joinpath("versioned.lua").read_text()
+SCRIPT = files("tether").joinpath("versioned.lua").read_text()
 
 
 class VersionedDocs:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._cas = client.register_script(_SCRIPT)
+        self._cas = client.register_script(SCRIPT)
 
     def read(self, key: str) -> tuple[str, int] | None:
         doc, version = self._client.hmget(key, ["doc", "version"])
@@ -28,9 +32,37 @@ class VersionedDocs:
 
     def write(self, key: str, doc: str, expected_version: int) -> int:
         """Commit ``doc`` over ``expected_version``; raises StaleStateError if it lost."""
-        new_version = int(self._cas(keys=[key], args=[expected_version, doc]))
+        new_version, _ = parse_cas(self._cas(keys=[key], args=[expected_version, doc, 0]))
         if new_version < 0:
             raise StaleStateError(
                 f"{key} changed since version {expected_version} was read; reload and decide again"
             )
         return new_version
+
+
+def cas_call(
+    key: str,
+    doc: str,
+    expected_version: int,
+    *,
+    fields: dict[str, str] | None = None,
+    expire: Sequence[str] = (),
+    ttl_s: int = 0,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT."""
+    args: list[Any] = [expected_version, doc, ttl_s]
+    for name, value in (fields or {}).items():
+        args += [name, value]
+    return [key, *expire], args
+
+
+def parse_cas(reply: Any) -> tuple[int, tuple[str, int] | None]:
+    """(new version, None) when the write won; (-1, (current doc, version) or None) when it lost."""
+    values = list(reply)
+    if int(values[0]) >= 0:
+        return int(values[0]), None
+    doc = values[2] if len(values) > 2 else None
+    if doc is None:
+        return -1, None
+    text = doc.decode() if isinstance(doc, bytes) else str(doc)
+    return -1, (text, int(values[1]))

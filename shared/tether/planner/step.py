@@ -30,9 +30,14 @@ def _lost_commit(rt: Runtime, run_id: str, step: int) -> None:
 def plan(rt: Runtime, run_id: str, step: int) -> None:
     """Perform planning step ``step`` of a run, unless it was already committed."""
     state = rt.store.load(run_id)
-    if state.terminal or state.step != step or state.status not in (
-        RunStatus.queued,
-        RunStatus.running,
+    if (
+        state.terminal
+        or state.step != step
+        or state.status
+        not in (
+            RunStatus.queued,
+            RunStatus.running,
+        )
     ):
         if state.step == step + 1:
             redispatch(rt, state)

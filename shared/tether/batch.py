@@ -1,0 +1,78 @@
+"""Writes that need no reply, sent together with the next Redis round trip.
+
+Inside a task, the store holds back event-log appends and budget settlements
+and sends them in one pipeline with whatever it sends next (a read, a commit,
+a reservation), before any message is published (Runtime flushes), and at the
+latest when the task ends. Redis runs a pipeline's commands in order, so
+nothing that comes after a held-back write can overtake it. Outside a task
+(the CLI, tests, the client API) nothing is held back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+Build = Callable[[Pipeline], Any]
+
+
+class WriteBatch:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        # Per thread (and per greenlet under gevent): each task holds back its own writes.
+        self._local = threading.local()
+
+    def _held(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]] | None:
+        held: list[tuple[str, tuple[Any, ...], dict[str, Any]]] | None = getattr(
+            self._local, "held", None
+        )
+        return held
+
+    @property
+    def pending(self) -> int:
+        return len(self._held() or ())
+
+    def begin(self) -> None:
+        """Hold back writes from here on (a task starts)."""
+        self._local.held = []
+
+    def end(self) -> None:
+        """Send what is held and stop holding back (a task ends, however it ended)."""
+        try:
+            self.flush()
+        finally:
+            self._local.held = None
+
+    def defer(self, command: str, *args: Any, **kwargs: Any) -> bool:
+        """Hold ``command`` back for the next round trip; False when not holding back."""
+        held = self._held()
+        if held is None:
+            return False
+        held.append((command, args, kwargs))
+        return True
+
+    def flush(self) -> None:
+        if self.pending:
+            self.run(lambda pipe: None)
+
+    def run(self, build: Build) -> list[Any]:
+        """One round trip: what is held back, then what ``build`` adds; its replies only.
+
+        The first error among the replies is raised, as the command alone would have.
+        """
+        held = self._held() or []
+        pipe = self.client.pipeline(transaction=False)
+        for command, args, kwargs in held:
+            getattr(pipe, command)(*args, **kwargs)
+        if held:
+            self._local.held = []  # sent once, even if the round trip fails
+        build(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return list(replies[len(held) :])
