@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo dev test lint clean
+.PHONY: install demo dev test lint chaos chaos-quick clean
 
 install: $(STAMP)
 
@@ -23,6 +23,14 @@ dev: install
 
 test: install
 	$(PY) -m pytest
+
+# 1,000 runs while workers and Redis are killed at random; exits non-zero on any
+# lost run or doubled side effect. chaos-quick is the 60-run version CI runs.
+chaos: install
+	$(PY) -m bench.chaos --json bench/results/chaos.json
+
+chaos-quick: install
+	$(PY) -m bench.chaos --quick
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -208,7 +208,8 @@ class ScriptedOpenAIServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def __enter__(self) -> ScriptedOpenAIServer:
