@@ -31,6 +31,7 @@ from bench.chaos_agents import chaos_script
 from tether import client, escalations
 from tether.config import Settings
 from tether.devstack import DevStack
+from tether.errors import ConfigError
 from tether.messages import EscalationKind, Verdict
 from tether.redis_server import RedisServer
 from tether.runtime import Runtime
@@ -58,7 +59,7 @@ class Chaos:
             if self.stack.redis is not None and time.monotonic() - last_redis > self.redis_every_s:
                 self.stack.redis.kill()
                 time.sleep(self.rng.uniform(0.2, 2.0))
-                self.stack.redis.start()
+                self._restart_redis(self.stack.redis)
                 self.kills["redis"] += 1
                 last_redis = time.monotonic()
                 continue
@@ -68,6 +69,16 @@ class Chaos:
             process.wait()
             self.stack.start_worker(service)
             self.kills[service] += 1
+
+    def _restart_redis(self, redis: RedisServer) -> None:
+        for attempt in range(1, 11):
+            try:
+                redis.start()
+                return
+            except ConfigError as exc:
+                print(f"chaos: redis restart {attempt} failed: {exc}", file=sys.stderr, flush=True)
+                time.sleep(1.0)
+        raise SystemExit("chaos: redis would not restart; see its log")
 
 
 class Operator:

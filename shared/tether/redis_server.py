@@ -79,6 +79,8 @@ class RedisServer:
                 "yes" if self.appendonly else "no",
                 "--appendfsync",
                 self.appendfsync,
+                "--logfile",
+                str(self.data_dir / "redis.log"),
                 "--protected-mode",
                 "yes",
             ],
@@ -91,7 +93,8 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ConfigError(
-                    f"redis-server exited at start (code {self.process.returncode}) on port {self.port}"
+                    f"redis-server exited at start (code {self.process.returncode}) on port "
+                    f"{self.port}; see {self.data_dir / 'redis.log'}"
                 )
             try:
                 if client.ping():
