@@ -73,9 +73,9 @@ def observe(rt: Runtime, observation: Observation) -> None:
             action_id=observation.action_id,
             reason=f"run is {state.status}" if state.terminal else "already recorded",
         )
-        if state.status == RunStatus.running and not state.pending_actions:
-            # An earlier delivery committed but died before planning: plan now.
-            plan(rt, state.run_id, state.step)
+        # An earlier delivery may have committed and died before publishing what
+        # followed (the next step, an escalation): publishing again is harmless.
+        redispatch(rt, state)
         return
     rt.store.log(
         committed.run_id,
@@ -91,7 +91,9 @@ def observe(rt: Runtime, observation: Observation) -> None:
     if committed.status == RunStatus.running:
         plan(rt, committed.run_id, committed.step)
     elif observation.needs_human is not None:
-        redispatch(rt, committed)
+        for wait in committed.awaiting_human:
+            if wait.action is not None and wait.action.action_id == observation.action_id:
+                rt.send_escalation(wait.escalation(committed.run_id, committed.agent))
 
 
 def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
