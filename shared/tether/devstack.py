@@ -84,7 +84,7 @@ class DevStack:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         self.workers[service] = process
         return process
@@ -110,7 +110,7 @@ class DevStack:
                 stdout=self._output("flower"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(),
             )
         self.wait_ready(SERVICES, timeout_s)
         return self
