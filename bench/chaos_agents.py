@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 from tether import Agent, BudgetLimits, OpenAIModel, ToolContext, tool
@@ -41,6 +42,9 @@ def pay(ctx: ToolContext, order: str, cents: int) -> str:
     """Pay an order: the side effect the chaos run counts."""
     with ledger_path().open("a") as ledger:
         ledger.write(f"{ctx.action_id} {order} {cents}\n")
+    # The payment provider confirms after a moment: a worker killed now has
+    # made the payment but not recorded it, the case unsafe_retry exists for.
+    time.sleep(float(os.environ.get("CHAOS_PAY_CONFIRM_S", "0.2")))
     return f"paid {cents} for {order}"
 
 
