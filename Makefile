@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo dev test lint chaos chaos-quick clean
+.PHONY: install demo dev test lint chaos chaos-quick bench bench-quick clean
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ chaos: install
 
 chaos-quick: install
 	$(PY) -m bench.chaos --quick
+
+# Per-step overhead against bare Celery, throughput, runs in flight, cost of state:
+# a table on stdout, JSON and a PNG in bench/results/ (a few minutes; quick: < 2).
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --quick
 
 lint: install
 	$(VENV)/bin/ruff check .

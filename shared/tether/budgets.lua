@@ -7,6 +7,7 @@
 -- ARGV[7]: now, in seconds since the epoch
 -- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason}.
 local op, rid = ARGV[1], ARGV[2]
+local axes = {'steps', 'tool_calls', 'tokens', 'cost_usd'}
 local delta = {
   steps = tonumber(ARGV[3]), tool_calls = tonumber(ARGV[4]),
   tokens = tonumber(ARGV[5]), cost_usd = tonumber(ARGV[6]),
@@ -19,24 +20,27 @@ if redis.call('SISMEMBER', KEYS[2], marker) == 1 then
 end
 
 if op == 'reserve' then
-  local limit_of = function(field)
-    local v = redis.call('HGET', KEYS[1], 'max_' .. field)
+  -- One read of every limit and counter.
+  local h = redis.call('HMGET', KEYS[1], 'max_wall_s', 'started_at',
+    'max_steps', 'max_tool_calls', 'max_tokens', 'max_cost_usd',
+    'steps', 'tool_calls', 'tokens', 'cost_usd')
+  local function limit(v)
     if v == false or v == '' then return nil end
     return tonumber(v)
   end
-  local wall = limit_of('wall_s')
-  local started = tonumber(redis.call('HGET', KEYS[1], 'started_at') or now)
+  local wall = limit(h[1])
+  local started = tonumber(h[2] or now)
   if wall ~= nil and now - started > wall then
     return {0, string.format('wall time %.1fs is over max_wall_s=%s', now - started, wall)}
   end
-  for _, field in ipairs({'steps', 'tool_calls', 'tokens', 'cost_usd'}) do
-    local limit = limit_of(field)
+  for i, field in ipairs(axes) do
+    local max = limit(h[2 + i])
     local want = delta[field]
-    if limit ~= nil and want > 0 then
-      local used = tonumber(redis.call('HGET', KEYS[1], field) or '0')
-      if used + want > limit then
+    if max ~= nil and want > 0 then
+      local used = tonumber(h[6 + i] or '0')
+      if used + want > max then
         return {0, string.format('%s: %s used + %s requested exceeds max_%s=%s',
-          field, tostring(used), tostring(want), field, tostring(limit))}
+          field, tostring(used), tostring(want), field, tostring(max))}
       end
     end
   end

@@ -43,7 +43,8 @@ LEASE_S = 10.0
 
 
 def execute(rt: Runtime, action: ToolAction) -> None:
-    status = rt.store.status(action.run_id)  # the status field alone, not the whole state
+    # The run's status field and any stored result, in one round trip.
+    status, stored = rt.store.action_state(action.run_id, action.action_id)
     if status is None:
         log.info("action_skipped", action_id=action.action_id, reason="run gone")
         return
@@ -56,7 +57,6 @@ def execute(rt: Runtime, action: ToolAction) -> None:
             reason=f"run is {status}",
         )
         return
-    stored = rt.store.get_result(action.action_id)
     if stored is not None:
         rt.send_observation(stored)
         return

@@ -11,7 +11,6 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
 from tether import celery_app
-from tether.batch import WriteBatch
 from tether.config import Settings, get_settings
 from tether.messages import Decision, Escalation, Observation, TaskEvent, ToolAction
 from tether.store import RunStore, connect
@@ -24,7 +23,7 @@ class Runtime:
     @cached_property
     def store(self) -> RunStore:
         store = RunStore(connect(self.settings.redis_url), run_ttl_s=self.settings.run_ttl_s)
-        _batches.add(store.batch)
+        _stores.add(store)
         return store
 
     @cached_property
@@ -63,21 +62,22 @@ class Runtime:
         )
 
 
-# Inside a task a store holds back log appends and settlements until its next
-# round trip (tether.batch); whatever is still held goes out when the task ends.
-_batches: weakref.WeakSet[WriteBatch] = weakref.WeakSet()
+# A store knows where a task begins and ends (RunStore.begin_task): inside one
+# it holds back log appends and settlements until its next round trip, and
+# sends whatever is still held when the task ends.
+_stores: weakref.WeakSet[RunStore] = weakref.WeakSet()
 
 
 @task_prerun.connect(weak=False)
-def _hold_back_writes(**_: Any) -> None:
-    for batch in list(_batches):
-        batch.begin()
+def _task_begins(**_: Any) -> None:
+    for store in list(_stores):
+        store.begin_task()
 
 
 @task_postrun.connect(weak=False)
-def _send_held_writes(**_: Any) -> None:
-    for batch in list(_batches):
-        batch.end()
+def _task_ends(**_: Any) -> None:
+    for store in list(_stores):
+        store.end_task()
 
 
 _runtime: Runtime | None = None

@@ -71,6 +71,19 @@ class RunStore:
         self.run_ttl_s = run_ttl_s
         self._known: dict[str, RunState] = {}
         self._known_lock = threading.Lock()
+        self._task = threading.local()
+
+    # task boundaries (Runtime calls these from Celery's task signals) ----------------
+
+    def begin_task(self) -> None:
+        """A task starts in this thread: hold back writes, remember its own commits."""
+        self.batch.begin()
+        self._task.commits = {}
+
+    def end_task(self) -> None:
+        """The task ended, however it ended: send what is held back, forget its commits."""
+        self._task.commits = None
+        self.batch.end()
 
     # run state -----------------------------------------------------------------
 
@@ -90,6 +103,15 @@ class RunStore:
         return self._remember(state.model_copy(update={"version": version})), True
 
     def get(self, run_id: str) -> RunState | None:
+        """The run's latest state; inside a task that committed it, that commit.
+
+        A state this very task committed is what a read would return a moment
+        after the commit, and any read is already that stale by the time its
+        caller acts: every write is a compare-and-set over the version read.
+        """
+        commits: dict[str, RunState] | None = getattr(self._task, "commits", None)
+        if commits and run_id in commits:
+            return commits[run_id]
         key = keys.run(run_id)
         if self.batch.pending:
             (reply,) = self.batch.run(lambda pipe: pipe.hmget(key, ["doc", "version"]))
@@ -114,6 +136,17 @@ class RunStore:
             return RunStatus(status)
         state = self.get(run_id)  # written before the status field existed
         return state.status if state is not None else None
+
+    def action_state(self, run_id: str, action_id: str) -> tuple[RunStatus | None, Observation | None]:
+        """The run's status and the action's stored result, if any, in one round trip."""
+        status, raw = self.batch.run(
+            lambda pipe: (
+                pipe.hget(keys.run(run_id), "status"),
+                pipe.get(keys.action_result(action_id)),
+            )
+        )
+        stored = Observation.model_validate_json(raw) if raw else None
+        return (RunStatus(status) if status is not None else self.status(run_id)), stored
 
     def commit(self, state: RunState) -> RunState:
         """Write ``state`` over the version it was loaded at; StaleStateError if it lost."""
@@ -162,7 +195,11 @@ class RunStore:
             if current is None:
                 return None, None
             return None, self._parse(state.run_id, *current)
-        return self._remember(updated.model_copy(update={"version": version})), None
+        committed = self._remember(updated.model_copy(update={"version": version}))
+        commits: dict[str, RunState] | None = getattr(self._task, "commits", None)
+        if commits is not None:
+            commits[committed.run_id] = committed
+        return committed, None
 
     def _add_cas(self, pipe: Pipeline, state: RunState, expected_version: int) -> None:
         run_id = state.run_id

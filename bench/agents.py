@@ -1,0 +1,86 @@
+"""Agents the benchmark runs on real workers (TETHER_AGENT_MODULES=["bench.agents"]).
+
+- ``bench_stepper``: a scripted model (zero latency) that calls the no-op tool
+  ``steps=N`` times (N read from the task's input), then answers. One agent
+  step = one model call + one tool call + the observation back.
+- ``bench_remote``: the same script served by a local OpenAI-compatible server
+  with 1 s latency (bench.model_server), reached through the real openai client.
+- ``bench_idler``: calls a tool that needs approval, so its run waits in
+  ``waiting_human``: an idle run, for the cost of state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from bench import hooks
+from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, tool
+from tether.models import text, tool_call
+from tether.models.base import ModelResponse
+from tether.state import ChatMessage
+
+hooks.install()
+
+BENCH_BUDGET = BudgetLimits(max_steps=100_000, max_tool_calls=100_000, max_wall_s=3600)
+_STEPS = re.compile(r"steps=(\d+)")
+
+
+@tool
+def noop(i: int) -> int:
+    """Return the number it was given, at once."""
+    return i
+
+
+@tool(requires_approval=True)
+def approved_noop(i: int) -> int:
+    """Return the number it was given, once a human approves."""
+    return i
+
+
+def steps_asked(messages: list[ChatMessage]) -> int:
+    for message in messages:
+        if message.role == "user" and message.content:
+            found = _STEPS.search(message.content)
+            if found:
+                return int(found.group(1))
+    return 1
+
+
+def stepper_script(messages: list[ChatMessage]) -> ModelResponse:
+    """Call noop until the input's steps=N are done, then answer."""
+    done = sum(1 for m in messages if m.role == "assistant")
+    if done < steps_asked(messages):
+        return tool_call("noop", {"i": done})
+    return text(f"done after {done} tool steps")
+
+
+stepper = Agent(
+    name="bench_stepper",
+    instructions="Call noop as many times as the task says, then answer.",
+    model=ScriptedModel(stepper_script, label="bench"),
+    tools=[noop],
+    budget=BENCH_BUDGET,
+)
+
+remote = Agent(
+    name="bench_remote",
+    instructions="Call noop as many times as the task says, then answer.",
+    model=OpenAIModel(
+        "bench-model",
+        base_url=os.environ.get("BENCH_MODEL_URL", "http://127.0.0.1:9/v1"),
+        timeout_s=30,
+        max_attempts=1,
+        max_output_tokens=64,
+    ),
+    tools=[noop],
+    budget=BENCH_BUDGET,
+)
+
+idler = Agent(
+    name="bench_idler",
+    instructions="Call approved_noop once, then answer.",
+    model=ScriptedModel([tool_call("approved_noop", {"i": 1}), text("approved")], label="idle"),
+    tools=[approved_noop],
+    budget=BENCH_BUDGET,
+)
