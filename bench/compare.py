@@ -15,8 +15,8 @@ import statistics
 from pathlib import Path
 
 from bench.bare import QUEUES
+from bench.driver import Driver
 from bench.procs import Workers
-from bench.run import Driver
 from tether.redis_server import RedisServer
 
 

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.driver import Driver
 from bench.procs import Workers, stop_all
-from bench.run import Driver
 from tether.redis_server import RedisServer
 
 

@@ -20,6 +20,11 @@ if redis.call('SISMEMBER', KEYS[2], marker) == 1 then
 end
 
 if op == 'reserve' then
+  -- No limits means no run: it never started here or has expired. Refuse, and
+  -- leave no stray keys behind it.
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return {0, 'no budget is open for this run: it is unknown or has expired'}
+  end
   -- One read of every limit and counter.
   local h = redis.call('HMGET', KEYS[1], 'max_wall_s', 'started_at',
     'max_steps', 'max_tool_calls', 'max_tokens', 'max_cost_usd',

@@ -77,6 +77,17 @@ class Budgets:
     ) -> Reservation:
         args = self._args(op, run_id, reservation_id, steps, tool_calls, tokens, cost_usd)
         (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        return self.reservation(reply)
+
+    def add_reserve(
+        self, pipe: Pipeline, run_id: str, reservation_id: str, *, tool_calls: int = 0
+    ) -> None:
+        """Queue ``reserve`` on a pipeline; hand its reply to ``reservation``."""
+        args = self._args("reserve", run_id, reservation_id, 0, tool_calls, 0, 0.0)
+        pipe.eval(_SCRIPT, 2, *args)
+
+    @staticmethod
+    def reservation(reply: Any) -> Reservation:
         granted, reason = reply
         return Reservation(granted=bool(granted), reason=str(reason))
 

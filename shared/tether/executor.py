@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from pydantic import ValidationError
+from redis.client import Pipeline
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -24,6 +25,7 @@ from tenacity import (
 
 from tether import keys
 from tether.agents import get_agent
+from tether.budgets import Reservation
 from tether.errors import (
     ActionInFlightError,
     InvalidToolCallError,
@@ -34,6 +36,7 @@ from tether.errors import (
 from tether.leases import Lease
 from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
 from tether.runtime import Runtime
+from tether.state import RunStatus
 from tether.telemetry import TOOL_LATENCY, log
 from tether.tools import Tool, ToolContext
 
@@ -43,11 +46,44 @@ LEASE_S = 10.0
 
 
 def execute(rt: Runtime, action: ToolAction) -> None:
-    # The run's status field and any stored result, in one round trip.
-    status, stored = rt.store.action_state(action.run_id, action.action_id)
+    lease = Lease(rt.store.client, keys.action_lock(action.action_id), LEASE_S)
+
+    def open_action(pipe: Pipeline) -> None:
+        lease.add_acquire(pipe)
+        # Idempotent per action, so reserving before the checks below costs nothing.
+        rt.store.budgets.add_reserve(pipe, action.run_id, f"exec:{action.action_id}")
+
+    # Lease, wall-time check, run status and any stored result: one round trip.
+    status, stored, (leased, reserved) = rt.store.action_state(
+        action.run_id, action.action_id, also=open_action
+    )
+    if not lease.acquired(leased):
+        if status is None or status.terminal:
+            return
+        if stored is not None:
+            # Its holder may have died between storing and sending: send it (again).
+            rt.send_observation(stored)
+            return
+        raise ActionInFlightError(action.action_id, LEASE_S)
+    try:
+        observation = _perform(rt, action, status, stored, rt.store.budgets.reservation(reserved))
+    finally:
+        lease.release(rt.store.batch)
+    if observation is not None:
+        rt.send_observation(observation)
+
+
+def _perform(
+    rt: Runtime,
+    action: ToolAction,
+    status: RunStatus | None,
+    stored: Observation | None,
+    wall: Reservation,
+) -> Observation | None:
+    """What to tell the planner about ``action``, run under its lease; None: nothing."""
     if status is None:
         log.info("action_skipped", action_id=action.action_id, reason="run gone")
-        return
+        return None
     if status.terminal:
         rt.store.log(
             action.run_id,
@@ -56,44 +92,34 @@ def execute(rt: Runtime, action: ToolAction) -> None:
             action_id=action.action_id,
             reason=f"run is {status}",
         )
-        return
+        return None
     if stored is not None:
-        rt.send_observation(stored)
-        return
-    wall = rt.store.budgets.reserve(action.run_id, f"exec:{action.action_id}")
+        return stored
     if not wall.granted:
-        _report(
+        return _report(
             rt,
             action,
             ok=False,
             error=f"not run: budget exhausted ({wall.reason})",
             category=ErrorCategory.budget,
         )
-        return
     try:
         tool = get_agent(action.agent).tool(action.tool)
     except (UnknownAgentError, InvalidToolCallError) as exc:
-        _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
-        return
-
-    lease = Lease(rt.store.client, keys.action_lock(action.action_id), LEASE_S)
-    if not lease.acquire():
-        raise ActionInFlightError(action.action_id, LEASE_S)
-    with lease:
-        if not tool.idempotent and not _claim(rt, action):
-            _report(
-                rt,
-                action,
-                ok=False,
-                category=ErrorCategory.internal,
-                needs_human=EscalationKind.unsafe_retry,
-                error=f"{action.tool!r} is not idempotent and an earlier attempt of "
-                f"{action.action_id} died mid-call, so it may or may not have taken effect; "
-                "check the target system, then approve to run it again, answer with what "
-                "happened, or reject to end the run",
-            )
-            return
-        _run(rt, action, tool)
+        return _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
+    if not tool.idempotent and not _claim(rt, action):
+        return _report(
+            rt,
+            action,
+            ok=False,
+            category=ErrorCategory.internal,
+            needs_human=EscalationKind.unsafe_retry,
+            error=f"{action.tool!r} is not idempotent and an earlier attempt of "
+            f"{action.action_id} died mid-call, so it may or may not have taken effect; "
+            "check the target system, then approve to run it again, answer with what "
+            "happened, or reject to end the run",
+        )
+    return _run(rt, action, tool)
 
 
 def _claim(rt: Runtime, action: ToolAction) -> bool:
@@ -105,7 +131,7 @@ def _claim(rt: Runtime, action: ToolAction) -> bool:
     return bool(rt.store.client.set(marker, "1", nx=True, ex=rt.store.run_ttl_s))
 
 
-def _run(rt: Runtime, action: ToolAction, tool: Tool) -> None:
+def _run(rt: Runtime, action: ToolAction, tool: Tool) -> Observation:
     context = ToolContext(
         run_id=action.run_id, action_id=action.action_id, agent=action.agent, step=action.step
     )
@@ -146,7 +172,7 @@ def _run(rt: Runtime, action: ToolAction, tool: Tool) -> None:
     else:
         outcome = {"ok": True, "output": output}
     attempts = int(retrying.statistics.get("attempt_number", 1))
-    _report(rt, action, started=started, attempts=attempts, **outcome)
+    return _report(rt, action, started=started, attempts=attempts, **outcome)
 
 
 def _report(
@@ -160,7 +186,8 @@ def _report(
     started: float | None = None,
     attempts: int = 1,
     needs_human: EscalationKind | None = None,
-) -> None:
+) -> Observation:
+    """Record the action's outcome (result, log); the caller sends the observation."""
     latency_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
     observation = Observation(
         action_id=action.action_id,
@@ -195,4 +222,4 @@ def _report(
         attempts=observation.attempts,
         needs_human=needs_human,
     )
-    rt.send_observation(observation)
+    return observation

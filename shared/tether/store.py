@@ -14,7 +14,7 @@ from redis.client import Pipeline
 from redis.retry import Retry
 
 from tether import keys
-from tether.batch import WriteBatch
+from tether.batch import Build, WriteBatch
 from tether.budgets import Budgets
 from tether.errors import StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
@@ -137,16 +137,24 @@ class RunStore:
         state = self.get(run_id)  # written before the status field existed
         return state.status if state is not None else None
 
-    def action_state(self, run_id: str, action_id: str) -> tuple[RunStatus | None, Observation | None]:
-        """The run's status and the action's stored result, if any, in one round trip."""
-        status, raw = self.batch.run(
+    def action_state(
+        self, run_id: str, action_id: str, also: Build
+    ) -> tuple[RunStatus | None, Observation | None, list[Any]]:
+        """The run's status and the action's stored result, in one round trip.
+
+        ``also`` queues more commands to go first in the same round trip; their
+        replies come back third.
+        """
+        *others, status, raw = self.batch.run(
             lambda pipe: (
+                also(pipe),
                 pipe.hget(keys.run(run_id), "status"),
                 pipe.get(keys.action_result(action_id)),
             )
         )
         stored = Observation.model_validate_json(raw) if raw else None
-        return (RunStatus(status) if status is not None else self.status(run_id)), stored
+        run_status = RunStatus(status) if status is not None else self.status(run_id)
+        return run_status, stored, others
 
     def commit(self, state: RunState) -> RunState:
         """Write ``state`` over the version it was loaded at; StaleStateError if it lost."""
@@ -286,15 +294,16 @@ class RunStore:
     # action results --------------------------------------------------------------
 
     def save_result(self, observation: Observation) -> Observation:
-        """Store the first result for an action; a later one loses and gets the first back."""
-        (stored,) = self.batch.run(
-            lambda pipe: pipe.set(
-                keys.action_result(observation.action_id),
-                observation.model_dump_json(),
-                nx=True,
-                ex=self.run_ttl_s,
-            )
-        )
+        """Store the first result for an action; a later one loses and gets the first back.
+
+        Inside a task the write rides along with the next round trip and the
+        caller's result is taken as the first: the executor writes results
+        only under the action's lease, so no other result can come between.
+        """
+        key, doc = keys.action_result(observation.action_id), observation.model_dump_json()
+        if self.batch.defer("set", key, doc, nx=True, ex=self.run_ttl_s):
+            return observation
+        (stored,) = self.batch.run(lambda pipe: pipe.set(key, doc, nx=True, ex=self.run_ttl_s))
         if stored:
             return observation
         existing = self.get_result(observation.action_id)

@@ -8,8 +8,11 @@ anything runs.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import inspect
 import json
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints, overload
@@ -74,6 +77,12 @@ class Tool:
     retry: RetryPolicy = RetryPolicy()
 
     def openai_schema(self) -> dict[str, Any]:
+        """The tool as the OpenAI API describes it; built once, treat it as read-only."""
+        return self._openai_schema
+
+    @functools.cached_property
+    def _openai_schema(self) -> dict[str, Any]:
+        # Generating a JSON schema costs more than the rest of a planning step.
         return {
             "type": "function",
             "function": {
@@ -119,19 +128,34 @@ class Tool:
         kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
         if self.context_param is not None:
             kwargs[self.context_param] = context
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        future = _tool_threads().submit(self.fn, **kwargs)
         try:
-            future = pool.submit(self.fn, **kwargs)
-            try:
-                output = future.result(timeout=self.timeout_s)
-            except concurrent.futures.TimeoutError as exc:
-                raise ToolTimeoutError(self.name, self.timeout_s) from exc
-        finally:
-            # A timed-out call keeps its thread; we stop waiting, we cannot kill it.
-            pool.shutdown(wait=False)
+            output = future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            # The call keeps its thread; we stop waiting, we cannot kill it.
+            raise ToolTimeoutError(self.name, self.timeout_s) from exc
         return self.output_adapter.dump_python(
             self.output_adapter.validate_python(output), mode="json"
         )
+
+
+# Tool calls run on pooled threads (a thread per call cost more than a no-op tool);
+# the pool is wide so that calls stuck past their timeout cannot starve the rest.
+TOOL_THREADS = 64
+_pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _tool_threads() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        # A pool inherited through fork has no threads behind it: each process makes its own.
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (
+                os.getpid(),
+                concurrent.futures.ThreadPoolExecutor(TOOL_THREADS, thread_name_prefix="tool"),
+            )
+        return _pool[1]
 
 
 def _build_tool(

@@ -106,8 +106,7 @@ def test_lease_is_exclusive_renewed_and_lapses_when_its_holder_stops(runtime: Ru
     assert not Lease(client, "tether:test:lease", ttl_s=0.6).acquire()
     time.sleep(1.0)  # past the ttl: the renewer kept it alive
     assert not Lease(client, "tether:test:lease", ttl_s=0.6).acquire()
-    first._stop.set()  # the holder "dies": renewals stop
-    first._renewer.join()
+    first.stop_renewing()  # the holder "dies": renewals stop
     time.sleep(0.8)
     second = Lease(client, "tether:test:lease", ttl_s=0.6)
     assert second.acquire()
@@ -219,3 +218,18 @@ def test_lease_renewer_survives_concurrent_holders(runtime: Runtime) -> None:
         thread.join()
     assert len(won) == 1
     won[0].release()
+
+
+def test_one_renewer_keeps_leases_of_different_ttls_and_pipelined_ones(runtime: Runtime) -> None:
+    client = runtime.store.client
+    long = Lease(client, "tether:test:long", ttl_s=30)
+    assert long.acquire()
+    short = Lease(client, "tether:test:short", ttl_s=0.6)
+    pipe = client.pipeline()
+    short.add_acquire(pipe)
+    assert short.acquired(pipe.execute()[0])
+    time.sleep(1.2)  # twice the short ttl: renewed although the renewer slept for the long one
+    assert not Lease(client, "tether:test:short", ttl_s=0.6).acquire()
+    short.release(runtime.store.batch)  # outside a task: released at once
+    long.release()
+    assert client.get("tether:test:short") is None and client.get("tether:test:long") is None

@@ -1,0 +1,58 @@
+"""What a benchmark run does, what it is judged against, and what it records.
+
+Every measurement module takes the same Plan (sizes, levels, windows; QUICK
+shrinks it to under two minutes) and fills its part of one Results, which is
+what bench/results/*.json holds. The targets live here too, beside the plan,
+so that the measurements that stamp them into the results and the report that
+judges against them read one number, not two copies that can drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGET_RATIO = 1.3
+TARGET_IN_FLIGHT = 2000
+TARGET_P99_S = 0.100
+TARGET_IDLE_BYTES = 20 * 1024
+
+
+@dataclass
+class Plan:
+    quick: bool
+    steps: int = 20  # tool steps per run in the overhead and throughput tests
+    warmup: int = 3
+    seq_runs: int = 30  # runs (and bare chains) measured one at a time
+    tp_runs: int = 96  # runs started at once in the throughput test
+    concurrencies: tuple[int, ...] = (1, 2, 4)
+    pools: tuple[str, ...] = ("threads", "gevent")
+    levels: tuple[int, ...] = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000)
+    planner_processes: int = 2
+    executor_processes: int = 4
+    inflight_steps: int = 2  # tool steps per run with the 1 s model: 3 model calls
+    window_s: float = 8.0
+    settle_s: float = 4.0
+    model_latency_s: float = 1.0
+    idle_runs: int = 2000
+    sections: tuple[str, ...] = ("overhead", "throughput", "state", "inflight")
+
+
+QUICK = dict(
+    seq_runs=10,
+    tp_runs=48,
+    pools=("gevent",),
+    levels=(50, 100, 150, 200),
+    window_s=4.0,
+    settle_s=3.0,
+    idle_runs=500,
+)
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any] = field(default_factory=dict)
+    overhead: dict[str, Any] = field(default_factory=dict)
+    throughput: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    inflight: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,87 @@
+"""Throughput: agent steps per second with many runs at once, and where the CPU goes.
+
+A fixed batch of runs is started at once with 1, 2 and 4 worker processes per
+service, beside the same batch of bare Celery hop chains, while the CPU of the
+planner, executor, Redis and the driver itself is metered: on a small box the
+question is less "how fast" than "does adding processes help, and which part
+is the bottleneck". At the default concurrency it also counts Redis commands
+per step (the harness's own reads left out), the figure that predicts how far
+one Redis carries. scaling_ceiling says what adding processes could at best
+give on this box, which is the target the report holds throughput against.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench.driver import Driver, log, redis_pid
+from bench.plan import Plan, Results
+from bench.procs import CpuMeter, Workers
+
+
+def measure_throughput(
+    plan: Plan, driver: Driver, workers: Workers, concurrency: int, res: Results, *, commands: bool
+) -> None:
+    steps = plan.steps
+    driver.tether_batch(8, 4)  # warm every pool process
+    driver.bare_batch(8, 9)
+    meter = CpuMeter(
+        {
+            "planner": workers.pids("planner"),
+            "executor": workers.pids("executor"),
+            "redis": [redis_pid(driver.redis)],
+            "driver": [os.getpid()],
+        },
+        flat=["driver"],
+    ).start()
+    before = driver.command_stats() if commands else {}
+    elapsed = driver.tether_batch(plan.tp_runs, steps)
+    after = driver.command_stats() if commands else {}
+    cpu = meter.stop()
+    bare_elapsed = driver.bare_batch(plan.tp_runs, 2 * steps + 1)
+    total_steps = plan.tp_runs * steps
+    row: dict[str, Any] = {
+        "processes_per_service": concurrency,
+        "runs": plan.tp_runs,
+        "steps": total_steps,
+        "tether_steps_per_s": round(total_steps / elapsed, 1),
+        "bare_steps_per_s": round(total_steps / bare_elapsed, 1),
+        "cpu_cores_used": cpu,
+        "cpu_cores_total": round(sum(cpu.values()), 2),
+    }
+    if commands:
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        # The harness's own reads (following the lifecycle stream, commandstats) are left out.
+        for own in ("xread", "xrevrange", "info", "config|resetstat"):
+            delta.pop(own, None)
+        delta = {k: v for k, v in delta.items() if v > 0}
+        row["redis_commands_per_step"] = round(sum(delta.values()) / total_steps, 1)
+        row["redis_commands_by_name"] = {
+            k: round(v / total_steps, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1])
+        }
+        before = driver.command_stats()
+        driver.bare_batch(plan.tp_runs, 2 * steps + 1)
+        after = driver.command_stats()
+        bare_delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        for own in ("blpop", "info"):
+            bare_delta.pop(own, None)
+        row["bare_redis_commands_per_step"] = round(sum(bare_delta.values()) / total_steps, 1)
+    res.throughput.append(row)
+    log(
+        f"throughput x{concurrency}: tether {row['tether_steps_per_s']} steps/s, "
+        f"bare {row['bare_steps_per_s']} steps/s, cpu {cpu}"
+    )
+
+
+def scaling_ceiling(one: dict[str, Any], processes: int) -> float:
+    """Linear scaling from 1 process per service, capped by the CPU the box has.
+
+    With one process per service the pipeline already keeps ``one['cpu_cores_total']``
+    cores busy; at the same CPU per step, the cores of the box allow at most
+    ``steps/s x cores / busy cores``.
+    """
+    cores = os.cpu_count() or 1
+    rate = float(one["tether_steps_per_s"])
+    busy = max(1e-9, float(one["cpu_cores_total"]))
+    return min(rate * processes, rate * cores / busy)
