@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
@@ -20,7 +20,7 @@ from tether.errors import StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.state import RunState, RunStatus
 from tether.versioned import SCRIPT as CAS_SCRIPT
-from tether.versioned import VersionedDocs, cas_call, parse_cas
+from tether.versioned import Append, VersionedDocs, cas_call, parse_cas
 
 LIFECYCLE_MAXLEN = 100_000
 # Run states this process last read or committed, kept to start the next update from.
@@ -167,9 +167,17 @@ class RunStore:
         return committed
 
     def update(
-        self, run_id: str, change: Callable[[RunState], RunState | None], *, attempts: int = 20
+        self,
+        run_id: str,
+        change: Callable[[RunState], RunState | None],
+        *,
+        log: Callable[[RunState], Sequence[RunEvent]] | None = None,
+        attempts: int = 20,
     ) -> RunState | None:
         """Apply ``change`` to the latest state until it commits; None when it declines.
+
+        ``log`` describes a change for the event log: its entries are written
+        by the commit itself, so the log holds exactly the changes that won.
 
         The first attempt starts from the state this process last saw, if any:
         a commit over a stale version loses and returns the current state, and
@@ -186,7 +194,7 @@ class RunStore:
                     return None
                 state, fresh = self.load(run_id), True
                 continue
-            committed, current = self._commit(changed)
+            committed, current = self._commit(changed, log(changed) if log else ())
             if committed is not None:
                 return committed
             state, fresh = (current or self.load(run_id)), True
@@ -194,10 +202,13 @@ class RunStore:
             f"run {run_id} kept changing under {attempts} update attempts; retry later"
         )
 
-    def _commit(self, state: RunState) -> tuple[RunState | None, RunState | None]:
+    def _commit(
+        self, state: RunState, events: Sequence[RunEvent] = ()
+    ) -> tuple[RunState | None, RunState | None]:
         """(committed, None) if it won; (None, the current state) if another commit came first."""
         updated = state.model_copy(update={"updated_at": utcnow()})
-        (reply,) = self.batch.run(lambda pipe: self._add_cas(pipe, updated, state.version))
+        appends = [a for event in events for a in log_appends(event)]
+        (reply,) = self.batch.run(lambda pipe: self._add_cas(pipe, updated, state.version, appends))
         version, current = parse_cas(reply)
         if version < 0:
             if current is None:
@@ -209,7 +220,13 @@ class RunStore:
             commits[committed.run_id] = committed
         return committed, None
 
-    def _add_cas(self, pipe: Pipeline, state: RunState, expected_version: int) -> None:
+    def _add_cas(
+        self,
+        pipe: Pipeline,
+        state: RunState,
+        expected_version: int,
+        appends: Sequence[Append] = (),
+    ) -> None:
         run_id = state.run_id
         expire = (
             [keys.run(run_id), keys.run_log(run_id), keys.budget(run_id), keys.reservations(run_id)]
@@ -223,6 +240,7 @@ class RunStore:
             fields={"status": str(state.status)},
             expire=expire,
             ttl_s=self.run_ttl_s,
+            appends=appends,
         )
         pipe.eval(CAS_SCRIPT, len(cas_keys), *cas_keys, *args)
 
@@ -265,17 +283,17 @@ class RunStore:
         run has ended (as far as this process knows) it goes out at once.
         """
         event = RunEvent(run_id=run_id, kind=kind, step=step, data=data)
-        log_key, entry = keys.run_log(run_id), {"event": event.model_dump_json()}
-        lifecycle: dict[str, str | int] = {"run_id": run_id, "kind": kind, "step": step}
-        capped: dict[str, Any] = {"maxlen": LIFECYCLE_MAXLEN, "approximate": True}
+        appends = log_appends(event)
         known = self._recall(run_id)
-        if (known is None or not known.terminal) and self.batch.defer("xadd", log_key, entry):
-            self.batch.defer("xadd", keys.LIFECYCLE_STREAM, lifecycle, **capped)
+        held = (known is None or not known.terminal) and all(
+            self.batch.defer("xadd", a.stream, a.fields, **a.xadd_kwargs()) for a in appends
+        )
+        if held:
             return event
 
         def build(pipe: Pipeline) -> None:
-            pipe.xadd(log_key, entry)  # type: ignore[arg-type]
-            pipe.xadd(keys.LIFECYCLE_STREAM, lifecycle, **capped)  # type: ignore[arg-type]
+            for a in appends:
+                pipe.xadd(a.stream, a.fields, **a.xadd_kwargs())  # type: ignore[arg-type]
 
         self.batch.run(build)
         return event
@@ -344,3 +362,15 @@ class RunStore:
                 StreamEntries, self.client.xrevrange(keys.REJECTED_STREAM, count=count)
             )
         ]
+
+
+def log_appends(event: RunEvent) -> list[Append]:
+    """An event's entries: the run's own log, and one line in the lifecycle stream."""
+    return [
+        Append(keys.run_log(event.run_id), {"event": event.model_dump_json()}),
+        Append(
+            keys.LIFECYCLE_STREAM,
+            {"run_id": event.run_id, "kind": event.kind, "step": event.step},
+            maxlen=LIFECYCLE_MAXLEN,
+        ),
+    ]

@@ -1,18 +1,44 @@
--- Compare-and-set of a versioned document stored as a hash {doc, version, ...}.
+-- Compare-and-set of a versioned document stored as a hash {doc, version, ...},
+-- with the stream entries that describe the change appended in the same step.
 -- KEYS[1]: the document's hash
--- KEYS[2..]: keys to EXPIRE after ARGV[3] seconds once the write succeeds (may be none)
+-- KEYS[2 .. 1+E]: keys to EXPIRE after ARGV[3] seconds once the write succeeds
+-- KEYS[2+E ..]: one stream per append, in order
 -- ARGV[1]: the version the writer read (0 when it expects no document yet)
 -- ARGV[2]: the new document
--- ARGV[3]: seconds for the KEYS[2..] expiry (ignored when there are none)
--- ARGV[4..]: more field/value pairs to store beside the document (e.g. status)
+-- ARGV[3]: seconds for the expiry (ignored when E is 0)
+-- ARGV[4]: F, the number of field/value pairs stored beside the document (e.g. status)
+-- ARGV[5]: E, the number of keys to expire
+-- ARGV[6 .. 5+2F]: the field/value pairs
+-- then, per append: maxlen (0: uncapped), P, and P field/value pairs
 -- Returns {new_version}, or {-1, current_version, current_doc} when another
 -- writer committed first, so the loser can decide again without another read.
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
   return {-1, current, redis.call('HGET', KEYS[1], 'doc')}
 end
-redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'version', current + 1, unpack(ARGV, 4))
-for i = 2, #KEYS do
+local nfields, nexpire = tonumber(ARGV[4]), tonumber(ARGV[5])
+local write = {'HSET', KEYS[1], 'doc', ARGV[2], 'version', current + 1}
+for i = 6, 5 + 2 * nfields do
+  write[#write + 1] = ARGV[i]
+end
+redis.call(unpack(write))
+for i = 2, 1 + nexpire do
   redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3]))
+end
+local at = 6 + 2 * nfields
+for k = 2 + nexpire, #KEYS do
+  local maxlen, npairs = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local entry = {'XADD', KEYS[k]}
+  if maxlen > 0 then
+    entry[#entry + 1] = 'MAXLEN'
+    entry[#entry + 1] = '~'
+    entry[#entry + 1] = maxlen
+  end
+  entry[#entry + 1] = '*'
+  for i = at + 2, at + 1 + 2 * npairs do
+    entry[#entry + 1] = ARGV[i]
+  end
+  redis.call(unpack(entry))
+  at = at + 2 + 2 * npairs
 end
 return {current + 1}

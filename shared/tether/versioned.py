@@ -9,6 +9,7 @@ without another round trip.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -32,12 +33,25 @@ class VersionedDocs:
 
     def write(self, key: str, doc: str, expected_version: int) -> int:
         """Commit ``doc`` over ``expected_version``; raises StaleStateError if it lost."""
-        new_version, _ = parse_cas(self._cas(keys=[key], args=[expected_version, doc, 0]))
+        cas_keys, args = cas_call(key, doc, expected_version)
+        new_version, _ = parse_cas(self._cas(keys=cas_keys, args=args))
         if new_version < 0:
             raise StaleStateError(
                 f"{key} changed since version {expected_version} was read; reload and decide again"
             )
         return new_version
+
+
+@dataclass(frozen=True)
+class Append:
+    """A stream entry that goes in only if the commit it rides with wins."""
+
+    stream: str
+    fields: dict[str, str | int]
+    maxlen: int = 0  # 0: uncapped; else trimmed to about this many entries
+
+    def xadd_kwargs(self) -> dict[str, Any]:
+        return {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
 
 
 def cas_call(
@@ -48,12 +62,18 @@ def cas_call(
     fields: dict[str, str] | None = None,
     expire: Sequence[str] = (),
     ttl_s: int = 0,
+    appends: Sequence[Append] = (),
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT."""
-    args: list[Any] = [expected_version, doc, ttl_s]
-    for name, value in (fields or {}).items():
+    pairs = fields or {}
+    args: list[Any] = [expected_version, doc, ttl_s, len(pairs), len(expire)]
+    for name, value in pairs.items():
         args += [name, value]
-    return [key, *expire], args
+    for append in appends:
+        args += [append.maxlen, len(append.fields)]
+        for field, entry in append.fields.items():
+            args += [field, entry]
+    return [key, *expire, *(a.stream for a in appends)], args
 
 
 def parse_cas(reply: Any) -> tuple[int, tuple[str, int] | None]:

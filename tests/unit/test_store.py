@@ -10,7 +10,7 @@ import redis
 
 from tether import keys
 from tether.errors import StaleStateError, UnknownRunError
-from tether.messages import BudgetLimits, Observation, TaskEvent
+from tether.messages import BudgetLimits, Observation, RunEvent, TaskEvent
 from tether.state import ChatMessage, RunState, RunStatus
 from tether.store import RunStore, connect, run_id_for
 from tether.versioned import VersionedDocs
@@ -179,6 +179,33 @@ def test_update_retries_on_a_conflict_and_keeps_both_changes(store: RunStore) ->
     assert updated.version == 3
     assert updated.invalid_calls == 1
     assert updated.metadata == {"other": True}  # the other writer's change survived
+
+
+def test_update_logs_only_the_change_that_won(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    seen: list[int] = []
+
+    def change(current: RunState) -> RunState:
+        seen.append(current.version)
+        if len(seen) == 1:
+            store.commit(store.load(current.run_id))  # a rival commits first: this try loses
+        return current.model_copy(update={"step": current.step + 1})
+
+    def describe(changed: RunState) -> list[RunEvent]:
+        return [
+            RunEvent(
+                run_id=changed.run_id, kind="stepped", step=changed.step, data={"v": changed.version}
+            )
+        ]
+
+    updated = store.update(state.run_id, change, log=describe)
+    assert updated is not None and seen == [1, 2]
+    stepped = [e for _, e in store.trace(state.run_id) if e.kind == "stepped"]
+    # One entry, written by the commit that won (read at version 2), none by the loser.
+    assert [(e.step, e.data) for e in stepped] == [(1, {"v": 2})]
+    lifecycle = [f for _, f in store.client.xrange(keys.LIFECYCLE_STREAM)]
+    assert {"run_id": state.run_id, "kind": "stepped", "step": "1"} in lifecycle
 
 
 def test_update_gives_up_after_its_attempts(store: RunStore) -> None:

@@ -11,6 +11,7 @@ from tether.messages import (
     Escalation,
     EscalationKind,
     Observation,
+    RunEvent,
     Verdict,
 )
 from tether.planner.lifecycle import finish
@@ -63,7 +64,24 @@ def observe(rt: Runtime, observation: Observation) -> None:
             ]
         return state.model_copy(update={**update, "status": _status(state, **update)})
 
-    committed = rt.store.update(observation.run_id, record)
+    def describe(state: RunState) -> list[RunEvent]:
+        return [
+            RunEvent(
+                run_id=state.run_id,
+                kind="observation",
+                step=observation.step,
+                data={
+                    "action_id": observation.action_id,
+                    "tool": observation.tool,
+                    "ok": observation.ok,
+                    "error_category": observation.error_category,
+                    "needs_human": observation.needs_human,
+                    "remaining": len(state.pending_actions),
+                },
+            )
+        ]
+
+    committed = rt.store.update(observation.run_id, record, log=describe)
     if committed is None:
         state = rt.store.load(observation.run_id)
         rt.store.log(
@@ -77,17 +95,6 @@ def observe(rt: Runtime, observation: Observation) -> None:
         # followed (the next step, an escalation): publishing again is harmless.
         redispatch(rt, state)
         return
-    rt.store.log(
-        committed.run_id,
-        "observation",
-        observation.step,
-        action_id=observation.action_id,
-        tool=observation.tool,
-        ok=observation.ok,
-        error_category=observation.error_category,
-        needs_human=observation.needs_human,
-        remaining=len(committed.pending_actions),
-    )
     if committed.status == RunStatus.running:
         plan(rt, committed.run_id, committed.step)
     elif observation.needs_human is not None:

@@ -7,7 +7,7 @@ import time
 
 from tether.agents import Agent, get_agent
 from tether.errors import InvalidToolCallError, ModelError
-from tether.messages import ErrorCategory, EscalationKind, ToolAction
+from tether.messages import ErrorCategory, EscalationKind, RunEvent, ToolAction
 from tether.models.base import ModelResponse
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
@@ -238,19 +238,21 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             }
         )
 
-    committed = rt.store.update(read.run_id, commit)
+    decision = RunEvent(
+        run_id=read.run_id,
+        kind="decision",
+        step=step,
+        data={
+            "decision": "tool_calls",
+            "actions": [a.model_dump(mode="json") for a in actions],
+            "awaiting_human": [w.escalation_id for w in waits],
+        },
+    )
+    committed = rt.store.update(read.run_id, commit, log=lambda _: [decision])
     if committed is None:
         _lost_commit(rt, read.run_id, step)
         return
     STEPS.labels(agent.name).inc()
-    rt.store.log(
-        read.run_id,
-        "decision",
-        step,
-        decision="tool_calls",
-        actions=[a.model_dump(mode="json") for a in actions],
-        awaiting_human=[w.escalation_id for w in waits],
-    )
     redispatch(rt, committed)
 
 
