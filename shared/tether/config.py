@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 180
     worker_concurrency: int = 2
     worker_pool: str = "prefork"
+    # The planner waits seconds on each model call and spends milliseconds of CPU
+    # between calls: greenlets hold hundreds of calls in flight per process at a
+    # few KB each, and gevent's pool, unlike the threads pool, enforces the task
+    # time limits. Executors stay prefork: a tool may burn CPU or block in C code.
+    planner_pool: str = "gevent"
+    planner_concurrency: int = 200
 
     # Model endpoint. With no base URL, agents that ask for it get the scripted model.
     model_base_url: str | None = None

@@ -75,8 +75,12 @@ def dev(
 @app.command()
 def worker(
     service: str = typer.Argument(..., help="planner | executor | escalation"),
-    concurrency: int = typer.Option(0, help="Pool size (default: TETHER_WORKER_CONCURRENCY)"),
-    pool: str = typer.Option("", help="Celery pool (default: TETHER_WORKER_POOL)"),
+    concurrency: int = typer.Option(
+        0, help="Pool size (default: TETHER_PLANNER_CONCURRENCY or TETHER_WORKER_CONCURRENCY)"
+    ),
+    pool: str = typer.Option(
+        "", help="Celery pool (default: TETHER_PLANNER_POOL or TETHER_WORKER_POOL)"
+    ),
     loglevel: str = typer.Option("INFO"),
 ) -> None:
     """Run one service's Celery worker; start as many as you like to scale out."""
@@ -85,6 +89,7 @@ def worker(
             f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
         )
     settings = get_settings()
+    planner = service == "planner"
     queue = {
         "planner": "tether.plan",
         "executor": "tether.tools",
@@ -102,9 +107,12 @@ def worker(
         "-n",
         f"{service}-{os.getpid()}@{socket.gethostname()}",
         "--pool",
-        pool or settings.worker_pool,
+        pool or (settings.planner_pool if planner else settings.worker_pool),
         "--concurrency",
-        str(concurrency or settings.worker_concurrency),
+        str(
+            concurrency
+            or (settings.planner_concurrency if planner else settings.worker_concurrency)
+        ),
         "--loglevel",
         loglevel,
         "--without-mingle",
