@@ -42,6 +42,8 @@ from tether.testing.openai_server import ScriptedOpenAIServer
 # riding out a Redis restart) stays well under the soft limit, which stays
 # under the hard limit, which stays under the visibility timeout.
 VISIBILITY_S = 30
+# A run with no commit for this long is re-driven (tether.planner.reconcile).
+STALLED_AFTER_S = 45
 
 
 class Chaos:
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "TETHER_UNACKED_RESTORE_INTERVAL_S": "1",
         "TETHER_TASK_SOFT_TIME_LIMIT_S": "20",
         "TETHER_TASK_TIME_LIMIT_S": "25",
+        "TETHER_RUN_STALLED_AFTER_S": str(STALLED_AFTER_S),
+        "TETHER_RECONCILE_INTERVAL_S": "5",
         "TETHER_LOG_LEVEL": "WARNING",
     }
     redis = RedisServer(data_dir=work / "redis", appendfsync="always")
@@ -209,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         operator.stop.set()
         operator.thread.join()
         states = [rt.store.get(r) for r in run_ids]
+        redriven = sum(
+            1 for r in run_ids if any(e.kind == "run_redriven" for _, e in rt.store.trace(r))
+        )
 
     elapsed = time.monotonic() - started
     payments = collections.Counter(
@@ -224,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "categories": dict(collections.Counter(str(s.error.category) for s in terminal if s.error)),
         "kills": dict(chaos.kills),
         "model_faults": len(server.injected),
+        "redriven": redriven,
         "operator": dict(operator.decisions),
         "elapsed_s": round(elapsed, 1),
     }
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         f"statuses={json.dumps(summary['statuses'], sort_keys=True)} "
         f"categories={json.dumps(summary['categories'], sort_keys=True)} "
         f"kills={json.dumps(summary['kills'], sort_keys=True)} "
-        f"model_faults={summary['model_faults']} "
+        f"model_faults={summary['model_faults']} redriven={summary['redriven']} "
         f"operator={json.dumps(summary['operator'], sort_keys=True)} "
         f"elapsed={summary['elapsed_s']}s"
     )

@@ -24,7 +24,7 @@ import redis
 
 from bench import hooks
 from bench.driver import Driver, Lifecycle, log, percentile, redis_pid
-from bench.plan import TARGET_P99_S, Plan
+from bench.plan import TARGET_IN_FLIGHT, TARGET_P99_S, Plan
 from bench.procs import CpuMeter, ModelServer, Workers
 
 
@@ -62,7 +62,14 @@ def run_inflight(plan: Plan, redis_url: str, pool: str, log_dir: Path | None) ->
             os.environ.pop("BENCH_DELAY_DIR", None)
             shutil.rmtree(delay_dir, ignore_errors=True)
     sustained = [lv["runs_in_flight"] for lv in levels if lv["ok"]]
+    costs = [lv["cpu_ms_per_model_call"] for lv in levels if "cpu_ms_per_model_call" in lv]
+    # Each run in flight asks for one model call per model latency.
+    cpu_ms = statistics.median(costs) if costs else 0.0
+    ceiling = (os.cpu_count() or 1) * 1000 / cpu_ms * plan.model_latency_s if cpu_ms else 0.0
     return {
+        "cpu_ms_per_model_call": round(cpu_ms, 2),
+        "cpu_bound_runs_in_flight": round(ceiling),
+        "cores_for_target": round(TARGET_IN_FLIGHT * cpu_ms / 1000 / plan.model_latency_s, 1),
         "pool": pool,
         "planner_processes": plan.planner_processes,
         "planner_concurrency_per_process": per_process,
@@ -159,6 +166,11 @@ def _ramp(
             "cpu_cores_used": cpu,
             "cpu_cores_total": round(sum(cpu.values()), 2),
         }
+        # What one model call costs the system (the model server and driver stand in
+        # for the outside world): the box's cores over it bound the runs in flight.
+        system = sum(v for k, v in cpu.items() if k in ("planner", "executor", "redis"))
+        if row["model_calls_per_s"] > 0:
+            row["cpu_ms_per_model_call"] = round(1000 * system / row["model_calls_per_s"], 2)
         # Sustained: messages start within 100 ms (p99), and the runs keep pace: with
         # the CPU saturated a greenlet starts at once but its work crawls, so the
         # model calls actually made must also reach 85% of what the level asks.

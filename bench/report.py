@@ -124,6 +124,18 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 prev(_in_flight_of(pool)),
             )
         )
+        if result.get("cpu_ms_per_model_call"):
+            rows.append(
+                (
+                    f"  CPU per model call, ms (planner {pool}, executor, Redis)",
+                    f"{result['cpu_ms_per_model_call']:.1f}: 2 cores allow "
+                    f"~{result['cpu_bound_runs_in_flight']:,} runs; "
+                    f"{TARGET_IN_FLIGHT:,} need ~{result['cores_for_target']:.0f} cores",
+                    "",
+                    "",
+                    "",
+                )
+            )
     return rows
 
 

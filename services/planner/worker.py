@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.signals import worker_ready
+
 from tether import celery_app, planner
 from tether.messages import Decision, Escalation, Observation
 from tether.service import TASK_OPTIONS, parse, runtime, service_app
 
 app = service_app("planner")
+
+
+@worker_ready.connect(weak=False)
+def _reconcile(**_: Any) -> None:
+    planner.Reconciler(runtime()).start()
 
 
 @app.task(name=celery_app.START, **TASK_OPTIONS)

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 600
     # How often a worker sweeps for messages whose worker died (kombu's restore).
     unacked_restore_interval_s: int = 10
+    # A run with no commit for this long gets what its state asks for published
+    # again (tether.planner.reconcile): a message can be lost where kombu pops it
+    # before recording it as unacknowledged. Above the hard limit, so a run busy
+    # in a long step is left alone; re-driving a run that was only slow is harmless.
+    run_stalled_after_s: int = 300
+    reconcile_interval_s: float = 15.0
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
     worker_concurrency: int = 2

@@ -5,6 +5,9 @@ from __future__ import annotations
 PREFIX = "tether"
 
 RUN_INDEX = f"{PREFIX}:runs"
+# Unfinished runs, scored by their last commit: where the reconciler looks for stalls.
+ACTIVE_RUNS = f"{PREFIX}:runs:active"
+RECONCILER_LEASE = f"{PREFIX}:reconciler"
 LIFECYCLE_STREAM = f"{PREFIX}:events"
 REJECTED_STREAM = f"{PREFIX}:rejected"
 DEAD_STREAM = f"{PREFIX}:dead"

@@ -30,33 +30,58 @@ class Runtime:
     def celery(self) -> Celery:
         return celery_app.create_app(self.settings)
 
-    def _send(self, task: str, **kwargs: Any) -> None:
+    def _send(self, task: str, shown: str, **kwargs: Any) -> None:
         # What the message's consumer may read (the log, settled budgets) goes out first.
         self.store.flush()
         queue = celery_app.QUEUE_OF[task]
-        self.celery.send_task(task, kwargs=kwargs, **celery_app.direct_route(queue))
+        # ``shown`` is what task events, Flower and worker logs show instead of the
+        # payload: shorter to render per message, and no tool arguments in them.
+        self.celery.send_task(
+            task, kwargs=kwargs, kwargsrepr=shown, **celery_app.direct_route(queue)
+        )
 
     def publish_event(self, event: TaskEvent) -> None:
-        self._send(celery_app.START, event=event.model_dump(mode="json"))
+        self._send(
+            celery_app.START,
+            f"event_id={event.event_id} agent={event.agent}",
+            event=event.model_dump(mode="json"),
+        )
 
     def send_step(self, run_id: str, step: int) -> None:
-        self._send(celery_app.STEP, run_id=run_id, step=step)
+        self._send(celery_app.STEP, f"run_id={run_id} step={step}", run_id=run_id, step=step)
 
     def send_action(self, action: ToolAction) -> None:
-        self._send(celery_app.EXECUTE, action=action.model_dump(mode="json"))
+        self._send(
+            celery_app.EXECUTE,
+            f"action_id={action.action_id} tool={action.tool}",
+            action=action.model_dump(mode="json"),
+        )
 
     def send_observation(self, observation: Observation) -> None:
-        self._send(celery_app.OBSERVE, observation=observation.model_dump(mode="json"))
+        self._send(
+            celery_app.OBSERVE,
+            f"action_id={observation.action_id} tool={observation.tool} ok={observation.ok}",
+            observation=observation.model_dump(mode="json"),
+        )
 
     def send_escalation(self, escalation: Escalation) -> None:
-        self._send(celery_app.ESCALATE, escalation=escalation.model_dump(mode="json"))
+        self._send(
+            celery_app.ESCALATE,
+            f"escalation_id={escalation.escalation_id} kind={escalation.kind}",
+            escalation=escalation.model_dump(mode="json"),
+        )
 
     def send_decision(self, decision: Decision) -> None:
-        self._send(celery_app.DECIDE, decision=decision.model_dump(mode="json"))
+        self._send(
+            celery_app.DECIDE,
+            f"escalation_id={decision.escalation_id} verdict={decision.verdict}",
+            decision=decision.model_dump(mode="json"),
+        )
 
     def send_resume(self, escalation: Escalation, decision: Decision) -> None:
         self._send(
             celery_app.RESUME,
+            f"escalation_id={escalation.escalation_id} verdict={decision.verdict}",
             escalation=escalation.model_dump(mode="json"),
             decision=decision.model_dump(mode="json"),
         )

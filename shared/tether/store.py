@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -208,7 +209,9 @@ class RunStore:
         """(committed, None) if it won; (None, the current state) if another commit came first."""
         updated = state.model_copy(update={"updated_at": utcnow()})
         appends = [a for event in events for a in log_appends(event)]
-        (reply,) = self.batch.run(lambda pipe: self._add_cas(pipe, updated, state.version, appends))
+        reply = self.batch.run(lambda pipe: self._add_cas(pipe, updated, state.version, appends))[
+            -1
+        ]
         version, current = parse_cas(reply)
         if version < 0:
             if current is None:
@@ -242,7 +245,11 @@ class RunStore:
             ttl_s=self.run_ttl_s,
             appends=appends,
         )
-        pipe.eval(CAS_SCRIPT, len(cas_keys), *cas_keys, *args)
+        if not state.terminal:
+            # Outside the script, so a commit that loses still touches the run: that
+            # only delays its next stall check. Finished runs leave at their next check.
+            pipe.zadd(keys.ACTIVE_RUNS, {run_id: time.time()})
+        pipe.eval(CAS_SCRIPT, len(cas_keys), *cas_keys, *args)  # its reply comes last
 
     def _moved_on(self, state: RunState) -> bool:
         (version,) = self.batch.run(lambda pipe: pipe.hget(keys.run(state.run_id), "version"))
@@ -273,6 +280,21 @@ class RunStore:
             # Finished runs expire after run_ttl_s; the index forgets them as it meets them.
             self.client.zrem(keys.RUN_INDEX, *expired)
         return [state for state in states.values() if state is not None]
+
+    # stalled runs (tether.planner.reconcile) ---------------------------------------
+
+    def stalled(self, idle_since: float, limit: int) -> list[str]:
+        """Unfinished runs (as far as the index knows) with no commit since ``idle_since``."""
+        return cast(
+            list[str],
+            self.client.zrangebyscore(keys.ACTIVE_RUNS, "-inf", idle_since, start=0, num=limit),
+        )
+
+    def touch_active(self, run_id: str) -> None:
+        self.client.zadd(keys.ACTIVE_RUNS, {run_id: time.time()}, xx=True)
+
+    def forget_active(self, run_id: str) -> None:
+        self.client.zrem(keys.ACTIVE_RUNS, run_id)
 
     # event log -----------------------------------------------------------------
 

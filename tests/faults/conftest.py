@@ -17,6 +17,7 @@ from tether.runtime import Runtime
 from tether.testing.openai_server import ScriptedOpenAIServer
 
 VISIBILITY_S = 8
+STALLED_AFTER_S = 10  # past the hard time limit and the visibility timeout, as it must be
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,8 @@ def fault_stack(
         "TETHER_UNACKED_RESTORE_INTERVAL_S": "1",
         "TETHER_TASK_SOFT_TIME_LIMIT_S": "5",
         "TETHER_TASK_TIME_LIMIT_S": "6",
+        "TETHER_RUN_STALLED_AFTER_S": str(STALLED_AFTER_S),
+        "TETHER_RECONCILE_INTERVAL_S": "1",
     }
     with DevStack(agent_modules=["tests.agents"], concurrency=1, log_dir=logs, env=env) as stack:
         yield stack

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.agents import add
-from tether import planner
+from tether import keys, planner
 from tether.agents import Agent, get_agent, load_agent_modules, register
 from tether.celery_app import (
     ESCALATE,
@@ -580,3 +580,37 @@ def test_approval_required_action_waits_for_a_human(runtime: Runtime) -> None:
     assert [kw["action"]["action_id"] for _, kw in queued(runtime, TOOLS_QUEUE)] == [
         action.action_id
     ]
+
+
+# lost messages --------------------------------------------------------------------
+
+
+def test_a_run_whose_message_was_lost_is_redriven_once_per_stall(runtime: Runtime) -> None:
+    run_id = planner.start(runtime, calculator_event("evt-lost"))
+    (action,) = runtime.store.load(run_id).pending_actions
+    runtime.store.client.delete("tether.tools")  # its action's message is lost
+    assert planner.sweep(runtime, stalled_after_s=60) == []  # not stalled yet
+    assert planner.sweep(runtime, stalled_after_s=0) == [run_id]
+    ((task, kwargs),) = queued(runtime, "tether.tools")
+    assert (task, kwargs["action"]["action_id"]) == (EXECUTE, action.action_id)
+    assert planner.sweep(runtime, stalled_after_s=1) == []  # once per stall, not every sweep
+    assert "run_redriven" in kinds(runtime, run_id)
+
+    planner.observe(runtime, observation_for(action, 5))
+    assert runtime.store.load(run_id).status == RunStatus.succeeded
+    assert planner.sweep(runtime, stalled_after_s=0) == []  # finished runs leave the index
+    assert runtime.store.client.zscore(keys.ACTIVE_RUNS, run_id) is None
+
+
+def test_a_queued_run_that_never_planned_gets_its_first_step_again(runtime: Runtime) -> None:
+    event = TaskEvent(event_id="evt-stuck", agent="calculator", input="What is 2 + 3?")
+    state = RunState(
+        run_id=run_id_for(event.event_id),
+        event_id=event.event_id,
+        agent="calculator",
+        goal=event.input,
+        messages=[ChatMessage(role="user", content=event.input)],
+    )
+    runtime.store.create(event, state)  # the intake died before planning
+    assert planner.sweep(runtime, stalled_after_s=0) == [state.run_id]
+    assert queued(runtime, "tether.plan") == [(STEP, {"run_id": state.run_id, "step": 0})]

@@ -9,7 +9,7 @@ from tether.state import RunState, RunStatus
 def redispatch(rt: Runtime, state: RunState) -> None:
     if state.terminal:
         return
-    if state.status == RunStatus.running:
+    if state.status in (RunStatus.queued, RunStatus.running):
         rt.send_step(state.run_id, state.step)
         return
     for action in state.pending_actions:

@@ -1,0 +1,36 @@
+"""A message lost before any worker recorded it: the planner's reconciler re-drives the run."""
+
+from __future__ import annotations
+
+import time
+
+from tests.faults.conftest import STALLED_AFTER_S
+from tether.messages import TaskEvent
+from tether.runtime import Runtime
+from tether.state import ChatMessage, RunState, RunStatus
+from tether.store import run_id_for
+
+
+def test_a_run_whose_next_message_was_lost_is_redriven_and_finishes(frt: Runtime) -> None:
+    event = TaskEvent(event_id="evt-lost-start", agent="calculator", input="What is 2 + 3?")
+    state = RunState(
+        run_id=run_id_for(event.event_id),
+        event_id=event.event_id,
+        agent="calculator",
+        goal=event.input,
+        messages=[ChatMessage(role="user", content=event.input)],
+    )
+    # The run is committed but the message that would plan it never reaches a worker.
+    frt.store.create(event, state)
+    started = time.monotonic()
+    deadline = started + STALLED_AFTER_S + 30
+    while time.monotonic() < deadline:
+        current = frt.store.load(state.run_id)
+        if current.terminal:
+            break
+        time.sleep(0.3)
+    assert current.status == RunStatus.succeeded, current.error
+    assert current.result is not None and "5" in current.result
+    assert time.monotonic() - started >= STALLED_AFTER_S - 1  # left alone until it stalled
+    kinds = [e.kind for _, e in frt.store.trace(state.run_id)]
+    assert kinds.count("run_redriven") == 1
