@@ -87,6 +87,11 @@ class Budgets:
         pipe.eval(_SCRIPT, 2, *args)
 
     @staticmethod
+    def granted_marker(reservation_id: str) -> str:
+        """What budgets.lua leaves in the run's reservations set once it grants one."""
+        return f"reserve:{reservation_id}"
+
+    @staticmethod
     def reservation(reply: Any) -> Reservation:
         granted, reason = reply
         return Reservation(granted=bool(granted), reason=str(reason))

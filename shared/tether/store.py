@@ -17,11 +17,11 @@ from redis.retry import Retry
 from tether import keys
 from tether.batch import Build, WriteBatch
 from tether.budgets import Budgets
-from tether.errors import StaleStateError, UnknownRunError
+from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.state import RunState, RunStatus
+from tether.versioned import REQUIREMENT_MISSING, Append, VersionedDocs, cas_call, parse_cas
 from tether.versioned import SCRIPT as CAS_SCRIPT
-from tether.versioned import Append, VersionedDocs, cas_call, parse_cas
 
 LIFECYCLE_MAXLEN = 100_000
 # Run states this process last read or committed, kept to start the next update from.
@@ -173,12 +173,16 @@ class RunStore:
         change: Callable[[RunState], RunState | None],
         *,
         log: Callable[[RunState], Sequence[RunEvent]] | None = None,
+        tool_calls: tuple[str, int] | None = None,
         attempts: int = 20,
     ) -> RunState | None:
         """Apply ``change`` to the latest state until it commits; None when it declines.
 
         ``log`` describes a change for the event log: its entries are written
         by the commit itself, so the log holds exactly the changes that won.
+        ``tool_calls`` (reservation id, count) reserves tool calls in the same
+        round trip, and the commit goes ahead only if they were granted; if not,
+        BudgetExhaustedError, and nothing was written.
 
         The first attempt starts from the state this process last saw, if any:
         a commit over a stale version loses and returns the current state, and
@@ -195,7 +199,7 @@ class RunStore:
                     return None
                 state, fresh = self.load(run_id), True
                 continue
-            committed, current = self._commit(changed, log(changed) if log else ())
+            committed, current = self._commit(changed, log(changed) if log else (), tool_calls)
             if committed is not None:
                 return committed
             state, fresh = (current or self.load(run_id)), True
@@ -204,15 +208,28 @@ class RunStore:
         )
 
     def _commit(
-        self, state: RunState, events: Sequence[RunEvent] = ()
+        self,
+        state: RunState,
+        events: Sequence[RunEvent] = (),
+        tool_calls: tuple[str, int] | None = None,
     ) -> tuple[RunState | None, RunState | None]:
         """(committed, None) if it won; (None, the current state) if another commit came first."""
+        run_id = state.run_id
         updated = state.model_copy(update={"updated_at": utcnow()})
         appends = [a for event in events for a in log_appends(event)]
-        reply = self.batch.run(lambda pipe: self._add_cas(pipe, updated, state.version, appends))[
-            -1
-        ]
-        version, current = parse_cas(reply)
+        require: list[tuple[str, str]] = []
+
+        def build(pipe: Pipeline) -> None:
+            if tool_calls is not None:
+                reservation_id, count = tool_calls
+                self.budgets.add_reserve(pipe, run_id, reservation_id, tool_calls=count)
+                require.append((keys.reservations(run_id), Budgets.granted_marker(reservation_id)))
+            self._add_cas(pipe, updated, state.version, appends, require)
+
+        replies = self.batch.run(build)
+        version, current = parse_cas(replies[-1])
+        if version == REQUIREMENT_MISSING:
+            raise BudgetExhaustedError(run_id, Budgets.reservation(replies[0]).reason)
         if version < 0:
             if current is None:
                 return None, None
@@ -229,6 +246,7 @@ class RunStore:
         state: RunState,
         expected_version: int,
         appends: Sequence[Append] = (),
+        require: Sequence[tuple[str, str]] = (),
     ) -> None:
         run_id = state.run_id
         expire = (
@@ -244,6 +262,7 @@ class RunStore:
             expire=expire,
             ttl_s=self.run_ttl_s,
             appends=appends,
+            require=require,
         )
         if not state.terminal:
             # Outside the script, so a commit that loses still touches the run: that

@@ -63,23 +63,33 @@ def cas_call(
     expire: Sequence[str] = (),
     ttl_s: int = 0,
     appends: Sequence[Append] = (),
+    require: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT."""
+    """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT.
+
+    ``require`` lists (set, member) pairs that must all hold for the write to go
+    ahead, checked after the version.
+    """
     pairs = fields or {}
-    args: list[Any] = [expected_version, doc, ttl_s, len(pairs), len(expire)]
+    args: list[Any] = [expected_version, doc, ttl_s, len(pairs), len(expire), len(require)]
     for name, value in pairs.items():
         args += [name, value]
+    args += [member for _, member in require]
     for append in appends:
         args += [append.maxlen, len(append.fields)]
         for field, entry in append.fields.items():
             args += [field, entry]
-    return [key, *expire, *(a.stream for a in appends)], args
+    return [key, *expire, *(k for k, _ in require), *(a.stream for a in appends)], args
+
+
+REQUIREMENT_MISSING = -2
 
 
 def parse_cas(reply: Any) -> tuple[int, tuple[str, int] | None]:
-    """(new version, None) when the write won; (-1, (current doc, version) or None) when it lost."""
+    """(new version, None) when the write won; (-1, (current doc, version) or None) when it
+    lost; (REQUIREMENT_MISSING, None) when a required set member was missing."""
     values = list(reply)
-    if int(values[0]) >= 0:
+    if int(values[0]) >= 0 or int(values[0]) == REQUIREMENT_MISSING:
         return int(values[0]), None
     doc = values[2] if len(values) > 2 else None
     if doc is None:

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tether import keys
-from tether.errors import StaleStateError, UnknownRunError
+from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import BudgetLimits, Observation, RunEvent, TaskEvent
 from tether.state import ChatMessage, RunState, RunStatus
 from tether.store import RunStore, connect, run_id_for
@@ -206,6 +206,31 @@ def test_update_logs_only_the_change_that_won(store: RunStore) -> None:
     assert [(e.step, e.data) for e in stepped] == [(1, {"v": 2})]
     lifecycle = [f for _, f in store.client.xrange(keys.LIFECYCLE_STREAM)]
     assert {"run_id": state.run_id, "kind": "stepped", "step": "1"} in lifecycle
+
+
+def test_update_commits_only_if_its_tool_calls_are_granted(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event, limits=BudgetLimits(max_tool_calls=1)))
+
+    def step_on(s: RunState) -> RunState:
+        return s.model_copy(update={"step": s.step + 1})
+
+    def describe(s: RunState) -> list[RunEvent]:
+        return [RunEvent(run_id=s.run_id, kind="decided", step=s.step)]
+
+    with pytest.raises(BudgetExhaustedError, match="max_tool_calls=1"):
+        store.update(state.run_id, step_on, log=describe, tool_calls=("tools:0", 2))
+    assert store.load(state.run_id).version == 1  # nothing written, not even the log
+    assert [e.kind for _, e in store.trace(state.run_id)] == []
+    assert store.budgets.usage(state.run_id).tool_calls == 0
+
+    first = store.update(state.run_id, step_on, log=describe, tool_calls=("tools:0", 1))
+    assert first is not None and first.step == 1
+    # A redelivered decision reserves under the same id: counted once, still allowed.
+    again = store.update(state.run_id, step_on, tool_calls=("tools:0", 1))
+    assert again is not None and again.step == 2
+    assert store.budgets.usage(state.run_id).tool_calls == 1
+    assert [e.kind for _, e in store.trace(state.run_id)] == ["decided"]
 
 
 def test_update_gives_up_after_its_attempts(store: RunStore) -> None:

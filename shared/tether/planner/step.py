@@ -6,7 +6,7 @@ import json
 import time
 
 from tether.agents import Agent, get_agent
-from tether.errors import InvalidToolCallError, ModelError
+from tether.errors import BudgetExhaustedError, InvalidToolCallError, ModelError
 from tether.messages import ErrorCategory, EscalationKind, RunEvent, ToolAction
 from tether.models.base import ModelResponse
 from tether.planner.lifecycle import finish
@@ -194,22 +194,6 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
         _feed_back(rt, agent, read, [assistant, *feedback], invalid, denied)
         return
 
-    reservation = rt.store.budgets.reserve(read.run_id, f"tools:{step}", tool_calls=len(actions))
-    if not reservation.granted:
-        finish(
-            rt,
-            read.run_id,
-            step,
-            RunStatus.budget_exhausted,
-            RunError(
-                category=ErrorCategory.budget,
-                message=f"budget exhausted before the tool calls of step {step}: "
-                f"{reservation.reason}; raise max_tool_calls to let it go further",
-            ),
-            append=[assistant],
-        )
-        return
-
     waits = [
         HumanWait(
             escalation_id=escalation_id(a.action_id),
@@ -248,7 +232,28 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             "awaiting_human": [w.escalation_id for w in waits],
         },
     )
-    committed = rt.store.update(read.run_id, commit, log=lambda _: [decision])
+    try:
+        # The tool calls are reserved in the commit's round trip, which goes ahead only if granted.
+        committed = rt.store.update(
+            read.run_id,
+            commit,
+            log=lambda _: [decision],
+            tool_calls=(f"tools:{step}", len(actions)),
+        )
+    except BudgetExhaustedError as exc:
+        finish(
+            rt,
+            read.run_id,
+            step,
+            RunStatus.budget_exhausted,
+            RunError(
+                category=ErrorCategory.budget,
+                message=f"budget exhausted before the tool calls of step {step}: "
+                f"{exc.reason}; raise max_tool_calls to let it go further",
+            ),
+            append=[assistant],
+        )
+        return
     if committed is None:
         _lost_commit(rt, read.run_id, step)
         return
