@@ -12,8 +12,10 @@ from pathlib import Path
 
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, ToolContext, tool
 from tether.errors import TransientToolError
+from tether.messages import TaskEvent
 from tether.models import FallbackModel, ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.state import ChatMessage, RunState
+from tether.store import run_id_for
 
 
 def ledger_path() -> Path:
@@ -243,3 +245,16 @@ slow_thinker = Agent(
     model=ScriptedModel(_slow_thinking, label="slow_thinker"),
     tools=[note],
 )
+
+
+def unplanned_calculator_run(event_id: str) -> tuple[TaskEvent, RunState]:
+    """A calculator run as the intake commits it, before it plans anything."""
+    event = TaskEvent(event_id=event_id, agent="calculator", input="What is 2 + 3?")
+    state = RunState(
+        run_id=run_id_for(event.event_id),
+        event_id=event.event_id,
+        agent="calculator",
+        goal=event.input,
+        messages=[ChatMessage(role="user", content=event.input)],
+    )
+    return event, state

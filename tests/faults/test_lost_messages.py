@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import time
 
+from tests.agents import unplanned_calculator_run
 from tests.faults.conftest import STALLED_AFTER_S
-from tether.messages import TaskEvent
 from tether.runtime import Runtime
-from tether.state import ChatMessage, RunState, RunStatus
-from tether.store import run_id_for
+from tether.state import RunStatus
 
 
 def test_a_run_whose_next_message_was_lost_is_redriven_and_finishes(frt: Runtime) -> None:
-    event = TaskEvent(event_id="evt-lost-start", agent="calculator", input="What is 2 + 3?")
-    state = RunState(
-        run_id=run_id_for(event.event_id),
-        event_id=event.event_id,
-        agent="calculator",
-        goal=event.input,
-        messages=[ChatMessage(role="user", content=event.input)],
-    )
+    event, state = unplanned_calculator_run("evt-lost-start")
     # The run is committed but the message that would plan it never reaches a worker.
     frt.store.create(event, state)
     started = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents import add
+from tests.agents import add, unplanned_calculator_run
 from tether import keys, planner
 from tether.agents import Agent, get_agent, load_agent_modules, register
 from tether.celery_app import (
@@ -603,14 +603,7 @@ def test_a_run_whose_message_was_lost_is_redriven_once_per_stall(runtime: Runtim
 
 
 def test_a_queued_run_that_never_planned_gets_its_first_step_again(runtime: Runtime) -> None:
-    event = TaskEvent(event_id="evt-stuck", agent="calculator", input="What is 2 + 3?")
-    state = RunState(
-        run_id=run_id_for(event.event_id),
-        event_id=event.event_id,
-        agent="calculator",
-        goal=event.input,
-        messages=[ChatMessage(role="user", content=event.input)],
-    )
+    event, state = unplanned_calculator_run("evt-stuck")
     runtime.store.create(event, state)  # the intake died before planning
     assert planner.sweep(runtime, stalled_after_s=0) == [state.run_id]
     assert queued(runtime, "tether.plan") == [(STEP, {"run_id": state.run_id, "step": 0})]
