@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from tests.agents import add, unplanned_calculator_run
-from tether import keys, planner
+from tether import escalations, keys, planner
 from tether.agents import Agent, get_agent, load_agent_modules, register
 from tether.celery_app import (
     ESCALATE,
     ESCALATIONS_QUEUE,
     EXECUTE,
     PLAN_QUEUE,
+    RESUME,
     STEP,
     TOOLS_QUEUE,
 )
@@ -607,3 +608,30 @@ def test_a_queued_run_that_never_planned_gets_its_first_step_again(runtime: Runt
     runtime.store.create(event, state)  # the intake died before planning
     assert planner.sweep(runtime, stalled_after_s=0) == [state.run_id]
     assert queued(runtime, "tether.plan") == [(STEP, {"run_id": state.run_id, "step": 0})]
+
+
+def test_a_run_waiting_for_a_human_is_redriven_only_where_a_message_went_missing(
+    runtime: Runtime,
+) -> None:
+    run_id = planner.start(runtime, {"event_id": "evt-pay-lost", "agent": "payer", "input": "pay"})
+    assert run_id is not None
+    ((_, kwargs),) = queued(runtime, ESCALATIONS_QUEUE)
+    escalation = Escalation.model_validate(kwargs["escalation"])
+    runtime.store.client.delete(ESCALATIONS_QUEUE)  # lost before the service recorded it
+
+    assert planner.sweep(runtime, stalled_after_s=0) == [run_id]
+    ((task, kwargs),) = queued(runtime, ESCALATIONS_QUEUE)
+    assert (task, kwargs["escalation"]["escalation_id"]) == (ESCALATE, escalation.escalation_id)
+    runtime.store.client.delete(ESCALATIONS_QUEUE)
+
+    escalations.open_escalation(runtime, escalation)  # recorded: now it is a human's turn
+    assert planner.sweep(runtime, stalled_after_s=0) == []  # however long they take
+    assert queued(runtime, ESCALATIONS_QUEUE) == []
+    assert kinds(runtime, run_id).count("run_redriven") == 1
+
+    approve = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
+    escalations.decide(runtime, approve)
+    runtime.store.client.delete(PLAN_QUEUE)  # the decision's resume is lost on its way back
+    assert planner.sweep(runtime, stalled_after_s=0) == [run_id]
+    ((task, kwargs),) = queued(runtime, PLAN_QUEUE)
+    assert (task, kwargs["decision"]["verdict"]) == (RESUME, "approve")

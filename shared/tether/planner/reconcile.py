@@ -6,8 +6,9 @@ Redis transport pops a message (BRPOP) and only then records it, so a worker
 killed, or a broker restarted, in between loses the message, and the run it
 belonged to waits for ever. The committed state says what comes next and every
 handler is safe to repeat, so a run with no commit for ``stalled_after_s`` gets
-that published again (outbox.redispatch). One planner process at a time
-sweeps, under a lease.
+that published again (outbox.redispatch); a run waiting for a human only
+where one of its messages is missing. One planner process at a time sweeps,
+under a lease.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import threading
 import time
 
-from tether import keys
+from tether import escalations, keys
+from tether.errors import UnknownEscalationError
 from tether.leases import Lease
 from tether.planner.outbox import redispatch
 from tether.runtime import Runtime
+from tether.state import RunState, RunStatus
 from tether.telemetry import log
 
 SWEEP_LIMIT = 1000
@@ -32,20 +35,50 @@ def sweep(rt: Runtime, stalled_after_s: float, limit: int = SWEEP_LIMIT) -> list
         if state is None or state.terminal:
             rt.store.forget_active(run_id)
             continue
-        rt.store.log(
-            run_id,
-            "run_redriven",
-            state.step,
-            status=state.status,
-            reason=f"no commit for over {stalled_after_s:.0f}s; what its state waits for "
-            "is published again",
-        )
-        redispatch(rt, state)
         rt.store.touch_active(run_id)  # the next look comes another stalled_after_s later
-        redriven.append(run_id)
+        if state.status == RunStatus.waiting_human:
+            sent = _redrive_waits(rt, state)
+        else:
+            redispatch(rt, state)
+            sent = ["its next message"]
+        if sent:
+            rt.store.log(
+                run_id,
+                "run_redriven",
+                state.step,
+                status=state.status,
+                sent=sent,
+                reason=f"no commit for over {stalled_after_s:.0f}s; what its state waits for "
+                "is published again",
+            )
+            redriven.append(run_id)
     if redriven:
         log.warning("runs_redriven", count=len(redriven), stalled_after_s=stalled_after_s)
     return redriven
+
+
+def _redrive_waits(rt: Runtime, state: RunState) -> list[str]:
+    """A run waiting for a human is stalled only where a message of its went missing.
+
+    Waiting for a decision is its normal state, however long; what can be lost
+    is an action beside the wait, the escalation before the escalation service
+    recorded it, or the decision's resume on its way back.
+    """
+    sent: list[str] = []
+    for action in state.pending_actions:
+        rt.send_action(action)
+        sent.append(action.action_id)
+    for wait in state.awaiting_human:
+        try:
+            record, _ = escalations.load(rt, wait.escalation_id)
+        except UnknownEscalationError:
+            rt.send_escalation(wait.escalation(state.run_id, state.agent))
+            sent.append(wait.escalation_id)
+            continue
+        if record.decision is not None:
+            rt.send_resume(record.escalation, record.decision)
+            sent.append(wait.escalation_id)
+    return sent
 
 
 class Reconciler:
