@@ -5,7 +5,7 @@ matters is how many runs can be in flight before scheduling itself slows
 down. Runs whose model takes 1 s (bench.model_server, reached by the openai
 client) are kept at a fixed number in flight, raised level by level until the
 p99 delay from publish to task start reaches 100 ms or the model calls stop
-keeping pace, once for each planner pool; the delays come from Celery
+keeping pace, once for each planner pool (and once with task events off); the delays come from Celery
 signal hooks in the workers (bench.hooks), not from the driver, so the
 driver's own load does not blur them.
 """
@@ -27,8 +27,13 @@ from bench.driver import Driver, Lifecycle, log, percentile, redis_pid
 from bench.plan import TARGET_IN_FLIGHT, TARGET_P99_S, Plan
 from bench.procs import CpuMeter, ModelServer, Workers
 
+# A configuration named POOL+quiet runs POOL with Celery task events off
+# (TETHER_TASK_EVENTS=false): what Flower's view of every task costs.
+QUIET = "+quiet"
 
-def run_inflight(plan: Plan, redis_url: str, pool: str, log_dir: Path | None) -> dict[str, Any]:
+
+def run_inflight(plan: Plan, redis_url: str, config: str, log_dir: Path | None) -> dict[str, Any]:
+    pool, quiet = config.removesuffix(QUIET), config.endswith(QUIET)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     r.flushall()
     delay_dir = Path(tempfile.mkdtemp(prefix="bench-delays-"))
@@ -37,6 +42,8 @@ def run_inflight(plan: Plan, redis_url: str, pool: str, log_dir: Path | None) ->
     top = max(plan.levels)
     per_process = top // plan.planner_processes + 50
     env = {"BENCH_DELAY_DIR": str(delay_dir)}
+    if quiet:
+        env["TETHER_TASK_EVENTS"] = "false"
     levels: list[dict[str, Any]] = []
     with ModelServer(
         plan.model_latency_s, dict(os.environ), _log(log_dir, "model_server")
@@ -71,6 +78,7 @@ def run_inflight(plan: Plan, redis_url: str, pool: str, log_dir: Path | None) ->
         "cpu_bound_runs_in_flight": round(ceiling),
         "cores_for_target": round(TARGET_IN_FLIGHT * cpu_ms / 1000 / plan.model_latency_s, 1),
         "pool": pool,
+        "task_events": not quiet,
         "planner_processes": plan.planner_processes,
         "planner_concurrency_per_process": per_process,
         "executor_processes": plan.executor_processes,

@@ -26,7 +26,7 @@ class Plan:
     seq_runs: int = 30  # runs (and bare chains) measured one at a time
     tp_runs: int = 96  # runs started at once in the throughput test
     concurrencies: tuple[int, ...] = (1, 2, 4)
-    pools: tuple[str, ...] = ("threads", "gevent")
+    pools: tuple[str, ...] = ("threads", "gevent", "gevent+quiet")
     levels: tuple[int, ...] = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000)
     planner_processes: int = 2
     executor_processes: int = 4

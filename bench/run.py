@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--logs", type=Path, default=None, help="keep worker logs in this folder")
     parser.add_argument(
-        "--pools", default="", help="planner pools for the in-flight test, e.g. gevent"
+        "--pools",
+        default="",
+        help="planner pools for the in-flight test, e.g. gevent,gevent+quiet (task events off)",
     )
     parser.add_argument("--levels", default="", help="runs-in-flight levels, e.g. 250,500,1000")
     args = parser.parse_args(argv)

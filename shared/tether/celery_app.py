@@ -115,8 +115,10 @@ def create_app(settings: Settings, name: str = "tether") -> Celery:
             "interval_step": 0.5,
             "interval_max": 2,
         },
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower and `celery events` see tasks through these; they cost a Redis
+        # PUBLISH per task state, a good part of Celery's work per message.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
     )

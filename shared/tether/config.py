@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 15.0
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
+    # Celery task events, for Flower; off, each message costs less CPU (see bench/).
+    task_events: bool = True
     worker_concurrency: int = 2
     worker_pool: str = "prefork"
     # The planner waits seconds on each model call and spends milliseconds of CPU
