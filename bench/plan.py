@@ -27,7 +27,24 @@ class Plan:
     tp_runs: int = 96  # runs started at once in the throughput test
     concurrencies: tuple[int, ...] = (1, 2, 4)
     pools: tuple[str, ...] = ("threads", "gevent", "gevent+quiet")
-    levels: tuple[int, ...] = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000)
+    levels: tuple[int, ...] = (
+        25,
+        50,
+        100,
+        125,
+        150,
+        175,
+        200,
+        250,
+        300,
+        400,
+        600,
+        800,
+        1000,
+        1500,
+        2000,
+        3000,
+    )
     planner_processes: int = 2
     executor_processes: int = 4
     inflight_steps: int = 2  # tool steps per run with the 1 s model: 3 model calls
