@@ -33,7 +33,7 @@ chaos-quick: install
 	$(PY) -m bench.chaos --quick
 
 # Per-step overhead against bare Celery, throughput, runs in flight, cost of state:
-# a table on stdout, JSON and a PNG in bench/results/ (a few minutes; quick: < 2).
+# a table on stdout, JSON and a PNG in bench/results/ (about 7 minutes; quick: about 2).
 bench: install
 	$(PY) -m bench
 
