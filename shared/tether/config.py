@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # before recording it as unacknowledged. Above the hard limit, so a run busy
     # in a long step is left alone; re-driving a run that was only slow is harmless.
     run_stalled_after_s: int = 300
+    # Re-driven this often at one step without a commit, a run is failing, not
+    # losing messages (its messages end as dead letters): it ends `failed`.
+    max_redrives: int = 5
     reconcile_interval_s: float = 15.0
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180

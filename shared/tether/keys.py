@@ -8,6 +8,8 @@ RUN_INDEX = f"{PREFIX}:runs"
 # Unfinished runs, scored by their last commit: where the reconciler looks for stalls.
 ACTIVE_RUNS = f"{PREFIX}:runs:active"
 RECONCILER_LEASE = f"{PREFIX}:reconciler"
+# run_id -> "step:count", how often the reconciler re-drove a run at its current step.
+REDRIVES = f"{PREFIX}:runs:redrives"
 LIFECYCLE_STREAM = f"{PREFIX}:events"
 REJECTED_STREAM = f"{PREFIX}:rejected"
 DEAD_STREAM = f"{PREFIX}:dead"

@@ -313,7 +313,18 @@ class RunStore:
         self.client.zadd(keys.ACTIVE_RUNS, {run_id: time.time()}, xx=True)
 
     def forget_active(self, run_id: str) -> None:
-        self.client.zrem(keys.ACTIVE_RUNS, run_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(keys.ACTIVE_RUNS, run_id)
+        pipe.hdel(keys.REDRIVES, run_id)
+        pipe.execute()
+
+    def count_redrive(self, run_id: str, step: int) -> int:
+        """How many times the run has now been re-driven at ``step`` (one sweeper at a time)."""
+        seen = cast(str | None, self.client.hget(keys.REDRIVES, run_id))
+        last_step, _, count = (seen or "").partition(":")
+        redrives = int(count) + 1 if seen and int(last_step) == step else 1
+        self.client.hset(keys.REDRIVES, run_id, f"{step}:{redrives}")
+        return redrives
 
     # event log -----------------------------------------------------------------
 

@@ -635,3 +635,20 @@ def test_a_run_waiting_for_a_human_is_redriven_only_where_a_message_went_missing
     assert planner.sweep(runtime, stalled_after_s=0) == [run_id]
     ((task, kwargs),) = queued(runtime, PLAN_QUEUE)
     assert (task, kwargs["decision"]["verdict"]) == (RESUME, "approve")
+
+
+def test_a_run_that_stays_stalled_through_its_redrives_ends_failed(runtime: Runtime) -> None:
+    run_id = planner.start(runtime, calculator_event("evt-stuck-for-good"))
+    for _ in range(2):  # each re-drive's message fails too (here: is lost again)
+        runtime.store.client.delete(TOOLS_QUEUE)
+        assert planner.sweep(runtime, stalled_after_s=0, max_redrives=2) == [run_id]
+    runtime.store.client.delete(TOOLS_QUEUE)
+    assert planner.sweep(runtime, stalled_after_s=0, max_redrives=2) == []
+    state = runtime.store.load(run_id)
+    assert state.status == RunStatus.failed
+    assert state.error is not None and state.error.category == ErrorCategory.internal
+    assert "through 2 re-drives" in state.error.message and "tether dead list" in state.error.message
+    assert queued(runtime, TOOLS_QUEUE) == []
+    planner.sweep(runtime, stalled_after_s=0)  # the finished run leaves the index
+    assert runtime.store.client.zscore(keys.ACTIVE_RUNS, run_id) is None
+    assert runtime.store.client.hget(keys.REDRIVES, run_id) is None

@@ -19,15 +19,19 @@ import time
 from tether import escalations, keys
 from tether.errors import UnknownEscalationError
 from tether.leases import Lease
+from tether.messages import ErrorCategory
+from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
 from tether.runtime import Runtime
-from tether.state import RunState, RunStatus
+from tether.state import RunError, RunState, RunStatus
 from tether.telemetry import log
 
 SWEEP_LIMIT = 1000
 
 
-def sweep(rt: Runtime, stalled_after_s: float, limit: int = SWEEP_LIMIT) -> list[str]:
+def sweep(
+    rt: Runtime, stalled_after_s: float, max_redrives: int = 5, limit: int = SWEEP_LIMIT
+) -> list[str]:
     """Publish again what each stalled run waits for; returns the runs re-driven."""
     redriven: list[str] = []
     for run_id in rt.store.stalled(time.time() - stalled_after_s, limit):
@@ -36,6 +40,11 @@ def sweep(rt: Runtime, stalled_after_s: float, limit: int = SWEEP_LIMIT) -> list
             rt.store.forget_active(run_id)
             continue
         rt.store.touch_active(run_id)  # the next look comes another stalled_after_s later
+        if state.status != RunStatus.waiting_human and (
+            rt.store.count_redrive(run_id, state.step) > max_redrives
+        ):
+            _give_up(rt, state, max_redrives)
+            continue
         if state.status == RunStatus.waiting_human:
             sent = _redrive_waits(rt, state)
         else:
@@ -55,6 +64,21 @@ def sweep(rt: Runtime, stalled_after_s: float, limit: int = SWEEP_LIMIT) -> list
     if redriven:
         log.warning("runs_redriven", count=len(redriven), stalled_after_s=stalled_after_s)
     return redriven
+
+
+def _give_up(rt: Runtime, state: RunState, max_redrives: int) -> None:
+    finish(
+        rt,
+        state.run_id,
+        state.step,
+        RunStatus.failed,
+        RunError(
+            category=ErrorCategory.internal,
+            message=f"run stalled at step {state.step} ({state.status}) through {max_redrives} "
+            "re-drives: its messages keep failing rather than getting lost; see `tether dead "
+            "list` for them, fix the cause, then resubmit with a new event id",
+        ),
+    )
 
 
 def _redrive_waits(rt: Runtime, state: RunState) -> list[str]:
@@ -101,6 +125,6 @@ class Reconciler:
             try:
                 held = lease.renew() if held else lease.acquire()
                 if held:
-                    sweep(self.rt, settings.run_stalled_after_s)
+                    sweep(self.rt, settings.run_stalled_after_s, settings.max_redrives)
             except Exception as exc:  # Redis away: try again next round
                 log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")
