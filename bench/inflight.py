@@ -32,8 +32,13 @@ from bench.procs import CpuMeter, ModelServer, Workers
 QUIET = "+quiet"
 
 
+def parse_config(config: str) -> tuple[str, bool]:
+    """(planner pool, task events off) of an in-flight configuration's name."""
+    return config.removesuffix(QUIET), config.endswith(QUIET)
+
+
 def run_inflight(plan: Plan, redis_url: str, config: str, log_dir: Path | None) -> dict[str, Any]:
-    pool, quiet = config.removesuffix(QUIET), config.endswith(QUIET)
+    pool, quiet = parse_config(config)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     r.flushall()
     delay_dir = Path(tempfile.mkdtemp(prefix="bench-delays-"))

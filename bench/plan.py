@@ -27,14 +27,11 @@ class Plan:
     tp_runs: int = 96  # runs started at once in the throughput test
     concurrencies: tuple[int, ...] = (1, 2, 4)
     pools: tuple[str, ...] = ("threads", "gevent", "gevent+quiet")
+    # Steps of 25 where 2 cores run out, then wider towards the target.
     levels: tuple[int, ...] = (
         25,
         50,
-        100,
-        125,
-        150,
-        175,
-        200,
+        *range(100, 201, 25),
         250,
         300,
         400,

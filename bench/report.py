@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.inflight import parse_config
 from bench.plan import TARGET_IDLE_BYTES, TARGET_IN_FLIGHT, TARGET_RATIO, Results
 from bench.throughput import scaling_ceiling
 
@@ -156,8 +157,8 @@ def _in_flight_of(pool: str) -> Callable[[Results], str]:
 
 def label(config: str) -> str:
     """An in-flight configuration as the table names it: gevent+quiet, gevent with events off."""
-    pool, _, quiet = config.partition("+")
-    return f"{pool}, task events off" if quiet else f"{pool}"
+    pool, quiet = parse_config(config)
+    return f"{pool}, task events off" if quiet else pool
 
 
 def _met(ok: bool) -> str:

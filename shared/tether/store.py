@@ -217,13 +217,15 @@ class RunStore:
         run_id = state.run_id
         updated = state.model_copy(update={"updated_at": utcnow()})
         appends = [a for event in events for a in log_appends(event)]
-        require: list[tuple[str, str]] = []
+        require = (
+            [(keys.reservations(run_id), Budgets.granted_marker(tool_calls[0]))]
+            if tool_calls is not None
+            else []
+        )
 
         def build(pipe: Pipeline) -> None:
             if tool_calls is not None:
-                reservation_id, count = tool_calls
-                self.budgets.add_reserve(pipe, run_id, reservation_id, tool_calls=count)
-                require.append((keys.reservations(run_id), Budgets.granted_marker(reservation_id)))
+                self.budgets.add_reserve(pipe, run_id, tool_calls[0], tool_calls=tool_calls[1])
             self._add_cas(pipe, updated, state.version, appends, require)
 
         replies = self.batch.run(build)

@@ -30,9 +30,19 @@ SWEEP_LIMIT = 1000
 
 
 def sweep(
-    rt: Runtime, stalled_after_s: float, max_redrives: int = 5, limit: int = SWEEP_LIMIT
+    rt: Runtime,
+    stalled_after_s: float | None = None,
+    max_redrives: int | None = None,
+    limit: int = SWEEP_LIMIT,
 ) -> list[str]:
-    """Publish again what each stalled run waits for; returns the runs re-driven."""
+    """Publish again what each stalled run waits for; returns the runs re-driven.
+
+    The thresholds default to the settings (TETHER_RUN_STALLED_AFTER_S, TETHER_MAX_REDRIVES).
+    """
+    stalled_after_s = (
+        rt.settings.run_stalled_after_s if stalled_after_s is None else stalled_after_s
+    )
+    max_redrives = rt.settings.max_redrives if max_redrives is None else max_redrives
     redriven: list[str] = []
     for run_id in rt.store.stalled(time.time() - stalled_after_s, limit):
         state = rt.store.get(run_id)
@@ -125,6 +135,6 @@ class Reconciler:
             try:
                 held = lease.renew() if held else lease.acquire()
                 if held:
-                    sweep(self.rt, settings.run_stalled_after_s, settings.max_redrives)
+                    sweep(self.rt)
             except Exception as exc:  # Redis away: try again next round
                 log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")
