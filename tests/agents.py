@@ -169,6 +169,15 @@ def charge_card(ctx: ToolContext, cents: int, hold_s: float = 0.0) -> str:
     return f"charged {cents}"
 
 
+@tool(timeout_s=60)
+def survey(ctx: ToolContext, seconds: float) -> str:
+    """A long, idempotent call: each attempt leaves a line when it starts."""
+    with ledger_path().open("a") as ledger:
+        ledger.write(f"{ctx.run_id} survey started\n")
+    time.sleep(seconds)
+    return "surveyed"
+
+
 @tool
 def note(ctx: ToolContext, text: str) -> str:
     """Write a note (idempotent: keyed by the action id)."""
@@ -238,6 +247,13 @@ def _slow_thinking(messages: list[ChatMessage]) -> ModelResponse:
         return tool_call("note", {"text": "thought"})
     return text("done thinking")
 
+
+surveyor = Agent(
+    name="surveyor",
+    instructions="Survey, then report.",
+    model=_tool_then_answer("survey", {"seconds": 5.0}),
+    tools=[survey],
+)
 
 slow_thinker = Agent(
     name="slow_thinker",

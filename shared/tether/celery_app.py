@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import redis
 from celery import Celery
 from kombu.entity import Exchange, Queue
-from kombu.transport import redis as kombu_redis
 
 from tether.config import Settings
 
@@ -47,36 +42,11 @@ def direct_route(queue: str) -> dict[str, str]:
     return {"queue": queue, "exchange": "", "routing_key": queue}
 
 
-class _RedisChannel(kombu_redis.Channel):
-    """kombu's Redis channel, keeping one client for the commands it sends.
-
-    kombu builds a new redis.Redis (with its table of ~170 response callbacks)
-    for every publish and every ack; that was a fifth of the CPU of a publish.
-    A client is a stateless handle on the channel's connection pool, so one
-    per channel serves every thread and greenlet alike.
-    """
-
-    _shared_client: redis.Redis | None = None
-
-    @contextmanager
-    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
-        if client:
-            yield client
-            return
-        if self._shared_client is None:
-            self._shared_client = self._create_client()
-        yield self._shared_client
-
-
-class RedisTransport(kombu_redis.Transport):
-    Channel = _RedisChannel
-
-
 def create_app(settings: Settings, name: str = "tether") -> Celery:
     broker = settings.broker_url or settings.redis_url
     app = Celery(name, broker=broker)
     if broker.split("://", 1)[0] in ("redis", "rediss"):
-        app.conf.broker_transport = f"{__name__}:RedisTransport"
+        app.conf.broker_transport = "tether.transport:RedisTransport"
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -106,6 +76,8 @@ def create_app(settings: Settings, name: str = "tether") -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
+            # One list per queue: a consumer moves from it atomically (tether.transport).
+            "priority_steps": [0],
         },
         broker_connection_retry_on_startup=True,
         # Ride out a Redis restart when publishing, as the run store's client does.

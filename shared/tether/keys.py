@@ -51,3 +51,23 @@ def rejection(event_id: str) -> str:
 
 def escalation(escalation_id: str) -> str:
     return f"{PREFIX}:escalation:{escalation_id}"
+
+
+# Broker consumers (tether.transport): consumer id -> the list it consumes from.
+CONSUMERS = f"{PREFIX}:consumers"
+
+
+def consumer_alive(consumer_id: str) -> str:
+    return f"{PREFIX}:consumer:{consumer_id}"
+
+
+def consumer_landing(consumer_id: str) -> str:
+    return f"{PREFIX}:consumer:{consumer_id}:landing"
+
+
+def consumer_held(consumer_id: str) -> str:
+    return f"{PREFIX}:consumer:{consumer_id}:held"
+
+
+def consumer_recovering(consumer_id: str) -> str:
+    return f"{PREFIX}:consumer:{consumer_id}:recovering"
