@@ -169,6 +169,15 @@ def charge_card(ctx: ToolContext, cents: int, hold_s: float = 0.0) -> str:
     return f"charged {cents}"
 
 
+@tool(idempotent=False, timeout_s=1)
+def wire_funds(ctx: ToolContext, cents: int) -> str:
+    """A transfer whose bank answers too late: sent at once, confirmed after the timeout."""
+    with ledger_path().open("a") as ledger:
+        ledger.write(f"{ctx.run_id} wire {cents}\n")
+    time.sleep(3)
+    return f"wired {cents}"
+
+
 @tool(timeout_s=60)
 def survey(ctx: ToolContext, seconds: float) -> str:
     """A long, idempotent call: each attempt leaves a line when it starts."""
@@ -247,6 +256,13 @@ def _slow_thinking(messages: list[ChatMessage]) -> ModelResponse:
         return tool_call("note", {"text": "thought"})
     return text("done thinking")
 
+
+wirer = Agent(
+    name="wirer",
+    instructions="Wire the funds.",
+    model=_tool_then_answer("wire_funds", {"cents": 900}),
+    tools=[wire_funds],
+)
 
 surveyor = Agent(
     name="surveyor",

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+import redis
 from celery import Celery
 
 from tether.celery_app import create_app
@@ -129,7 +130,12 @@ class DevStack:
                         f"the {name} worker exited at start (code {process.returncode}); "
                         f"see {self.log_dir or 'its output'} for why"
                     )
-            replies = app.control.ping(timeout=0.5) or []
+            try:
+                replies = app.control.ping(timeout=0.5) or []
+            except redis.ConnectionError:
+                # kombu keeps connections across apps; one made before a Redis restart
+                # fails once, and is replaced on the next try.
+                continue
             up = {next(iter(r)).split("@")[0].split("-")[0] for r in replies}
             if wanted <= up:
                 return

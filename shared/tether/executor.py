@@ -11,8 +11,10 @@ mid-call, and asks a human instead of running the side effect again.
 from __future__ import annotations
 
 import time
+from importlib.resources import files
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 from redis.client import Pipeline
 from tenacity import (
@@ -39,6 +41,8 @@ from tether.runtime import Runtime
 from tether.state import RunStatus
 from tether.telemetry import TOOL_LATENCY, log
 from tether.tools import Tool, ToolContext
+
+INFLIGHT_SCRIPT = files("tether").joinpath("inflight.lua").read_text()
 
 # While a worker runs an action it renews this lease; if it dies, the lease
 # lapses within LEASE_S and a redelivery can look at what the attempt left.
@@ -108,27 +112,38 @@ def _perform(
     except (UnknownAgentError, InvalidToolCallError) as exc:
         return _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
     if not tool.idempotent and not _claim(rt, action):
-        return _report(
-            rt,
-            action,
-            ok=False,
-            category=ErrorCategory.internal,
-            needs_human=EscalationKind.unsafe_retry,
-            error=f"{action.tool!r} is not idempotent and an earlier attempt of "
-            f"{action.action_id} died mid-call, so it may or may not have taken effect; "
-            "check the target system, then approve to run it again, answer with what "
-            "happened, or reject to end the run",
+        attempt = (
+            f"the re-run approved in {action.rerun_approval}"
+            if action.rerun_approval
+            else "an earlier attempt"
+        )
+        return _unknown_outcome(
+            rt, action, ErrorCategory.internal, f"{attempt} of {action.action_id} died mid-call"
         )
     return _run(rt, action, tool)
 
 
+def _unknown_outcome(
+    rt: Runtime, action: ToolAction, category: ErrorCategory, what: str
+) -> Observation:
+    """A non-idempotent call may or may not have taken effect: a human decides, not the model."""
+    return _report(
+        rt,
+        action,
+        ok=False,
+        category=category,
+        needs_human=EscalationKind.unsafe_retry,
+        error=f"{action.tool!r} is not idempotent and {what}, so it may or may not have "
+        "taken effect; check the target system, then approve to run it once more, answer "
+        "with what happened, or reject to end the run",
+    )
+
+
 def _claim(rt: Runtime, action: ToolAction) -> bool:
-    """Leave the in-flight marker; False if an earlier attempt left one (and no result)."""
+    """Leave the in-flight marker; False if this attempt's try was already used."""
+    attempt = f"rerun:{action.rerun_approval}" if action.rerun_approval else "1"
     marker = keys.action_inflight(action.action_id)
-    if action.rerun_approved:
-        rt.store.client.set(marker, "rerun", ex=rt.store.run_ttl_s)
-        return True
-    return bool(rt.store.client.set(marker, "1", nx=True, ex=rt.store.run_ttl_s))
+    return bool(rt.store.client.eval(INFLIGHT_SCRIPT, 1, marker, attempt, rt.store.run_ttl_s))
 
 
 def _run(rt: Runtime, action: ToolAction, tool: Tool) -> Observation:
@@ -153,8 +168,13 @@ def _run(rt: Runtime, action: ToolAction, tool: Tool) -> Observation:
             "category": ErrorCategory.tool_validation,
             "error": f"tool {tool.name!r} got or returned invalid data: {exc.errors()[0]['msg']}",
         }
-    except ToolTimeoutError as exc:
-        outcome = {"ok": False, "category": ErrorCategory.timeout, "error": str(exc)}
+    except (ToolTimeoutError, SoftTimeLimitExceeded) as exc:
+        if not tool.idempotent:
+            # The call may still be running on its abandoned thread.
+            return _unknown_outcome(
+                rt, action, ErrorCategory.timeout, f"its call {action.action_id} timed out ({exc})"
+            )
+        outcome = {"ok": False, "category": ErrorCategory.timeout, "error": _timed_out(tool, exc)}
     except policy.retry_on as exc:
         outcome = {
             "ok": False,
@@ -173,6 +193,15 @@ def _run(rt: Runtime, action: ToolAction, tool: Tool) -> Observation:
         outcome = {"ok": True, "output": output}
     attempts = int(retrying.statistics.get("attempt_number", 1))
     return _report(rt, action, started=started, attempts=attempts, **outcome)
+
+
+def _timed_out(tool: Tool, exc: BaseException) -> str:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return (
+            f"tool {tool.name!r} ran past the task's soft time limit "
+            "(TETHER_TASK_SOFT_TIME_LIMIT_S); it may work with a smaller request"
+        )
+    return str(exc)
 
 
 def _report(

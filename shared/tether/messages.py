@@ -71,13 +71,15 @@ class ToolAction(Message):
     tool_call_id: str
     arguments: dict[str, Any]
     idempotent: bool = True
-    # Set when a human allowed a non-idempotent action to run again after its
-    # first attempt died mid-call (an unsafe_retry escalation).
-    rerun_approved: bool = False
+    # The unsafe_retry escalation whose approval lets a non-idempotent action run
+    # once more after an attempt with an unknown outcome; one approval, one attempt.
+    rerun_approval: str | None = None
 
 
 class ErrorCategory(StrEnum):
     model_transient = "model_transient"
+    # The endpoint refused the request itself (bad key, unknown model, bad request).
+    model_permanent = "model_permanent"
     model_invalid_output = "model_invalid_output"
     tool_validation = "tool_validation"
     tool_transient = "tool_transient"

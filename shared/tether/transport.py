@@ -15,8 +15,8 @@ consumer died counts one more delivery in its headers (``tether_deliveries``),
 for the delivery cap.
 
 The move needs a single source list, so it is used when a channel consumes one
-queue with one priority step (every Tether service does); otherwise the channel
-falls back to kombu's BRPOP.
+of Tether's queues alone, with one priority step (every Tether service does);
+otherwise the channel falls back to kombu's BRPOP.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from tether import keys
 HEARTBEAT_S = 2.0
 CONSUMER_DEAD_AFTER_S = 10
 DELIVERIES_HEADER = "tether_deliveries"
+# Only the services' own queues: a client waiting on a reply queue (a ping, an
+# inspect) takes no heartbeat that would outlive its short-lived consumer.
+LANDED_QUEUES = "tether."
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -73,9 +76,7 @@ class QoS(kombu_redis.QoS):
             pipe.hset(
                 self.unacked_key,
                 delivery_tag,
-                dumps(
-                    [message._raw, delivery["exchange"], delivery["routing_key"]]
-                ),
+                dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
             )
             pipe.sadd(keys.consumer_held(consumer), delivery_tag)
             pipe.lrem(keys.consumer_landing(consumer), 1, landed)
@@ -101,7 +102,9 @@ class QoS(kombu_redis.QoS):
         with self.channel.conn_or_acquire() as client:
             live = live_consumers(client)
             ceil = time.time() - self.visibility_timeout
-            overdue = client.zrange(self.unacked_index_key, 0, ceil, byscore=True, offset=0, num=100)
+            overdue = client.zrange(
+                self.unacked_index_key, 0, ceil, byscore=True, offset=0, num=100
+            )
             for tag in overdue or []:
                 tag = bytes_to_str(tag)
                 if any(client.sismember(keys.consumer_held(c), tag) for c in live):
@@ -143,7 +146,11 @@ class ReliableChannel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
         sources = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
-        if len(set(sources)) != 1 or self.global_keyprefix:
+        if (
+            len(set(sources)) != 1
+            or not sources[0].startswith(LANDED_QUEUES)
+            or self.global_keyprefix
+        ):
             self._landing_source = None
             super()._brpop_start(timeout)
             return

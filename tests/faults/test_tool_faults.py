@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from tests.integration.helpers import wait_status
+from tests.agents import read_ledger
+from tests.integration.helpers import pending_escalation, wait_status
 from tether import client
+from tether.messages import Verdict
 from tether.runtime import Runtime
 
 
@@ -39,3 +41,28 @@ def test_tool_timeout_is_enforced_and_categorised(frt: Runtime) -> None:
     assert call["error_category"] == "timeout"
     assert call["attempts"] == 3
     assert "did not finish within 1s" in str(call["error"])
+
+
+def test_timed_out_non_idempotent_call_asks_a_human_not_the_model(frt: Runtime) -> None:
+    run_id = client.submit("wirer", "wire 9 dollars", runtime=frt)
+    record = pending_escalation(frt, run_id, timeout_s=30)
+
+    assert record.escalation.kind == "unsafe_retry"
+    assert "timed out" in record.escalation.reason
+    assert "may or may not have taken effect" in record.escalation.reason
+    state = frt.store.load(run_id)
+    assert state.status == "waiting_human"
+    assert not any(m.role == "tool" for m in state.messages)  # the model was not told to retry
+    (call,) = tool_calls(frt, run_id)
+    assert call["error_category"] == "timeout" and call["attempts"] == 1
+
+    client.decide(
+        record.escalation.escalation_id,
+        Verdict.answer,
+        by="ops",
+        answer="the bank shows the transfer; it went through",
+        runtime=frt,
+    )
+    state = wait_status(frt, run_id, "succeeded", timeout_s=30)
+    assert "went through" in (state.result or "")
+    assert [line for line in read_ledger() if line.startswith(run_id)] == [f"{run_id} wire 900"]

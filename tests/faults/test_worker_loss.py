@@ -8,7 +8,7 @@ import time
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
-from tether import client, deadletters
+from tether import client, deadletters, escalations
 from tether.devstack import DevStack
 from tether.messages import Verdict
 from tether.runtime import Runtime
@@ -99,3 +99,43 @@ def test_failed_message_becomes_a_dead_letter_and_replays(frt: Runtime) -> None:
     wait_for(lambda: "duplicate_step" in kinds(frt, run_id), what="the replayed step")
     assert deadletters.get(frt, letter.id) is None
     assert kinds(frt, run_id).count("run_finished") == 1
+
+
+def test_an_approved_rerun_is_single_use_even_when_its_worker_dies(
+    frt: Runtime, fault_stack: DevStack
+) -> None:
+    run_id = client.submit("charger", "charge 7 dollars", runtime=frt)
+    wait_for(lambda: len(lines(run_id)) == 1, timeout_s=20, what="the charge to start")
+    kill_and_restart(fault_stack, "executor")
+    first = pending_escalation(frt, run_id, timeout_s=40)
+    assert first.escalation.kind == "unsafe_retry"
+
+    client.decide(first.escalation.escalation_id, Verdict.approve, by="ops", runtime=frt)
+    wait_for(lambda: len(lines(run_id)) == 2, timeout_s=20, what="the approved re-run to start")
+    kill_and_restart(fault_stack, "executor")
+
+    # The dead re-run used its approval: a new question, never a third charge.
+    def second_question() -> bool:
+        pending = [
+            r
+            for r in escalations.list_escalations(frt)
+            if r.escalation.run_id == run_id
+            and r.escalation.escalation_id != first.escalation.escalation_id
+        ]
+        return bool(pending)
+
+    wait_for(second_question, timeout_s=40, what="a second unsafe_retry escalation")
+    (second,) = [r for r in escalations.list_escalations(frt) if r.escalation.run_id == run_id]
+    assert second.escalation.kind == "unsafe_retry"
+    assert first.escalation.escalation_id in second.escalation.reason
+    assert lines(run_id) == [f"{run_id} charge 700"] * 2
+
+    client.decide(
+        second.escalation.escalation_id,
+        Verdict.answer,
+        by="ops",
+        answer="charged twice already; refund one and stop",
+        runtime=frt,
+    )
+    wait_status(frt, run_id, "succeeded", timeout_s=30)
+    assert lines(run_id) == [f"{run_id} charge 700"] * 2

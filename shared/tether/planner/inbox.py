@@ -45,7 +45,10 @@ def observe(rt: Runtime, observation: Observation) -> None:
             update["awaiting_human"] = [
                 *state.awaiting_human,
                 HumanWait(
-                    escalation_id=escalation_id(action.action_id, observation.needs_human),
+                    # One id per occurrence: the same action may need a human again later.
+                    escalation_id=escalation_id(
+                        action.action_id, observation.needs_human, state.version
+                    ),
                     kind=observation.needs_human,
                     reason=observation.error or "the executor would not decide alone",
                     action=action,
@@ -139,10 +142,10 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
         if wait.kind == EscalationKind.repeated_failure:
             update["invalid_calls"] = 0
         if decision.verdict == Verdict.approve and wait.action is not None:
-            rerun = wait.kind == EscalationKind.unsafe_retry
+            rerun = wait.escalation_id if wait.kind == EscalationKind.unsafe_retry else None
             update["pending_actions"] = [
                 *state.pending_actions,
-                wait.action.model_copy(update={"rerun_approved": rerun}),
+                wait.action.model_copy(update={"rerun_approval": rerun}),
             ]
         elif decision.verdict == Verdict.answer:
             said = {"human_answer": decision.answer, "by": decision.by}
