@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.chaos_agents import chaos_script
 from tether import client, escalations
@@ -35,7 +36,7 @@ from tether.errors import ConfigError
 from tether.messages import EscalationKind, Verdict
 from tether.redis_server import RedisServer
 from tether.runtime import Runtime
-from tether.state import RunState
+from tether.store import run_id_for
 from tether.testing.openai_server import ScriptedOpenAIServer
 
 # Timings: a step's worst case here (four 1 s model attempts with backoff, plus
@@ -56,24 +57,51 @@ class Chaos:
         self.redis_every_s = redis_every_s
         self.kills: collections.Counter[str] = collections.Counter()
         self.stop = threading.Event()
+        self.rerun_approved = threading.Event()
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.rerun_thread = threading.Thread(target=self._kill_reruns, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.rerun_thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        self.rerun_approved.set()
+        self.thread.join()
+        self.rerun_thread.join()
+
+    def _kill(self, service: str, label: str) -> None:
+        with self.lock:
+            process = self.stack.workers[service]
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            self.stack.start_worker(service)
+            self.kills[label] += 1
 
     def _loop(self) -> None:
         last_redis = time.monotonic()
         while not self.stop.wait(self.kill_every_s * self.rng.uniform(0.5, 1.5)):
             if self.stack.redis is not None and time.monotonic() - last_redis > self.redis_every_s:
-                self.stack.redis.kill()
-                time.sleep(self.rng.uniform(0.2, 2.0))
-                self._restart_redis(self.stack.redis)
-                self.kills["redis"] += 1
+                with self.lock:
+                    self.stack.redis.kill()
+                    time.sleep(self.rng.uniform(0.2, 2.0))
+                    self._restart_redis(self.stack.redis)
+                    self.kills["redis"] += 1
                 last_redis = time.monotonic()
                 continue
-            service = self.rng.choice(["planner", "executor"])
-            process = self.stack.workers[service]
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            self.stack.start_worker(service)
-            self.kills[service] += 1
+            self._kill(self.rng.choice(["planner", "executor"]), "planner_or_executor")
+
+    def _kill_reruns(self) -> None:
+        """Half the approved re-runs of a payment lose their executor while they pay."""
+        while not self.stop.is_set():
+            self.rerun_approved.wait()
+            self.rerun_approved.clear()
+            if self.stop.is_set() or self.rng.random() < 0.5:
+                continue
+            time.sleep(self.rng.uniform(0.2, 1.0))  # the re-run is on its way, or paying
+            self._kill("executor", "executor_during_rerun")
 
     def _restart_redis(self, redis: RedisServer) -> None:
         for attempt in range(1, 11):
@@ -89,9 +117,10 @@ class Chaos:
 class Operator:
     """Answers escalations as an on-call human would, after checking the ledger."""
 
-    def __init__(self, rt: Runtime, ledger: Path) -> None:
+    def __init__(self, rt: Runtime, ledger: Path, on_rerun: threading.Event) -> None:
         self.rt = rt
         self.ledger = ledger
+        self.on_rerun = on_rerun
         self.decisions: collections.Counter[str] = collections.Counter()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -124,10 +153,14 @@ class Operator:
                         )
                         self.decisions["answered_paid"] += 1
                         continue
+                    # No payment in the ledger: the attempt died before it paid, so
+                    # one more is safe.
                     client.decide(
                         esc.escalation_id, Verdict.approve, by="chaos-operator", runtime=self.rt
                     )
                     self.decisions[f"approved_{esc.kind}"] += 1
+                    if esc.kind == EscalationKind.unsafe_retry:
+                        self.on_rerun.set()
                 except Exception:
                     continue  # decided meanwhile, or Redis is down; the next pass sees
 
@@ -143,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         "--redis-every", type=float, default=45.0, help="seconds between Redis kills"
     )
     parser.add_argument("--model-fault-rate", type=float, default=0.05)
+    parser.add_argument(
+        "--publish-rate", type=float, default=20.0, help="events per second, published under chaos"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.runs, args.kill_every, args.redis_every = 60, 4.0, 12.0
+        args.runs, args.kill_every, args.redis_every, args.publish_rate = 60, 4.0, 12.0, 5.0
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="tether-chaos-"))
@@ -172,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     redis = RedisServer(data_dir=work / "redis", appendfsync="always")
     started = time.monotonic()
-    states: list[RunState | None] = []
+    published: list[str] = []
+    outcomes: dict[str, tuple[str, str | None]] = {}
+    chaos: Chaos | None = None
+    operator: Operator | None = None
     with (
         server,
         DevStack(
@@ -184,59 +223,35 @@ def main(argv: list[str] | None = None) -> int:
         ) as stack,
     ):
         rt = Runtime(Settings(redis_url=stack.redis_url))
-        run_ids = [
-            client.submit("chaos", f"pay order {i}", event_id=f"chaos-{args.seed}-{i}", runtime=rt)
-            for i in range(args.runs)
-        ]
         chaos = Chaos(stack, rng, args.kill_every, args.redis_every)
-        operator = Operator(rt, ledger)
-        chaos.thread.start()
+        operator = Operator(rt, ledger, chaos.rerun_approved)
+        chaos.start()
         operator.thread.start()
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            time.sleep(2.0)
-            try:
-                states = [rt.store.get(r) for r in run_ids]
-            except Exception:
-                continue
-            done = sum(1 for s in states if s is not None and s.terminal)
-            print(
-                f"chaos: {done}/{len(run_ids)} terminal after {time.monotonic() - started:.0f}s, "
-                f"kills {dict(chaos.kills)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            if done == len(run_ids):
-                break
-        chaos.stop.set()
-        chaos.thread.join()
-        operator.stop.set()
-        operator.thread.join()
-        states = [rt.store.get(r) for r in run_ids]
-        redriven = sum(
-            1 for r in run_ids if any(e.kind == "run_redriven" for _, e in rt.store.trace(r))
-        )
+        try:
+            # Events go out while workers and Redis die under them.
+            publish(rt, args, published)
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline and len(outcomes) < len(published):
+                time.sleep(2.0)
+                settle(rt, published, outcomes)
+                print(
+                    f"chaos: {len(outcomes)}/{len(published)} ended after "
+                    f"{time.monotonic() - started:.0f}s, kills {dict(chaos.kills)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        finally:
+            chaos.join()
+            operator.stop.set()
+            operator.thread.join()
+            settle(rt, published, outcomes)
+            redriven = count_redriven(rt, published)
 
-    elapsed = time.monotonic() - started
-    payments = collections.Counter(
-        line.split()[0] for line in (ledger.read_text().splitlines() if ledger.exists() else [])
-    )
-    terminal = [s for s in states if s is not None and s.terminal]
-    summary = {
-        "runs": args.runs,
-        "terminal": len(terminal),
-        "lost": args.runs - len(terminal),
-        "doubled": sum(1 for n in payments.values() if n > 1),
-        "statuses": dict(collections.Counter(str(s.status) for s in terminal)),
-        "categories": dict(collections.Counter(str(s.error.category) for s in terminal if s.error)),
-        "kills": dict(chaos.kills),
-        "model_faults": len(server.injected),
-        "redriven": redriven,
-        "operator": dict(operator.decisions),
-        "elapsed_s": round(elapsed, 1),
-    }
+    summary = summarize(args, published, outcomes, ledger, chaos, operator, server, redriven)
+    summary["elapsed_s"] = round(time.monotonic() - started, 1)
     print(
-        f"chaos: submitted={summary['runs']} terminal={summary['terminal']} "
+        f"chaos: seed={args.seed} published={summary['published']} "
+        f"terminal={summary['terminal']} rejected={summary['rejected']} "
         f"lost={summary['lost']} doubled={summary['doubled']} "
         f"statuses={json.dumps(summary['statuses'], sort_keys=True)} "
         f"categories={json.dumps(summary['categories'], sort_keys=True)} "
@@ -253,6 +268,85 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def publish(rt: Runtime, args: argparse.Namespace, published: list[str]) -> None:
+    """Submit the events at ``--publish-rate``; an event counts once its publish returned."""
+    interval = 1.0 / args.publish_rate
+    for i in range(args.runs):
+        event_id = f"chaos-{args.seed}-{i}"
+        while True:
+            try:
+                client.submit("chaos", f"pay order {i}", event_id=event_id, runtime=rt)
+                break
+            except Exception as exc:  # Redis down past the publish retries: send it again
+                print(f"chaos: publishing {event_id} failed ({exc}); again", file=sys.stderr)
+                time.sleep(1.0)
+        published.append(event_id)
+        time.sleep(interval)
+
+
+def settle(
+    rt: Runtime, published: list[str], outcomes: dict[str, tuple[str, str | None]]
+) -> None:
+    """Note each published event that ended: its run terminal, or the event rejected."""
+    for event_id in published:
+        if event_id in outcomes:
+            continue
+        try:
+            state = rt.store.get(run_id_for(event_id))
+            if state is not None and state.terminal:
+                category = str(state.error.category) if state.error else None
+                outcomes[event_id] = (str(state.status), category)
+            elif state is None and rt.store.rejection(event_id) is not None:
+                outcomes[event_id] = ("rejected", None)
+        except Exception:
+            return  # Redis is down for a moment; look again next time
+
+
+def count_redriven(rt: Runtime, published: list[str]) -> int:
+    try:
+        return sum(
+            1
+            for event_id in published
+            if any(e.kind == "run_redriven" for _, e in rt.store.trace(run_id_for(event_id)))
+        )
+    except Exception:
+        return -1  # Redis went away at the very end: the summary still prints
+
+
+def summarize(
+    args: argparse.Namespace,
+    published: list[str],
+    outcomes: dict[str, tuple[str, str | None]],
+    ledger: Path,
+    chaos: Chaos,
+    operator: Operator,
+    server: ScriptedOpenAIServer,
+    redriven: int,
+) -> dict[str, Any]:
+    payments = collections.Counter(
+        line.split()[0] for line in (ledger.read_text().splitlines() if ledger.exists() else [])
+    )
+    statuses = collections.Counter(status for status, _ in outcomes.values())
+    rejected = statuses.pop("rejected", 0)
+    categories = collections.Counter(c for _, c in outcomes.values() if c is not None)
+    return {
+        "seed": args.seed,
+        "runs": args.runs,
+        "published": len(published),
+        "terminal": sum(statuses.values()),
+        "rejected": rejected,
+        # An event that never became a run, or whose run never ended, is lost.
+        "lost": len(published) - len(outcomes),
+        "doubled": sum(1 for n in payments.values() if n > 1),
+        "statuses": dict(statuses),
+        "categories": dict(categories),
+        "kills": dict(chaos.kills),
+        "model_faults": len(server.injected),
+        "redriven": redriven,
+        "operator": dict(operator.decisions),
+    }
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from tether import escalations, planner
+from tether.errors import EventRejectedError
 from tether.messages import BudgetLimits, Decision, ErrorCategory, TaskEvent, Verdict
 from tether.runtime import Runtime, get_runtime
 from tether.state import EscalationRecord, RunError, RunState, RunStatus
@@ -41,9 +42,18 @@ def submit(
 
 
 def wait(
-    run_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.1, runtime: Runtime | None = None
+    run_id: str,
+    *,
+    event_id: str | None = None,
+    timeout_s: float = 60.0,
+    poll_s: float = 0.1,
+    runtime: Runtime | None = None,
 ) -> RunState:
-    """Block until the run is terminal; TimeoutError names the status it was stuck in."""
+    """Block until the run is terminal; TimeoutError names the status it was stuck in.
+
+    Given the run's ``event_id``, an event that was refused raises
+    EventRejectedError at once: its run will never exist.
+    """
     rt = runtime or get_runtime()
     deadline = time.monotonic() + timeout_s
     state: RunState | None = None
@@ -51,6 +61,8 @@ def wait(
         state = rt.store.get(run_id)
         if state is not None and state.terminal:
             return state
+        if state is None and event_id is not None:
+            check_rejected(event_id, runtime=rt)
         time.sleep(poll_s)
     status = state.status if state else "not yet created"
     raise TimeoutError(f"run {run_id} is still {status} after {timeout_s:g}s")
@@ -95,6 +107,13 @@ def decide(
 def rejection(event_id: str, *, runtime: Runtime | None = None) -> str | None:
     """Why an event was refused (malformed, oversized, unknown agent), or None."""
     return (runtime or get_runtime()).store.rejection(event_id)
+
+
+def check_rejected(event_id: str, *, runtime: Runtime | None = None) -> None:
+    """Raise EventRejectedError if the event was refused, so no caller waits for its run."""
+    reason = rejection(event_id, runtime=runtime)
+    if reason is not None:
+        raise EventRejectedError(event_id, reason)
 
 
 def pending_escalations(runtime: Runtime | None = None) -> list[EscalationRecord]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tether.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -32,6 +35,9 @@ class Settings(BaseSettings):
     # Re-driven this often at one step without a commit, a run is failing, not
     # losing messages (its messages end as dead letters): it ends `failed`.
     max_redrives: int = 5
+    # A message handed to workers this often (each time after the first, its
+    # worker died or its hard time limit stopped it) becomes one dead letter.
+    max_deliveries: int = 5
     reconcile_interval_s: float = 15.0
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
@@ -41,8 +47,10 @@ class Settings(BaseSettings):
     worker_pool: str = "prefork"
     # The planner waits seconds on each model call and spends milliseconds of CPU
     # between calls: greenlets hold hundreds of calls in flight per process at a
-    # few KB each, and gevent's pool, unlike the threads pool, enforces the task
-    # time limits. Executors stay prefork: a tool may burn CPU or block in C code.
+    # few KB each. Celery's gevent pool enforces only the hard limit; the soft one
+    # is raised by tether.time_limits. Both interrupt a greenlet only where it
+    # yields (I/O, sleep), which a planner does all the time. Executors stay
+    # prefork: a tool may burn CPU or block in C code.
     planner_pool: str = "gevent"
     planner_concurrency: int = 200
 
@@ -50,11 +58,26 @@ class Settings(BaseSettings):
     model_base_url: str | None = None
     model_api_key: str = "unset"
     model_name: str = "gpt-4o-mini"
-    model_timeout_s: float = 60.0
+    # Every attempt, and every wait between two, must fit in one planner step's
+    # soft time limit, or the limit cuts the retries short (checked at start-up).
+    model_timeout_s: float = 30.0
     model_max_attempts: int = 3
+    # The longest wait between two attempts, Retry-After and jitter included.
+    model_retry_wait_max_s: float = 10.0
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
-        description='USD per million tokens, e.g. {"my-model": [0.5, 1.5]}; adds to the built-in table',
+        description='USD per million input and output tokens, e.g. {"my-model": [0.5, 1.5]}; '
+        "takes precedence over the genai-prices table",
+    )
+    # Sent as max_tokens with every call: it makes the answer's size, and so the
+    # tokens and cost a step reserves before the call, a real upper bound.
+    model_max_output_tokens: int = Field(default=1024, ge=1)
+    # Which failures a FallbackModel hands to its next model (JSON list): any of
+    # transient, rate_limited, timeout, server_error, permanent. A permanent one
+    # (a 4xx: bad key, unknown model, bad request) is left out by default: the
+    # same request fails on the next model too, or hides a broken configuration.
+    model_fallback_on: list[str] = Field(
+        default_factory=lambda: ["transient", "rate_limited", "timeout", "server_error"]
     )
 
     max_event_bytes: int = 256 * 1024
@@ -64,6 +87,54 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     metrics_port: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        # Raised as ConfigError rather than collected by pydantic: every entry
+        # point reports a TetherError as one clear line and a non-zero exit.
+        problems: list[str] = []
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            problems.append(
+                f"TETHER_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) is not above "
+                f"TETHER_TASK_TIME_LIMIT_S ({self.task_time_limit_s}): the broker would hand a "
+                "message still running to a second worker; raise the visibility timeout"
+            )
+        if self.task_time_limit_s <= self.task_soft_time_limit_s:
+            problems.append(
+                f"TETHER_TASK_TIME_LIMIT_S ({self.task_time_limit_s}) is not above "
+                f"TETHER_TASK_SOFT_TIME_LIMIT_S ({self.task_soft_time_limit_s}): a message would be "
+                "killed before it can handle its soft limit; set the hard limit above the soft one"
+            )
+        if self.run_stalled_after_s <= self.task_time_limit_s:
+            problems.append(
+                f"TETHER_RUN_STALLED_AFTER_S ({self.run_stalled_after_s}) is not above "
+                f"TETHER_TASK_TIME_LIMIT_S ({self.task_time_limit_s}): the reconciler would re-drive "
+                "runs whose step is still running; raise the stall threshold"
+            )
+        # Agents build a model from TETHER_MODEL_* only where an endpoint is
+        # configured; without one they get the scripted model, which never retries.
+        schedule = self.model_retry_schedule_s
+        if self.model_base_url and schedule >= self.task_soft_time_limit_s:
+            problems.append(
+                f"the model's retry schedule, TETHER_MODEL_MAX_ATTEMPTS ({self.model_max_attempts}) x "
+                f"TETHER_MODEL_TIMEOUT_S ({self.model_timeout_s:g}) plus "
+                f"{self.model_max_attempts - 1} x TETHER_MODEL_RETRY_WAIT_MAX_S "
+                f"({self.model_retry_wait_max_s:g}) = {schedule:g} s, does not fit in "
+                f"TETHER_TASK_SOFT_TIME_LIMIT_S ({self.task_soft_time_limit_s}): the soft limit "
+                "would cut the retries short; lower the attempts, timeout or wait, or raise the "
+                "time limits together"
+            )
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+        return self
+
+    @property
+    def model_retry_schedule_s(self) -> float:
+        """The longest one model call can take: every attempt timing out, every wait at its cap."""
+        return (
+            self.model_max_attempts * self.model_timeout_s
+            + (self.model_max_attempts - 1) * self.model_retry_wait_max_s
+        )
 
 
 @lru_cache(maxsize=1)

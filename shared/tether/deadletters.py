@@ -9,6 +9,8 @@ idempotent, so a replay is as safe as a redelivery.
 from __future__ import annotations
 
 import json
+import uuid
+from importlib.resources import files
 from typing import Any, cast
 
 from pydantic import BaseModel
@@ -19,6 +21,7 @@ from tether.messages import ErrorCategory, utcnow
 from tether.runtime import Runtime
 
 MAXLEN = 100_000
+SCRIPT = files("tether").joinpath("deadletters.lua").read_text()
 
 
 class DeadLetter(BaseModel):
@@ -40,28 +43,42 @@ def _run_id(kwargs: dict[str, Any]) -> str | None:
 
 
 def record(
-    rt: Runtime, task: str, kwargs: dict[str, Any], reason: str, category: ErrorCategory
-) -> str:
-    entry_id = str(
-        rt.store.client.xadd(
-            keys.DEAD_STREAM,
-            {
-                "task": task,
-                "kwargs": json.dumps(kwargs, default=str),
-                "reason": reason[:4096],
-                "category": str(category),
-                "at": utcnow().isoformat(),
-            },
-            maxlen=MAXLEN,
-            approximate=True,
-        )
+    rt: Runtime,
+    task: str,
+    kwargs: dict[str, Any],
+    reason: str,
+    category: ErrorCategory,
+    message_id: str | None = None,
+) -> str | None:
+    """Keep a message that will not run again; with ``message_id``, once per message.
+
+    Returns the entry's id, or None when that message already has its dead letter.
+    """
+    fields = {
+        "task": task,
+        "kwargs": json.dumps(kwargs, default=str),
+        "reason": reason[:4096],
+        "category": str(category),
+        "at": utcnow().isoformat(),
+    }
+    seen = keys.dead_letter_seen(message_id or uuid.uuid4().hex)
+    entry_id = rt.store.client.eval(
+        SCRIPT,
+        2,
+        seen,
+        keys.DEAD_STREAM,
+        rt.store.run_ttl_s,
+        MAXLEN,
+        *(item for pair in fields.items() for item in pair),
     )
+    if entry_id is None:
+        return None
     run_id = _run_id(kwargs)
     if run_id is not None:
         rt.store.log(
             run_id, "dead_letter", -1, task=task, reason=reason, category=category, id=entry_id
         )
-    return entry_id
+    return str(entry_id)
 
 
 def _parse(entry_id: str, fields: dict[str, str]) -> DeadLetter:
@@ -93,15 +110,21 @@ def get(rt: Runtime, entry_id: str) -> DeadLetter | None:
 
 
 def replay(rt: Runtime, entry_id: str) -> DeadLetter | None:
-    """Put a dead letter back on its queue and take it off the dead-letter stream."""
+    """Put a dead letter back on its queue, once: it leaves the stream before it is sent.
+
+    Two operators replaying the same letter at once send it once; handlers are
+    idempotent, so a replay is as safe as a redelivery, and it starts with a
+    fresh delivery count.
+    """
     letter = get(rt, entry_id)
     if letter is None:
         return None
     queue = QUEUE_OF.get(letter.task)
     if queue is None:
         return None
+    if not rt.store.client.xdel(keys.DEAD_STREAM, entry_id):
+        return None  # another replay took it first
     rt.celery.send_task(letter.task, kwargs=letter.kwargs, **direct_route(queue))
-    rt.store.client.xdel(keys.DEAD_STREAM, entry_id)
     if letter.run_id is not None:
         rt.store.log(letter.run_id, "dead_letter_replayed", -1, task=letter.task, id=entry_id)
     return letter

@@ -31,6 +31,16 @@ class UnknownRunError(TetherError):
         self.run_id = run_id
 
 
+class EventRejectedError(TetherError):
+    def __init__(self, event_id: str, reason: str) -> None:
+        super().__init__(
+            f"event {event_id!r} was rejected and never became a run: {reason}; "
+            "`tether runs rejected` lists every refusal"
+        )
+        self.event_id = event_id
+        self.reason = reason
+
+
 class UnknownEscalationError(TetherError):
     def __init__(self, escalation_id: str) -> None:
         super().__init__(
@@ -61,12 +71,77 @@ class ToolTimeoutError(TetherError):
         )
 
 
-class ModelError(TetherError):
-    """The model endpoint failed after its retries (and fallbacks)."""
+# What went wrong with a model call, as TETHER_MODEL_FALLBACK_ON names it. Every
+# kind but "permanent" may work when tried again later or on another endpoint.
+MODEL_FAILURE_KINDS = ("transient", "rate_limited", "timeout", "server_error", "permanent")
 
-    def __init__(self, message: str, *, attempts: int = 1) -> None:
+
+class ModelError(TetherError):
+    """The model endpoint failed after its retries (and fallbacks).
+
+    ``status`` is the HTTP status of the last failed attempt, None where there
+    was no HTTP answer (connection refused, timeout, a body cut short).
+    ``kind`` is one of MODEL_FAILURE_KINDS; raise the subclasses rather than
+    this class, which counts as ``transient`` for clients written before them.
+    """
+
+    kind: str = "transient"
+
+    def __init__(
+        self, message: str, *, attempts: int = 1, status: int | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.status = status
+        if kind is not None:
+            if kind not in MODEL_FAILURE_KINDS:
+                raise ValueError(
+                    f"unknown model failure kind {kind!r}; use one of {MODEL_FAILURE_KINDS}"
+                )
+            self.kind = kind
+
+    @property
+    def permanent(self) -> bool:
+        """The request itself is wrong: trying it again, here or elsewhere, cannot help."""
+        return self.kind == "permanent"
+
+
+class ModelTransientError(ModelError):
+    """Rate limited, timed out, a 5xx, a dropped connection or a garbled answer: later may work."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 1,
+        status: int | None = None,
+        kind: str = "transient",
+    ) -> None:
+        if kind == "permanent":
+            raise ValueError("a permanent failure is a ModelPermanentError")
+        super().__init__(message, attempts=attempts, status=status, kind=kind)
+
+
+class ModelPermanentError(ModelError):
+    """The endpoint refused the request itself (a 4xx such as a bad key or unknown model)."""
+
+    kind = "permanent"
+
+    def __init__(self, message: str, *, attempts: int = 1, status: int | None = None) -> None:
+        super().__init__(message, attempts=attempts, status=status, kind="permanent")
+
+
+class UnknownModelPriceError(TetherError):
+    def __init__(self, models: list[str], max_cost_usd: float) -> None:
+        names = ", ".join(repr(m) for m in models)
+        example = "{" + ", ".join(f'"{m}": [0.5, 1.5]' for m in models) + "}"
+        super().__init__(
+            f"no price is known for model {names}, so the budget's max_cost_usd="
+            f"{max_cost_usd:g} cannot be enforced; set TETHER_MODEL_PRICES to its USD per "
+            f"million input and output tokens, e.g. TETHER_MODEL_PRICES='{example}', "
+            "or drop max_cost_usd from the agent's and the event's budget"
+        )
+        self.models = models
 
 
 class TransientToolError(TetherError):

@@ -1,48 +1,71 @@
 """Escalations: runs that wait for a human, kept pending until someone decides.
 
 Records are versioned documents, so a decision is recorded once even when two
-people (or two deliveries) decide at the same moment.
+people (or two deliveries) decide at the same moment. A record, its indexes and
+the log entry that describes the change are written in one step, as is closing
+the escalations of a run that ends (``close_writes``, in the run's own commit).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from tether import keys
 from tether.errors import EscalationClosedError, StaleStateError, UnknownEscalationError
-from tether.messages import Decision, Escalation, Verdict
+from tether.messages import Decision, Escalation, RunEvent, Verdict
 from tether.runtime import Runtime
-from tether.state import EscalationRecord
+from tether.state import EscalationRecord, HumanWait
+from tether.store import log_appends
 from tether.telemetry import log
+from tether.versioned import SideWrite
 
 
 def load(rt: Runtime, escalation_id: str) -> tuple[EscalationRecord, int]:
-    found = rt.store.docs.read(keys.escalation(escalation_id))
-    if found is None:
+    doc, version, closed = rt.store.client.hmget(
+        keys.escalation(escalation_id), ["doc", "version", "closed"]
+    )
+    if doc is None:
         raise UnknownEscalationError(escalation_id)
-    doc, version = found
-    return EscalationRecord.model_validate_json(doc), version
+    record = EscalationRecord.model_validate_json(doc)
+    if closed is not None and record.status == "pending":
+        record = record.model_copy(update={"status": "closed"})
+    return record, int(version or 0)
+
+
+def _step(escalation: Escalation) -> int:
+    return escalation.action.step if escalation.action else 0
 
 
 def open_escalation(rt: Runtime, escalation: Escalation) -> None:
-    """Keep an escalation pending; a redelivered one is left as it is."""
+    """Keep an escalation pending; a redelivered one, or one its run closed, is left as it is."""
     record = EscalationRecord(escalation=escalation)
+    key = keys.escalation(escalation.escalation_id)
+    created = escalation.created_at.timestamp()
+    opened = RunEvent(
+        run_id=escalation.run_id,
+        kind="escalation_opened",
+        step=_step(escalation),
+        data={
+            "escalation_id": escalation.escalation_id,
+            "kind": escalation.kind,
+            "reason": escalation.reason,
+        },
+    )
+    rt.store.flush()  # what this task logged before comes first in the log
     try:
-        rt.store.docs.write(keys.escalation(escalation.escalation_id), record.model_dump_json(), 0)
+        rt.store.docs.write(
+            key,
+            record.model_dump_json(),
+            0,
+            appends=log_appends(opened),
+            side_writes=[
+                SideWrite("ZADD", keys.PENDING_ESCALATIONS, (created, escalation.escalation_id)),
+                SideWrite("ZADD", keys.ALL_ESCALATIONS, (created, escalation.escalation_id)),
+            ],
+        )
     except StaleStateError:
         return
-    created = escalation.created_at.timestamp()
-    rt.store.client.zadd(keys.PENDING_ESCALATIONS, {escalation.escalation_id: created})
-    rt.store.client.zadd(keys.ALL_ESCALATIONS, {escalation.escalation_id: created})
-    step = escalation.action.step if escalation.action else 0
-    rt.store.log(
-        escalation.run_id,
-        "escalation_opened",
-        step,
-        escalation_id=escalation.escalation_id,
-        kind=escalation.kind,
-        reason=escalation.reason,
-    )
     log.warning(
         "escalation_pending",
         escalation_id=escalation.escalation_id,
@@ -63,7 +86,8 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
     """Record a human's decision once and resume the run; a second decision is refused."""
     record, version = load(rt, decision.escalation_id)
     if record.decision == decision:
-        # Redelivered after the record committed: the resume may not have gone out.
+        # Redelivered after the record committed (with its index and log entry):
+        # only the resume may not have gone out.
         rt.send_resume(record.escalation, decision)
         return record
     try:
@@ -72,31 +96,54 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
         log.warning("decision_refused", escalation_id=decision.escalation_id, reason=str(exc))
         return None
     decided = record.model_copy(update={"status": "decided", "decision": decision})
+    key = keys.escalation(decision.escalation_id)
+    logged = RunEvent(
+        run_id=record.escalation.run_id,
+        kind="escalation_decided",
+        step=_step(record.escalation),
+        data={
+            "escalation_id": decision.escalation_id,
+            "verdict": decision.verdict,
+            "by": decision.by,
+            "at": decision.at.isoformat(),
+            "reason": decision.reason,
+            "answer": decision.answer,
+        },
+    )
+    rt.store.flush()
     try:
         rt.store.docs.write(
-            keys.escalation(decision.escalation_id), decided.model_dump_json(), version
+            key,
+            decided.model_dump_json(),
+            version,
+            expire=[key],
+            ttl_s=rt.store.run_ttl_s,
+            appends=log_appends(logged),
+            side_writes=[SideWrite("ZREM", keys.PENDING_ESCALATIONS, (decision.escalation_id,))],
         )
     except StaleStateError:
         log.warning("decision_lost_race", escalation_id=decision.escalation_id)
         return None
-    pipe = rt.store.client.pipeline(transaction=False)
-    pipe.zrem(keys.PENDING_ESCALATIONS, decision.escalation_id)
-    pipe.expire(keys.escalation(decision.escalation_id), rt.store.run_ttl_s)
-    pipe.execute()
-    action = record.escalation.action
-    rt.store.log(
-        record.escalation.run_id,
-        "escalation_decided",
-        action.step if action else 0,
-        escalation_id=decision.escalation_id,
-        verdict=decision.verdict,
-        by=decision.by,
-        at=decision.at.isoformat(),
-        reason=decision.reason,
-        answer=decision.answer,
-    )
     rt.send_resume(record.escalation, decision)
     return decided
+
+
+def close_writes(waits: Sequence[HumanWait], why: str, ttl_s: int) -> list[SideWrite]:
+    """What closes a run's open escalations, for the commit that ends the run.
+
+    The version moves on, so a decision or an opening in flight loses its
+    compare-and-set and finds the escalation closed.
+    """
+    writes: list[SideWrite] = []
+    for wait in waits:
+        key = keys.escalation(wait.escalation_id)
+        writes += [
+            SideWrite("ZREM", keys.PENDING_ESCALATIONS, (wait.escalation_id,)),
+            SideWrite("HSET", key, ("closed", why)),
+            SideWrite("HINCRBY", key, ("version", 1)),
+            SideWrite("EXPIRE", key, (ttl_s,)),
+        ]
+    return writes
 
 
 def list_escalations(

@@ -49,6 +49,10 @@ def rejection(event_id: str) -> str:
     return f"{PREFIX}:rejected:{event_id}"
 
 
+def dead_letter_seen(message_id: str) -> str:
+    return f"{PREFIX}:dead:seen:{message_id}"
+
+
 def escalation(escalation_id: str) -> str:
     return f"{PREFIX}:escalation:{escalation_id}"
 

@@ -4,27 +4,54 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init
 from pydantic import BaseModel, ValidationError
 
-from tether import deadletters
+from tether import deadletters, time_limits
 from tether.agents import load_agent_modules
 from tether.errors import StaleStateError
 from tether.messages import ErrorCategory
 from tether.runtime import Runtime, get_runtime
 from tether.telemetry import configure, log, serve_metrics
+from tether.transport import deliveries
 
 M = TypeVar("M", bound=BaseModel)
 
 
 class TetherTask(Task):  # type: ignore[misc]
-    """Every service task: a message that fails past its retries becomes a dead letter."""
+    """Every service task: capped deliveries, and a dead letter for what will not run again."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        delivered = deliveries(self.request.__dict__)
+        cap = get_runtime().settings.max_deliveries
+        if delivered > cap:
+            # Each delivery past the first means its worker died or its hard time
+            # limit killed it mid-way: running it again would only do that again.
+            reason = (
+                f"delivered {delivered} times, over TETHER_MAX_DELIVERIES ({cap}): each time "
+                "its worker died or its hard time limit (TETHER_TASK_TIME_LIMIT_S) stopped it; "
+                "fix the cause, then `tether dead replay` it"
+            )
+            if deadletters.record(
+                get_runtime(), self.name, kwargs, reason, ErrorCategory.internal, self.request.id
+            ):
+                log.error("dead_letter", task=self.name, task_id=self.request.id, reason=reason)
+            return None
+        return super().__call__(*args, **kwargs)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded | WorkerLostError):
+            # Celery puts the message back on its queue (one more delivery): it is
+            # still live, so it is no dead letter unless it reaches the delivery cap.
+            log.warning("message_requeued", task=self.name, task_id=task_id, reason=repr(exc))
+            return
         reason = f"{type(exc).__name__}: {exc} (after {self.request.retries} retries)"
-        deadletters.record(get_runtime(), self.name, dict(kwargs or {}), reason, _category(exc))
+        deadletters.record(
+            get_runtime(), self.name, dict(kwargs or {}), reason, _category(exc), task_id
+        )
         log.error("dead_letter", task=self.name, task_id=task_id, reason=reason)
 
 
@@ -52,6 +79,7 @@ TASK_OPTIONS: dict[str, Any] = {
 def service_app(service: str) -> Celery:
     rt = get_runtime()
     configure(rt.settings, service)
+    time_limits.enforce_soft_time_limit_under_gevent()
 
     @worker_init.connect(weak=False)
     def _load_agents(**_: Any) -> None:

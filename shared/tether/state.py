@@ -113,7 +113,8 @@ class EscalationRecord(BaseModel):
     """An escalation as the escalation service keeps it."""
 
     escalation: Escalation
-    status: Literal["pending", "decided"] = "pending"
+    # closed: the run ended (finished, cancelled) before anyone decided.
+    status: Literal["pending", "decided", "closed"] = "pending"
     decision: Decision | None = None
 
 

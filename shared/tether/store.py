@@ -20,7 +20,14 @@ from tether.budgets import Budgets
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.state import RunState, RunStatus
-from tether.versioned import REQUIREMENT_MISSING, Append, VersionedDocs, cas_call, parse_cas
+from tether.versioned import (
+    REQUIREMENT_MISSING,
+    Append,
+    SideWrite,
+    VersionedDocs,
+    cas_call,
+    parse_cas,
+)
 from tether.versioned import SCRIPT as CAS_SCRIPT
 
 LIFECYCLE_MAXLEN = 100_000
@@ -173,6 +180,7 @@ class RunStore:
         change: Callable[[RunState], RunState | None],
         *,
         log: Callable[[RunState], Sequence[RunEvent]] | None = None,
+        side_writes: Callable[[RunState], Sequence[SideWrite]] | None = None,
         tool_calls: tuple[str, int] | None = None,
         attempts: int = 20,
     ) -> RunState | None:
@@ -180,6 +188,7 @@ class RunStore:
 
         ``log`` describes a change for the event log: its entries are written
         by the commit itself, so the log holds exactly the changes that won.
+        ``side_writes`` go in with the commit the same way (indexes, other records).
         ``tool_calls`` (reservation id, count) reserves tool calls in the same
         round trip, and the commit goes ahead only if they were granted; if not,
         BudgetExhaustedError, and nothing was written.
@@ -199,7 +208,12 @@ class RunStore:
                     return None
                 state, fresh = self.load(run_id), True
                 continue
-            committed, current = self._commit(changed, log(changed) if log else (), tool_calls)
+            committed, current = self._commit(
+                changed,
+                log(changed) if log else (),
+                tool_calls,
+                side_writes(changed) if side_writes else (),
+            )
             if committed is not None:
                 return committed
             state, fresh = (current or self.load(run_id)), True
@@ -212,6 +226,7 @@ class RunStore:
         state: RunState,
         events: Sequence[RunEvent] = (),
         tool_calls: tuple[str, int] | None = None,
+        side_writes: Sequence[SideWrite] = (),
     ) -> tuple[RunState | None, RunState | None]:
         """(committed, None) if it won; (None, the current state) if another commit came first."""
         run_id = state.run_id
@@ -226,7 +241,7 @@ class RunStore:
         def build(pipe: Pipeline) -> None:
             if tool_calls is not None:
                 self.budgets.add_reserve(pipe, run_id, tool_calls[0], tool_calls=tool_calls[1])
-            self._add_cas(pipe, updated, state.version, appends, require)
+            self._add_cas(pipe, updated, state.version, appends, require, side_writes)
 
         replies = self.batch.run(build)
         version, current = parse_cas(replies[-1])
@@ -249,6 +264,7 @@ class RunStore:
         expected_version: int,
         appends: Sequence[Append] = (),
         require: Sequence[tuple[str, str]] = (),
+        side_writes: Sequence[SideWrite] = (),
     ) -> None:
         run_id = state.run_id
         expire = (
@@ -265,6 +281,7 @@ class RunStore:
             ttl_s=self.run_ttl_s,
             appends=appends,
             require=require,
+            side_writes=side_writes,
         )
         if not state.terminal:
             # Outside the script, so a commit that loses still touches the run: that

@@ -1,35 +1,41 @@
 -- Compare-and-set of a versioned document stored as a hash {doc, version, ...},
--- with the stream entries that describe the change appended in the same step.
+-- with everything that describes the change written in the same step: stream
+-- entries (the event log), index updates, expiries.
 -- KEYS[1]: the document's hash
 -- KEYS[2 .. 1+E]: keys to EXPIRE after ARGV[3] seconds once the write succeeds
 -- KEYS[2+E .. 1+E+R]: sets that must hold a member for the write to go ahead
--- KEYS[2+E+R ..]: one stream per append, in order
+-- KEYS[2+E+R .. 1+E+R+A]: one stream per append, in order
+-- then one key per side write, in order
 -- ARGV[1]: the version the writer read (0 when it expects no document yet)
 -- ARGV[2]: the new document
 -- ARGV[3]: seconds for the expiry (ignored when E is 0)
 -- ARGV[4]: F, the number of field/value pairs stored beside the document (e.g. status)
 -- ARGV[5]: E, the number of keys to expire
 -- ARGV[6]: R, the number of required set members
--- ARGV[7 .. 6+2F]: the field/value pairs
--- ARGV[7+2F .. 6+2F+R]: the member each required set must hold
+-- ARGV[7]: A, the number of appends
+-- ARGV[8 .. 7+2F]: the field/value pairs
+-- ARGV[8+2F .. 7+2F+R]: the member each required set must hold
 -- then, per append: maxlen (0: uncapped), P, and P field/value pairs
+-- then, per side write: its command (ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE), N, and N arguments
 -- Returns {new_version}; {-1, current_version, current_doc} when another
 -- writer committed first, so the loser can decide again without another read;
 -- {-2, member} when a required member is missing (a budget reservation that
 -- was refused in the same pipeline), and nothing is written.
+local allowed = {ZADD = true, ZREM = true, HSET = true, HDEL = true, HINCRBY = true, EXPIRE = true}
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
   return {-1, current, redis.call('HGET', KEYS[1], 'doc')}
 end
 local nfields, nexpire, nrequire = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local members = 7 + 2 * nfields
+local nappends = tonumber(ARGV[7])
+local members = 8 + 2 * nfields
 for i = 0, nrequire - 1 do
   if redis.call('SISMEMBER', KEYS[2 + nexpire + i], ARGV[members + i]) == 0 then
     return {-2, ARGV[members + i]}
   end
 end
 local write = {'HSET', KEYS[1], 'doc', ARGV[2], 'version', current + 1}
-for i = 7, 6 + 2 * nfields do
+for i = 8, 7 + 2 * nfields do
   write[#write + 1] = ARGV[i]
 end
 redis.call(unpack(write))
@@ -37,7 +43,8 @@ for i = 2, 1 + nexpire do
   redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3]))
 end
 local at = members + nrequire
-for k = 2 + nexpire + nrequire, #KEYS do
+local k = 2 + nexpire + nrequire
+for _ = 1, nappends do
   local maxlen, npairs = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   local entry = {'XADD', KEYS[k]}
   if maxlen > 0 then
@@ -51,5 +58,19 @@ for k = 2 + nexpire + nrequire, #KEYS do
   end
   redis.call(unpack(entry))
   at = at + 2 + 2 * npairs
+  k = k + 1
+end
+while k <= #KEYS do
+  local command, nargs = ARGV[at], tonumber(ARGV[at + 1])
+  if not allowed[command] then
+    return redis.error_reply('versioned.lua: side write ' .. tostring(command) .. ' not allowed')
+  end
+  local call = {command, KEYS[k]}
+  for i = at + 2, at + 1 + nargs do
+    call[#call + 1] = ARGV[i]
+  end
+  redis.call(unpack(call))
+  at = at + 2 + nargs
+  k = k + 1
 end
 return {current + 1}

@@ -31,9 +31,28 @@ class VersionedDocs:
             return None
         return str(doc), int(version or 0)
 
-    def write(self, key: str, doc: str, expected_version: int) -> int:
-        """Commit ``doc`` over ``expected_version``; raises StaleStateError if it lost."""
-        cas_keys, args = cas_call(key, doc, expected_version)
+    def write(
+        self,
+        key: str,
+        doc: str,
+        expected_version: int,
+        *,
+        expire: Sequence[str] = (),
+        ttl_s: int = 0,
+        appends: Sequence[Append] = (),
+        side_writes: Sequence[SideWrite] = (),
+    ) -> int:
+        """Commit ``doc`` over ``expected_version`` with what describes it; StaleStateError
+        if it lost, and then nothing was written."""
+        cas_keys, args = cas_call(
+            key,
+            doc,
+            expected_version,
+            expire=expire,
+            ttl_s=ttl_s,
+            appends=appends,
+            side_writes=side_writes,
+        )
         new_version, _ = parse_cas(self._cas(keys=cas_keys, args=args))
         if new_version < 0:
             raise StaleStateError(
@@ -54,6 +73,15 @@ class Append:
         return {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
 
 
+@dataclass(frozen=True)
+class SideWrite:
+    """An index or key update that goes in only if the commit it rides with wins."""
+
+    command: str  # ZADD, ZREM, HSET, HDEL, HINCRBY or EXPIRE (versioned.lua allows no others)
+    key: str
+    args: tuple[str | int | float, ...]
+
+
 def cas_call(
     key: str,
     doc: str,
@@ -64,6 +92,7 @@ def cas_call(
     ttl_s: int = 0,
     appends: Sequence[Append] = (),
     require: Sequence[tuple[str, str]] = (),
+    side_writes: Sequence[SideWrite] = (),
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT.
 
@@ -71,7 +100,15 @@ def cas_call(
     ahead, checked after the version.
     """
     pairs = fields or {}
-    args: list[Any] = [expected_version, doc, ttl_s, len(pairs), len(expire), len(require)]
+    args: list[Any] = [
+        expected_version,
+        doc,
+        ttl_s,
+        len(pairs),
+        len(expire),
+        len(require),
+        len(appends),
+    ]
     for name, value in pairs.items():
         args += [name, value]
     args += [member for _, member in require]
@@ -79,7 +116,10 @@ def cas_call(
         args += [append.maxlen, len(append.fields)]
         for field, entry in append.fields.items():
             args += [field, entry]
-    return [key, *expire, *(k for k, _ in require), *(a.stream for a in appends)], args
+    for side in side_writes:
+        args += [side.command, len(side.args), *side.args]
+    cas_keys = [key, *expire, *(k for k, _ in require), *(a.stream for a in appends)]
+    return [*cas_keys, *(side.key for side in side_writes)], args
 
 
 REQUIREMENT_MISSING = -2

@@ -62,6 +62,21 @@ def test_endpoint_down_for_good_fails_the_run_with_a_clear_reason(
     assert "model_failed" in kinds(frt, run_id)
 
 
+def test_a_bad_key_fails_the_run_at_once_without_the_fallback(
+    frt: Runtime, fault_server: ScriptedOpenAIServer
+) -> None:
+    fault_server.schedule[:] = [Fault.unauthorized]
+    before = len(fault_server.requests)
+    run_id = client.submit("resilient", "What is 2 + 3?", runtime=frt)
+    state = wait_status(frt, run_id, "failed", timeout_s=30)
+
+    assert state.error is not None and state.error.category == "model_permanent"
+    assert "HTTP 401" in state.error.message and "TETHER_MODEL_API_KEY" in state.error.message
+    # One request: no retry on the primary, and the fallback model never asked.
+    assert len(fault_server.requests) - before == 1
+    assert "model_failed" in kinds(frt, run_id)
+
+
 def test_malformed_tool_calls_get_corrective_feedback(
     frt: Runtime, fault_server: ScriptedOpenAIServer
 ) -> None:

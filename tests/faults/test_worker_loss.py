@@ -8,11 +8,12 @@ import time
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
-from tether import client, deadletters, escalations
+from tether import celery_app, client, deadletters, escalations
 from tether.devstack import DevStack
-from tether.messages import Verdict
+from tether.messages import TaskEvent, Verdict
 from tether.runtime import Runtime
 from tether.store import run_id_for
+from tether.transport import DELIVERIES_HEADER
 
 
 def kill_and_restart(stack: DevStack, service: str) -> None:
@@ -127,7 +128,9 @@ def test_an_approved_rerun_is_single_use_even_when_its_worker_dies(
     wait_for(second_question, timeout_s=40, what="a second unsafe_retry escalation")
     (second,) = [r for r in escalations.list_escalations(frt) if r.escalation.run_id == run_id]
     assert second.escalation.kind == "unsafe_retry"
-    assert first.escalation.escalation_id in second.escalation.reason
+    assert "died mid-call" in second.escalation.reason
+    assert second.escalation.action is not None
+    assert second.escalation.action.rerun_approval == first.escalation.escalation_id
     assert lines(run_id) == [f"{run_id} charge 700"] * 2
 
     client.decide(
@@ -139,3 +142,32 @@ def test_an_approved_rerun_is_single_use_even_when_its_worker_dies(
     )
     wait_status(frt, run_id, "succeeded", timeout_s=30)
     assert lines(run_id) == [f"{run_id} charge 700"] * 2
+
+
+def test_a_message_delivered_too_often_becomes_one_dead_letter_and_replays_once(
+    frt: Runtime,
+) -> None:
+    event = TaskEvent(event_id="evt-redelivered", agent="calculator", input="What is 2 + 3?")
+    # As if its workers had died five times under it: the transport counts in this header.
+    frt.celery.send_task(
+        celery_app.START,
+        kwargs={"event": event.model_dump(mode="json")},
+        headers={DELIVERIES_HEADER: 6},
+        **celery_app.direct_route(celery_app.PLAN_QUEUE),
+    )
+    wait_for(
+        lambda: any("evt-redelivered" in str(d.kwargs) for d in deadletters.list_dead(frt)),
+        timeout_s=20,
+        what="the dead letter",
+    )
+    (letter,) = [d for d in deadletters.list_dead(frt) if "evt-redelivered" in str(d.kwargs)]
+    assert "delivered 6 times, over TETHER_MAX_DELIVERIES (5)" in letter.reason
+    run_id = run_id_for("evt-redelivered")
+    assert frt.store.get(run_id) is None  # it did not run
+
+    assert deadletters.replay(frt, letter.id) is not None
+    assert deadletters.replay(frt, letter.id) is None  # a second replay sends nothing
+    wait_status(frt, run_id, "succeeded")
+    time.sleep(1.0)
+    assert kinds(frt, run_id).count("run_started") == 1
+    assert kinds(frt, run_id).count("run_finished") == 1

@@ -8,9 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import redis
+
+from tether import client
+from tether.devstack import DevStack
+from tether.runtime import Runtime
 
 
 def _tether(
@@ -118,3 +123,40 @@ def test_submit_from_another_process_against_tether_dev(tmp_path: Path) -> None:
         if dev.poll() is None:
             dev.kill()
             dev.wait()
+
+
+def _client_env(stack: DevStack) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, COLUMNS="200", TETHER_REDIS_URL=stack.redis_url)
+
+
+def test_submit_wait_ends_at_once_when_the_event_is_rejected(stack: DevStack) -> None:
+    started = time.monotonic()
+    submitted = _tether(
+        "submit", "no_such_agent", "hi", "--wait", "--timeout", "60", env=_client_env(stack)
+    )
+    took = time.monotonic() - started
+
+    out = " ".join(submitted.stdout.split())  # rich wraps long lines
+    assert submitted.returncode == 2, submitted.stdout + submitted.stderr
+    assert "was rejected and never became a run" in out, out
+    assert "agent 'no_such_agent' is not registered" in out, out
+    assert "Traceback" not in submitted.stdout + submitted.stderr
+    assert took < 20, f"--wait took {took:.1f}s to notice the rejection"
+
+
+def test_runs_rejected_cuts_a_large_payload(stack: DevStack, stack_runtime: Runtime) -> None:
+    event_id = f"huge-{uuid.uuid4().hex}"
+    client.submit("calculator", "x" * 400_000, event_id=event_id, runtime=stack_runtime)
+    deadline = time.monotonic() + 20
+    while client.rejection(event_id, runtime=stack_runtime) is None:
+        assert time.monotonic() < deadline, "the oversized event was never rejected"
+        time.sleep(0.1)
+
+    shown = _tether("runs", "rejected", "--limit", "1", env=_client_env(stack))
+
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    out = " ".join(shown.stdout.split())
+    assert event_id in out and "over the 262144-byte cap" in out, out
+    assert "payload cut to 200 of" in out, out
+    assert len(shown.stdout) < 1_000, f"printed {len(shown.stdout)} chars for one rejection"

@@ -14,11 +14,27 @@ import pytest
 from tenacity import wait_fixed
 
 from tether.config import get_settings
-from tether.errors import ModelError, TetherError
-from tether.models import ModelClient, ModelResponse, OpenAIModel, ScriptedModel, text, tool_call
+from tether.errors import (
+    ConfigError,
+    ModelError,
+    ModelPermanentError,
+    ModelTransientError,
+    TetherError,
+)
+from tether.models import (
+    FallbackModel,
+    ModelClient,
+    ModelResponse,
+    OpenAIModel,
+    ScriptedModel,
+    from_turns,
+    text,
+    tool_call,
+)
 from tether.models.openai import wait_retry_after
-from tether.models.prices import DEFAULT_PRICES, cost_usd, estimate_tokens
+from tether.models.prices import cost_usd, prompt_token_bound, typical_tokens
 from tether.state import ChatMessage, ToolCall
+from tether.testing.openai_server import Fault, ScriptedOpenAIServer
 
 SYSTEM = ChatMessage(role="system", content="You add numbers.")
 USER = ChatMessage(role="user", content="What is 2 + 3?")
@@ -89,8 +105,8 @@ def test_scripted_model_names_itself_in_responses_and_costs_nothing() -> None:
     assert response.model == "scripted:greeter"
     assert response.cost_usd == 0.0
     prompt = json.dumps([SYSTEM.to_openai(), USER.to_openai()]) + json.dumps([])
-    assert response.input_tokens == estimate_tokens(prompt)
-    assert response.output_tokens == estimate_tokens("hello there")
+    assert response.input_tokens == typical_tokens(prompt)
+    assert response.output_tokens == typical_tokens("hello there")
     assert response.total_tokens == response.input_tokens + response.output_tokens
 
 
@@ -134,11 +150,14 @@ def test_scripted_model_estimate_is_an_upper_bound() -> None:
     estimate = model.estimate_tokens(messages, [ADD_SCHEMA])
     response = model.complete(messages, [ADD_SCHEMA])
     assert estimate >= response.total_tokens
-    assert (
-        estimate
-        == estimate_tokens(json.dumps([m.to_openai() for m in messages]) + json.dumps([ADD_SCHEMA]))
-        + 256
-    )
+    assert estimate == prompt_token_bound(messages, [ADD_SCHEMA]) + model.max_output_tokens
+
+
+def test_scripted_model_bills_a_long_answer_as_a_capped_model_would() -> None:
+    model = ScriptedModel([text("word " * 2000)], max_output_tokens=100)
+    response = model.complete([USER], [])
+    assert response.output_tokens == 100
+    assert model.estimate_tokens([USER], []) >= response.total_tokens
 
 
 def test_both_clients_satisfy_the_protocol() -> None:
@@ -159,7 +178,6 @@ def default_prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_cost_from_the_price_table(default_prices: None) -> None:
-    assert DEFAULT_PRICES["gpt-4o-mini"] == (0.15, 0.60)
     assert cost_usd("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
     assert cost_usd("gpt-4o-mini", 1000, 500) == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
     assert cost_usd("no-such-model", 1000, 1000) == 0.0
@@ -172,11 +190,6 @@ def test_price_overrides_from_the_environment(
     get_settings.cache_clear()
     assert cost_usd("my-model", 1_000_000, 1_000_000) == pytest.approx(3.0)
     assert cost_usd("gpt-4o-mini", 1_000_000, 0) == pytest.approx(10.0)
-
-
-def test_estimate_tokens() -> None:
-    assert estimate_tokens("") == 1
-    assert estimate_tokens("abcd" * 100) == 100
 
 
 # the fake OpenAI-compatible endpoint ---------------------------------------------------
@@ -415,9 +428,12 @@ def test_openai_model_gives_up_on_a_persistent_500(fake_openai: FakeOpenAI) -> N
 
 def test_openai_model_does_not_retry_a_client_error(fake_openai: FakeOpenAI) -> None:
     fake_openai.reply(400, error_body("bad request: unknown parameter"))
-    with pytest.raises(ModelError, match="bad request: unknown parameter"):
+    with pytest.raises(ModelPermanentError, match="bad request: unknown parameter") as info:
         client(fake_openai, max_attempts=3).complete([USER], [])
     assert len(fake_openai.requests) == 1
+    assert (info.value.status, info.value.kind, info.value.permanent) == (400, "permanent", True)
+    assert "refused the request with HTTP 400" in str(info.value)
+    assert "not retried" in str(info.value)
 
 
 def test_openai_model_rejects_a_completion_without_choices(fake_openai: FakeOpenAI) -> None:
@@ -429,8 +445,9 @@ def test_openai_model_rejects_a_completion_without_choices(fake_openai: FakeOpen
 def test_openai_model_estimate_reserves_the_output_cap() -> None:
     model = OpenAIModel("gpt-4o-mini", max_output_tokens=300)
     messages = [SYSTEM, USER]
-    prompt = json.dumps([m.to_openai() for m in messages]) + json.dumps([ADD_SCHEMA])
-    assert model.estimate_tokens(messages, [ADD_SCHEMA]) == estimate_tokens(prompt) + 300
+    assert model.estimate_tokens(messages, [ADD_SCHEMA]) == (
+        prompt_token_bound(messages, [ADD_SCHEMA]) + 300
+    )
     assert model.name == "gpt-4o-mini"
 
 
@@ -450,9 +467,177 @@ def test_wait_retry_after_uses_the_header_capped() -> None:
     assert wait(_state_with({"retry-after": "3600"})) == 60
 
 
+def test_every_wait_between_model_attempts_stays_under_the_configured_cap() -> None:
+    wait = OpenAIModel("m", retry_wait_max_s=3.0)._wait()
+    for attempt in range(1, 12):
+        state = _state_with({})
+        state.attempt_number = attempt
+        state.upcoming_sleep = 0
+        assert 0 <= wait(state) <= 3.0
+    assert wait(_state_with({"retry-after": "3600"})) == 3.0
+
+
 def test_wait_retry_after_falls_back_without_a_usable_header() -> None:
     wait = wait_retry_after(wait_fixed(7))
     assert wait(_state_with({})) == 7
     assert wait(_state_with(None)) == 7  # e.g. a connection error has no response
     assert wait(_state_with({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 7
     assert wait(SimpleNamespace(outcome=None)) == 7
+
+
+# typed errors against the fault server: what is retried, what falls back ---------------
+
+
+class Counting:
+    """A fallback model that answers and counts its calls."""
+
+    name = "counting"
+    billed_models = ()
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+        return 10
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+    ) -> ModelResponse:
+        self.calls += 1
+        return ModelResponse(content="from the fallback", model=self.name)
+
+
+@pytest.fixture
+def fault_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedOpenAIServer]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv("TETHER_MODEL_FALLBACK_ON", raising=False)
+    get_settings.cache_clear()
+    with ScriptedOpenAIServer(from_turns([text("ok")] * 100), retry_after_s=0) as server:
+        yield server
+    get_settings.cache_clear()
+
+
+def endpoint_model(server: ScriptedOpenAIServer, attempts: int = 2) -> OpenAIModel:
+    return OpenAIModel("gpt-4o-mini", base_url=server.base_url, timeout_s=5, max_attempts=attempts)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "advice"),
+    [
+        (Fault.bad_request, 400, "fix the request"),
+        (Fault.unauthorized, 401, "TETHER_MODEL_API_KEY"),
+        (Fault.not_found, 404, "TETHER_MODEL_NAME"),
+    ],
+)
+def test_a_4xx_is_permanent_not_retried_and_not_fallen_back_on(
+    fault_endpoint: ScriptedOpenAIServer, fault: Fault, status: int, advice: str
+) -> None:
+    fault_endpoint.schedule[:] = [fault]
+    fallback = Counting()
+    model = FallbackModel(endpoint_model(fault_endpoint, attempts=5), fallback)
+    with pytest.raises(ModelPermanentError) as info:
+        model.complete([USER], [])
+    assert len(fault_endpoint.requests) == 1
+    assert fallback.calls == 0
+    error = info.value
+    assert (error.status, error.kind, error.attempts) == (status, "permanent", 1)
+    assert f"HTTP {status}" in str(error)
+    assert advice in str(error)
+    assert "the next model was not tried" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (Fault.request_timeout, "timeout"),
+        (Fault.conflict, "transient"),
+        (Fault.rate_limit, "rate_limited"),
+        (Fault.server_error, "server_error"),
+    ],
+)
+def test_408_409_429_and_5xx_are_retried(
+    fault_endpoint: ScriptedOpenAIServer, fault: Fault, kind: str
+) -> None:
+    fault_endpoint.schedule[:] = [fault, None]
+    response = endpoint_model(fault_endpoint).complete([USER], [])
+    assert response.content == "ok"
+    assert response.attempts == 2
+    assert len(fault_endpoint.requests) == 2
+
+    # Past its attempts, the error says which kind it was, and keeps the status.
+    fault_endpoint.schedule[:] = [fault] * 2
+    with pytest.raises(ModelTransientError) as info:
+        endpoint_model(fault_endpoint).complete([USER], [])
+    assert (info.value.kind, info.value.permanent, info.value.attempts) == (kind, False, 2)
+    assert info.value.status == int(str(info.value).split("HTTP ")[1][:3])
+
+
+def test_a_transient_failure_falls_back(fault_endpoint: ScriptedOpenAIServer) -> None:
+    fault_endpoint.schedule[:] = [Fault.server_error] * 2
+    fallback = Counting()
+    response = FallbackModel(endpoint_model(fault_endpoint), fallback).complete([USER], [])
+    assert response.content == "from the fallback"
+    assert fallback.calls == 1
+    assert response.attempts == 3
+
+
+def test_what_the_fallback_falls_back_on_is_configurable(
+    fault_endpoint: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A parameter: fall back on a bad key too (the fallback uses another provider's key).
+    fault_endpoint.schedule[:] = [Fault.unauthorized]
+    fallback = Counting()
+    model = FallbackModel(
+        endpoint_model(fault_endpoint), fallback, fallback_on=["permanent", "server_error"]
+    )
+    assert model.complete([USER], []).content == "from the fallback"
+    assert (len(fault_endpoint.requests), fallback.calls) == (1, 1)
+
+    # The setting: fall back on rate limits only, so a 500 ends the call.
+    monkeypatch.setenv("TETHER_MODEL_FALLBACK_ON", '["rate_limited"]')
+    get_settings.cache_clear()
+    fault_endpoint.schedule[:] = [Fault.server_error]
+    fallback = Counting()
+    with pytest.raises(ModelTransientError, match="server_error failure") as info:
+        FallbackModel(endpoint_model(fault_endpoint, attempts=1), fallback).complete([USER], [])
+    assert (info.value.kind, fallback.calls) == ("server_error", 0)
+
+
+def test_an_unknown_kind_to_fall_back_on_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"'server_errors'.*TETHER_MODEL_FALLBACK_ON"):
+        FallbackModel(Counting(), Counting(), fallback_on=["server_errors"])
+
+
+def test_a_permanent_failure_of_the_last_model_is_permanent(
+    fault_endpoint: ScriptedOpenAIServer,
+) -> None:
+    fault_endpoint.schedule[:] = [Fault.server_error, Fault.not_found]
+    model = FallbackModel(
+        endpoint_model(fault_endpoint, attempts=1), endpoint_model(fault_endpoint, attempts=3)
+    )
+    with pytest.raises(ModelPermanentError, match="every model failed") as info:
+        model.complete([USER], [])
+    assert (info.value.status, info.value.attempts) == (404, 2)
+
+
+def test_the_output_cap_is_sent_and_comes_from_the_settings(
+    fault_endpoint: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_MODEL_MAX_OUTPUT_TOKENS", "77")
+    get_settings.cache_clear()
+    model = endpoint_model(fault_endpoint)
+    model.complete([USER], [])
+    assert fault_endpoint.requests[-1]["max_tokens"] == 77
+    assert model.estimate_tokens([USER], []) == prompt_token_bound([USER], []) + 77
+
+    reasoning = OpenAIModel(
+        "o4-mini", base_url=fault_endpoint.base_url, output_cap_field="max_completion_tokens"
+    )
+    reasoning.complete([USER], [])
+    assert fault_endpoint.requests[-1]["max_completion_tokens"] == 77
+    assert "max_tokens" not in fault_endpoint.requests[-1]

@@ -652,3 +652,31 @@ def test_a_run_that_stays_stalled_through_its_redrives_ends_failed(runtime: Runt
     planner.sweep(runtime, stalled_after_s=0)  # the finished run leaves the index
     assert runtime.store.client.zscore(keys.ACTIVE_RUNS, run_id) is None
     assert runtime.store.client.hget(keys.REDRIVES, run_id) is None
+
+
+def test_a_run_behind_a_backlog_is_neither_failed_nor_sent_again(runtime: Runtime) -> None:
+    event, state = unplanned_calculator_run("evt-backlogged")
+    runtime.store.create(event, state)
+    others = [calculator_event(f"evt-ahead-{i}") for i in range(3)]
+    for other in others:
+        runtime.publish_event(TaskEvent.model_validate(other))  # the backlog ahead of it
+    for _ in range(4):
+        assert planner.sweep(runtime, stalled_after_s=0, max_redrives=1) == []
+    assert len(queued(runtime, PLAN_QUEUE)) == 3  # nothing added to the backlog
+    assert runtime.store.load(state.run_id).status == RunStatus.queued
+    assert kinds(runtime, state.run_id).count("run_not_redriven") == 4
+
+    runtime.store.client.delete(PLAN_QUEUE)  # the backlog drained, its message lost after all
+    assert planner.sweep(runtime, stalled_after_s=0, max_redrives=1) == [state.run_id]
+    assert queued(runtime, PLAN_QUEUE) == [(STEP, {"run_id": state.run_id, "step": 0})]
+
+
+def test_a_tool_call_held_by_a_live_executor_is_not_a_stall(runtime: Runtime) -> None:
+    run_id = planner.start(runtime, calculator_event("evt-long-tool"))
+    (action,) = runtime.store.load(run_id).pending_actions
+    runtime.store.client.delete(TOOLS_QUEUE)  # taken by an executor that runs it for long
+    runtime.store.client.set(keys.action_lock(action.action_id), "worker", px=10_000)
+    for _ in range(3):
+        assert planner.sweep(runtime, stalled_after_s=0, max_redrives=1) == []
+    assert runtime.store.load(run_id).status == RunStatus.waiting_tools
+    assert queued(runtime, TOOLS_QUEUE) == []

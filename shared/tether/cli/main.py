@@ -7,9 +7,11 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tether import client
 from tether.cli import render
@@ -37,6 +39,8 @@ def dev(
     flower_port: int = typer.Option(0, help="Also start Flower on this port (0: off)"),
 ) -> None:
     """Start a Redis this command owns and the three services; Ctrl-C stops all of it."""
+    # Checked here: a worker refusing its settings would only be restarted, again and again.
+    get_settings()
     stack = DevStack(
         agent_modules=agents,
         concurrency=concurrency,
@@ -137,16 +141,21 @@ def submit(
     max_cost_usd: float = typer.Option(0.0, help="Tighten the agent's cost budget"),
     timeout: float = typer.Option(300.0, help="Seconds to wait with --wait"),
 ) -> None:
-    """Publish a task for AGENT; with --wait, show its progress live. Exit 1 unless it succeeds."""
+    """Publish a task for AGENT; with --wait, show its progress live.
+
+    Exit 1 unless it succeeds, 2 if the event was rejected (its run never exists), 3 on timeout.
+    """
     budget = BudgetLimits(
         max_steps=max_steps or None,
         max_tool_calls=max_tool_calls if max_tool_calls >= 0 else None,
         max_cost_usd=max_cost_usd or None,
     )
-    run_id = client.submit(agent, input, event_id=event_id or None, budget=budget)
+    # Chosen here rather than by client.submit: --wait looks the refusal up by event id.
+    event_id = event_id or uuid.uuid4().hex
+    run_id = client.submit(agent, input, event_id=event_id, budget=budget)
     render.console.print(f"submitted {run_id}")
     if wait:
-        state = follow(run_id, timeout)
+        state = follow(run_id, timeout, event_id=event_id)
         raise typer.Exit(0 if state.status == "succeeded" else 1)
 
 
@@ -154,7 +163,7 @@ def main() -> None:
     try:
         app()
     except TetherError as exc:
-        render.console.print(f"[red]error:[/] {exc}")
+        render.console.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 
 

@@ -160,5 +160,22 @@ def escalations_table(records: list[EscalationRecord]) -> Table:
     return table
 
 
+# A rejected payload can be hundreds of KB (an oversized event is one reason to
+# refuse it): a preview identifies it, and the stream tether:rejected keeps more.
+PAYLOAD_PREVIEW_CHARS = 200
+
+
+def rejection_text(entry: dict[str, str]) -> str:
+    """One refused event: when, why, and the start of its payload with its size."""
+    payload = entry["payload"]
+    # The store keeps a cut payload; a "size" field, where recorded, is the original's.
+    size = int(entry.get("size") or len(payload))
+    text = f"{entry['at']}  {escape(entry['reason'])}\n    {escape(_clip(payload, PAYLOAD_PREVIEW_CHARS))}"
+    if size > PAYLOAD_PREVIEW_CHARS:
+        kept = "" if "size" in entry else " stored"
+        text += f"\n    [dim](payload cut to {PAYLOAD_PREVIEW_CHARS} of {size:,} chars{kept})[/]"
+    return text
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -53,11 +53,14 @@ def cancel(run_id: str, by: str = typer.Option("operator", help="Who cancels")) 
 def rejected(limit: int = typer.Option(20)) -> None:
     """Events that were refused (malformed, oversized, unknown agent), with why."""
     for entry in get_runtime().store.rejected(limit):
-        render.console.print(f"{entry['at']}  {entry['reason']}\n    {entry['payload'][:200]}")
+        render.console.print(render.rejection_text(entry))
 
 
-def follow(run_id: str, timeout_s: float) -> RunState:
-    """Print a run's events as they happen until it ends; returns its final state."""
+def follow(run_id: str, timeout_s: float, *, event_id: str | None = None) -> RunState:
+    """Print a run's events as they happen until it ends; returns its final state.
+
+    Given the run's ``event_id``, a refused event raises EventRejectedError at once.
+    """
     store = get_runtime().store
     last = "-"
     deadline = time.monotonic() + timeout_s
@@ -75,6 +78,8 @@ def follow(run_id: str, timeout_s: float) -> RunState:
                 live.update(render.console.status(f"{run_id}: {state.status}, step {state.step}"))
                 if state.terminal:
                     break
+            elif event_id is not None:
+                client.check_rejected(event_id)
             time.sleep(0.1)
         else:
             raise typer.Exit(3)

@@ -46,5 +46,11 @@ class ModelClient(Protocol):
         ...
 
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        """An upper-bound guess of the call's tokens, reserved from the budget beforehand."""
+        """An upper bound on the call's tokens, input and output, reserved from the budget beforehand.
+
+        It must never be below what the call then reports: budgets trust it to
+        refuse a call that could overspend (see prices.prompt_token_bound).
+        A client may also list ``billed_models``, the models whose prices its
+        calls are billed at (none for a free one); otherwise its name is.
+        """
         ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -13,7 +12,7 @@ from openai.types.chat import ChatCompletion
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
     wait_random,
@@ -21,18 +20,46 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from tether.errors import ModelError
+from tether.config import get_settings
+from tether.errors import ModelError, ModelPermanentError, ModelTransientError
 from tether.models.base import ModelResponse
-from tether.models.prices import cost_usd, estimate_tokens
+from tether.models.prices import cost_usd, prompt_token_bound
 from tether.state import ChatMessage, ToolCall
 
-TRANSIENT = (
-    openai.RateLimitError,
-    openai.APIConnectionError,  # includes APITimeoutError
-    openai.InternalServerError,
-    openai.APIResponseValidationError,
-    ValueError,  # a body cut short: json.JSONDecodeError
-)
+# What to fix when the endpoint refuses a request, by HTTP status.
+_PERMANENT_ADVICE = {
+    401: "check the API key (TETHER_MODEL_API_KEY)",
+    403: "check the API key's permissions for this model (TETHER_MODEL_API_KEY)",
+    404: "check the model name (TETHER_MODEL_NAME) and the endpoint (TETHER_MODEL_BASE_URL)",
+}
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """Which kind of model failure ``exc`` is (errors.MODEL_FAILURE_KINDS); None: not one at all."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429:
+            return "rate_limited"
+        if status == 408:
+            return "timeout"
+        if status >= 500:
+            return "server_error"
+        # 409 is a conflict on the provider's side (OpenAI's SDK retries it too);
+        # every other 4xx is this request's own fault and fails the same way again.
+        return "transient" if status == 409 else "permanent"
+    # A dropped connection, or a body cut short (json.JSONDecodeError) or malformed.
+    if isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError | ValueError):
+        return "transient"
+    if isinstance(exc, openai.OpenAIError):
+        return "permanent"  # raised before any request: the client is misconfigured
+    return None
+
+
+def _retryable(exc: BaseException) -> bool:
+    kind = failure_kind(exc)
+    return kind is not None and kind != "permanent"
 
 
 class stop_at_deadline(stop_base):
@@ -76,20 +103,48 @@ class OpenAIModel:
         api_key: str = "unset",
         timeout_s: float = 60.0,
         max_attempts: int = 3,
-        max_output_tokens: int = 1024,
+        max_output_tokens: int | None = None,
+        output_cap_field: str = "max_tokens",
+        retry_wait_max_s: float | None = None,
     ) -> None:
+        """``max_output_tokens`` defaults to TETHER_MODEL_MAX_OUTPUT_TOKENS; it is sent as
+        ``output_cap_field``, which OpenAI's reasoning models want as "max_completion_tokens".
+        ``retry_wait_max_s`` (default TETHER_MODEL_RETRY_WAIT_MAX_S) caps each wait between
+        attempts, Retry-After and jitter included, so the whole schedule fits the soft
+        time limit the settings check it against."""
         self.model = model
         self.base_url = base_url
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
-        self.max_output_tokens = max_output_tokens
+        self._max_output_tokens = max_output_tokens
+        self.output_cap_field = output_cap_field
+        self._retry_wait_max_s = retry_wait_max_s
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.model
+
+    @property
+    def billed_models(self) -> tuple[str, ...]:
+        return (self.model,)
+
+    @property
+    def max_output_tokens(self) -> int:
+        # Read when used, not when agent modules are imported, so the setting is current.
+        if self._max_output_tokens is not None:
+            return self._max_output_tokens
+        return get_settings().model_max_output_tokens
+
+    def _wait(self) -> wait_base:
+        cap = self._retry_wait_max_s
+        if cap is None:
+            cap = get_settings().model_retry_wait_max_s
+        jitter = min(0.5, cap / 2)
+        backoff = wait_exponential(multiplier=0.5, max=cap - jitter) + wait_random(0, jitter)
+        return wait_retry_after(backoff, cap_s=cap)
 
     def _openai(self) -> openai.OpenAI:
         # Created on first use so each forked worker process opens its own connections.
@@ -111,8 +166,8 @@ class OpenAIModel:
         return self._openai().post("/chat/completions", body=request, cast_to=ChatCompletion)
 
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        prompt = json.dumps([m.to_openai() for m in messages]) + json.dumps(tools)
-        return estimate_tokens(prompt) + self.max_output_tokens
+        # The output half is real because every request caps the answer at it.
+        return prompt_token_bound(messages, tools) + self.max_output_tokens
 
     def complete(
         self,
@@ -124,29 +179,23 @@ class OpenAIModel:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [m.to_openai() for m in messages],
-            "max_tokens": self.max_output_tokens,
+            self.output_cap_field: self.max_output_tokens,
         }
         if tools:
             request["tools"] = tools
         retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT),
-            wait=wait_retry_after(wait_exponential(multiplier=0.5, max=20) + wait_random(0, 0.5)),
+            retry=retry_if_exception(_retryable),
+            wait=self._wait(),
             stop=stop_after_attempt(self.max_attempts) | stop_at_deadline(deadline),
             reraise=True,
         )
         try:
             completion = retrying(self._create, request)
         except (openai.OpenAIError, ValueError) as exc:
-            attempts = int(retrying.statistics.get("attempt_number", 1))
-            raise ModelError(
-                f"model {self.model!r} at {self.base_url or 'the OpenAI API'} failed after "
-                f"{attempts} attempt(s): {type(exc).__name__}: {exc}; check the endpoint, "
-                "key and rate limits",
-                attempts=attempts,
-            ) from exc
+            raise self._error(exc, int(retrying.statistics.get("attempt_number", 1))) from exc
         attempts = int(retrying.statistics.get("attempt_number", 1))
         if not completion.choices:
-            raise ModelError(
+            raise ModelTransientError(
                 f"model {self.model!r} returned no choices; the endpoint is misbehaving",
                 attempts=attempts,
             )
@@ -167,4 +216,31 @@ class OpenAIModel:
             output_tokens=output_tokens,
             cost_usd=cost_usd(self.model, input_tokens, output_tokens),
             attempts=attempts,
+        )
+
+    def _error(self, exc: BaseException, attempts: int) -> ModelError:
+        where = f"model {self.model!r} at {self.base_url or 'the OpenAI API'}"
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        kind = failure_kind(exc) or "transient"
+        if kind == "permanent":
+            advice = _PERMANENT_ADVICE.get(
+                status or 0,
+                "fix the request or the client's configuration (model name, parameters, "
+                "prompt length)",
+            )
+            return ModelPermanentError(
+                f"{where} refused the request"
+                + (f" with HTTP {status}" if status else "")
+                + f": {type(exc).__name__}: {exc}; not retried, since it would fail the same "
+                f"way again: {advice}",
+                attempts=attempts,
+                status=status,
+            )
+        return ModelTransientError(
+            f"{where} failed after {attempts} attempt(s) ({kind}"
+            + (f", HTTP {status}" if status else "")
+            + f"): {type(exc).__name__}: {exc}; check the endpoint, key and rate limits",
+            attempts=attempts,
+            status=status,
+            kind=kind,
         )

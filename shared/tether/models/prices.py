@@ -1,34 +1,127 @@
-"""USD per million tokens (input, output) for models whose price we know.
+"""What a model call costs, and bounds on its tokens and cost that budgets reserve.
 
-Override or extend with TETHER_MODEL_PRICES='{"my-model": [0.5, 1.5]}' (environment or .env).
+Prices come from the maintained genai-prices table; TETHER_MODEL_PRICES='{"my-model":
+[0.5, 1.5]}' (USD per million input and output tokens, environment or .env) names
+models it lacks and takes precedence over it.
 """
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
 from tether.config import get_settings
+from tether.errors import UnknownModelPriceError
 
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "o4-mini": (1.10, 4.40),
-}
+if TYPE_CHECKING:
+    from genai_prices.types import PriceCalculation
+
+    from tether.messages import BudgetLimits
+    from tether.models.base import ModelClient
+    from tether.state import ChatMessage
+
+# Chat templates wrap the messages in text of their own: role markers, which the
+# JSON keys counted below outweigh, and fixed preambles, the longest common ones
+# being the tool instructions of Qwen 2.5 and Llama 3.1 (under 500 bytes each).
+TEMPLATE_ALLOWANCE_TOKENS = 512
 
 
-def price_table() -> dict[str, tuple[float, float]]:
-    return {**DEFAULT_PRICES, **get_settings().model_prices}
+def _genai(model: str, input_tokens: int, output_tokens: int) -> PriceCalculation | None:
+    # Imported on first use: it takes a tenth of a second, which every CLI command would pay.
+    from genai_prices import Usage, calc_price
+
+    try:
+        return calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens), model)
+    except LookupError:
+        return None
+
+
+def known_price(model: str) -> bool:
+    return model in get_settings().model_prices or _genai(model, 0, 0) is not None
 
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int) -> float:
-    """Cost of one call; a model missing from the table costs 0 until TETHER_MODEL_PRICES names it."""
-    prices = price_table().get(model)
-    if prices is None:
+    """Cost of one call; 0 for a model without a price, which no run with max_cost_usd may use."""
+    override = get_settings().model_prices.get(model)
+    if override is not None:
+        return (input_tokens * override[0] + output_tokens * override[1]) / 1_000_000
+    price = _genai(model, input_tokens, output_tokens)
+    return float(price.total_price) if price is not None else 0.0
+
+
+def cost_bound_usd(model: str, tokens: int) -> float | None:
+    """The most a call using at most ``tokens`` tokens, input and output together, can cost.
+
+    Every token is priced at the dearer of the two rates, at the tier ``tokens``
+    reaches (tiers only ever raise the rate); None where the price is unknown.
+    """
+    override = get_settings().model_prices.get(model)
+    if override is not None:
+        return tokens * max(override) / 1_000_000
+    price = _genai(model, tokens, tokens)
+    if price is None:
+        return None
+    # Anything besides the token prices (a per-request fee) is owed on top.
+    fees = price.total_price - price.input_price - price.output_price
+    return float(max(price.input_price, price.output_price) + max(fees, Decimal(0)))
+
+
+def billed_models(client: ModelClient) -> list[str]:
+    """The models whose prices a client's calls are billed at.
+
+    A client lists them as ``billed_models`` (the scripted model none: it is
+    free); one that does not is billed under its name.
+    """
+    billed: list[str] | None = getattr(client, "billed_models", None)
+    return list(billed) if billed is not None else [client.name]
+
+
+def require_prices(client: ModelClient, limits: BudgetLimits) -> None:
+    """Refuse a cost budget that could not be enforced: a model of ``client`` has no price."""
+    if limits.max_cost_usd is None:
+        return
+    unpriced = [m for m in billed_models(client) if not known_price(m)]
+    if unpriced:
+        raise UnknownModelPriceError(unpriced, limits.max_cost_usd)
+
+
+def reserved_cost_usd(client: ModelClient, tokens: int, limits: BudgetLimits) -> float:
+    """What a call of at most ``tokens`` tokens reserves from a cost budget, before it is made.
+
+    Nothing where the run has no cost budget; raises UnknownModelPriceError where
+    it has one and a model's price is unknown.
+    """
+    if limits.max_cost_usd is None:
         return 0.0
-    return (input_tokens * prices[0] + output_tokens * prices[1]) / 1_000_000
+    require_prices(client, limits)
+    bounds = [cost_bound_usd(m, tokens) or 0.0 for m in billed_models(client)]
+    return max(bounds, default=0.0)
 
 
-def estimate_tokens(text: str) -> int:
-    """Roughly four characters per token, the usual rule for English and JSON."""
-    return max(1, len(text) // 4)
+def token_bound(text: str) -> int:
+    """At most one token per UTF-8 byte of ``text``.
+
+    Byte-level BPE vocabularies (tiktoken's, Llama 3's, Qwen's, Mistral's Tekken)
+    have no token shorter than one byte, and SentencePiece ones fall back to one
+    token per byte; one token per character would not hold (a CJK character or an
+    emoji is often two or more tokens).
+    """
+    return len(text.encode("utf-8"))
+
+
+def prompt_token_bound(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+    """An upper bound on the input tokens of a chat completion with ``messages`` and ``tools``."""
+    conversation = json.dumps([m.to_openai() for m in messages], ensure_ascii=False)
+    # Templates that print tools as indented JSON (Llama 3.1's) print more bytes than compact JSON.
+    offered = json.dumps(tools, ensure_ascii=False, indent=4) if tools else ""
+    return token_bound(conversation) + token_bound(offered) + TEMPLATE_ALLOWANCE_TOKENS
+
+
+def typical_tokens(text: str) -> int:
+    """About four characters per token, the usual figure for English and JSON.
+
+    For stand-ins that report usage as a real model would (the scripted model, the
+    test endpoint); never for a reservation, which needs ``token_bound``.
+    """
+    return max(1, -(-len(text) // 4))

@@ -11,8 +11,9 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tether.config import get_settings
 from tether.models.base import ModelResponse
-from tether.models.prices import estimate_tokens
+from tether.models.prices import prompt_token_bound, typical_tokens
 from tether.state import ChatMessage, ToolCall
 
 Script = Callable[[list[ChatMessage]], ModelResponse]
@@ -51,16 +52,33 @@ def from_turns(turns: Sequence[ModelResponse]) -> Script:
 
 
 class ScriptedModel:
-    def __init__(self, script: Script | Sequence[ModelResponse], *, label: str = "script") -> None:
+    # Free: no cost budget is refused for want of its price.
+    billed_models: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        script: Script | Sequence[ModelResponse],
+        *,
+        label: str = "script",
+        max_output_tokens: int | None = None,
+    ) -> None:
         self._label = label
         self._script: Script = script if callable(script) else from_turns(script)
+        self._max_output_tokens = max_output_tokens
 
     @property
     def name(self) -> str:
         return f"scripted:{self._label}"
 
+    @property
+    def max_output_tokens(self) -> int:
+        # Read when used, not when agent modules are imported, so the setting is current.
+        if self._max_output_tokens is not None:
+            return self._max_output_tokens
+        return get_settings().model_max_output_tokens
+
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        return estimate_tokens(_serialise(messages, tools)) + 256
+        return prompt_token_bound(messages, tools) + self.max_output_tokens
 
     def complete(
         self,
@@ -70,7 +88,9 @@ class ScriptedModel:
         deadline: float | None = None,
     ) -> ModelResponse:
         turn = self._script(messages)
-        prompt_tokens = estimate_tokens(_serialise(messages, tools))
+        # Usage as a real model would report it; an answer longer than the output
+        # cap is billed as the cut-off answer a real model would give.
+        prompt_tokens = typical_tokens(_serialise(messages, tools))
         answer = (turn.content or "") + "".join(c.arguments for c in turn.tool_calls)
         calls = [
             call
@@ -83,7 +103,7 @@ class ScriptedModel:
                 "model": self.name,
                 "tool_calls": calls,
                 "input_tokens": prompt_tokens,
-                "output_tokens": estimate_tokens(answer) if answer else 1,
+                "output_tokens": min(typical_tokens(answer), self.max_output_tokens),
                 "cost_usd": 0.0,
             }
         )

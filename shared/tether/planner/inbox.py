@@ -32,11 +32,14 @@ def _status(state: RunState, **update: Any) -> RunStatus:
 def observe(rt: Runtime, observation: Observation) -> None:
     """Record a tool's outcome; the last outstanding one triggers the next step."""
 
+    read: list[RunState] = []
+
     def record(state: RunState) -> RunState | None:
         if state.terminal or observation.action_id not in {
             a.action_id for a in state.pending_actions
         }:
             return None
+        read[:] = [state]
         action = next(a for a in state.pending_actions if a.action_id == observation.action_id)
         update: dict[str, Any] = {
             "pending_actions": [a for a in state.pending_actions if a is not action]
@@ -100,10 +103,8 @@ def observe(rt: Runtime, observation: Observation) -> None:
         return
     if committed.status == RunStatus.running:
         plan(rt, committed.run_id, committed.step)
-    elif observation.needs_human is not None:
-        for wait in committed.awaiting_human:
-            if wait.action is not None and wait.action.action_id == observation.action_id:
-                rt.send_escalation(wait.escalation(committed.run_id, committed.agent))
+    else:
+        redispatch(rt, committed, before=read[0])
 
 
 def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
@@ -135,9 +136,12 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
         )
         return
 
+    read: list[RunState] = []
+
     def apply(state: RunState) -> RunState | None:
         if state.terminal or wait not in state.awaiting_human:
             return None
+        read[:] = [state]
         update: dict[str, Any] = {"awaiting_human": [w for w in state.awaiting_human if w != wait]}
         if wait.kind == EscalationKind.repeated_failure:
             update["invalid_calls"] = 0
@@ -161,20 +165,25 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
             ]
         return state.model_copy(update={**update, "status": _status(state, **update)})
 
-    committed = rt.store.update(escalation.run_id, apply)
+    def describe(state: RunState) -> list[RunEvent]:
+        return [
+            RunEvent(
+                run_id=state.run_id,
+                kind="resumed",
+                step=state.step,
+                data={
+                    "escalation_id": escalation.escalation_id,
+                    "kind": wait.kind,
+                    "verdict": decision.verdict,
+                    "by": decision.by,
+                },
+            )
+        ]
+
+    committed = rt.store.update(escalation.run_id, apply, log=describe)
     if committed is None:
         return
-    rt.store.log(
-        committed.run_id,
-        "resumed",
-        committed.step,
-        escalation_id=escalation.escalation_id,
-        kind=wait.kind,
-        verdict=decision.verdict,
-        by=decision.by,
-    )
-    if decision.verdict == Verdict.approve and wait.action is not None:
-        approved = wait.action.action_id
-        rt.send_action(next(a for a in committed.pending_actions if a.action_id == approved))
-    elif committed.status == RunStatus.running:
+    if committed.status == RunStatus.running:
         plan(rt, committed.run_id, committed.step)
+    else:
+        redispatch(rt, committed, before=read[0])

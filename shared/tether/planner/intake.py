@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from tether.agents import get_agent
-from tether.errors import UnknownAgentError
+from tether.errors import UnknownAgentError, UnknownModelPriceError
 from tether.messages import TaskEvent
+from tether.models.prices import require_prices
 from tether.planner.step import plan
 from tether.runtime import Runtime
 from tether.state import ChatMessage, RunState
@@ -38,6 +39,12 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     except UnknownAgentError as exc:
         _reject(rt, f"event {event.event_id!r}: {exc}", raw_event)
         return None
+    limits = agent.budget.tightened_by(event.budget)
+    try:
+        require_prices(agent.model, limits)
+    except UnknownModelPriceError as exc:
+        _reject(rt, f"event {event.event_id!r} for agent {agent.name!r}: {exc}", raw_event)
+        return None
 
     state = RunState(
         run_id=run_id_for(event.event_id),
@@ -45,7 +52,7 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
         agent=agent.name,
         goal=event.input,
         metadata=event.metadata,
-        limits=agent.budget.tightened_by(event.budget),
+        limits=limits,
         messages=[
             ChatMessage(role="system", content=agent.instructions),
             ChatMessage(role="user", content=event.input),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from tether.messages import utcnow
+from tether.escalations import close_writes
+from tether.messages import RunEvent, utcnow
 from tether.runtime import Runtime
-from tether.state import ChatMessage, RunError, RunState, RunStatus
+from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
 from tether.telemetry import ERRORS, RUN_STEPS, RUNS_FINISHED, log
 
 
@@ -21,17 +22,20 @@ def finish(
     append: list[ChatMessage] | None = None,
     advance: bool = False,
     decision: str | None = None,
-    before_end: Callable[[], None] | None = None,
+    also_log: Callable[[RunState], Sequence[RunEvent]] | None = None,
 ) -> RunState | None:
     """End a run unless it already ended (or, with ``step``, moved past that step).
 
-    ``advance`` counts the ending as a committed step (the model's final answer);
-    ``decision`` and ``before_end`` record, only if this call ended the run, what led to it.
+    ``advance`` counts the ending as a committed step (the model's final answer).
+    The terminal state, ``also_log``'s entries, the ``decision`` that led to it,
+    ``run_finished``, and closing the run's open escalations are one commit.
     """
+    closing: list[HumanWait] = []
 
     def end(state: RunState) -> RunState | None:
         if state.terminal or (step is not None and state.step != step):
             return None
+        closing[:] = state.awaiting_human
         ended = state.model_copy(update={"messages": [*state.messages, *(append or [])]})
         return ended.model_copy(
             update={
@@ -46,24 +50,38 @@ def finish(
             }
         )
 
-    committed = rt.store.update(run_id, end)
+    def describe(ended: RunState) -> list[RunEvent]:
+        events = list(also_log(ended)) if also_log is not None else []
+        at = ended.step if step is None else step
+        if decision is not None:
+            events.append(
+                RunEvent(run_id=run_id, kind="decision", step=at, data={"decision": decision})
+            )
+        events.append(
+            RunEvent(
+                run_id=run_id,
+                kind="run_finished",
+                step=ended.step,
+                data={
+                    "status": ended.status,
+                    "result": ended.result,
+                    "partial_result": ended.partial_result,
+                    "error": ended.error.model_dump(mode="json") if ended.error else None,
+                },
+            )
+        )
+        return events
+
+    committed = rt.store.update(
+        run_id,
+        end,
+        log=describe,
+        side_writes=lambda ended: close_writes(
+            closing, f"run {run_id} ended {ended.status}", rt.store.run_ttl_s
+        ),
+    )
     if committed is None:
         return None
-    if before_end is not None:
-        before_end()
-    if decision is not None:
-        rt.store.log(
-            run_id, "decision", committed.step if step is None else step, decision=decision
-        )
-    rt.store.log(
-        run_id,
-        "run_finished",
-        committed.step,
-        status=committed.status,
-        result=committed.result,
-        partial_result=committed.partial_result,
-        error=committed.error.model_dump(mode="json") if committed.error else None,
-    )
     RUNS_FINISHED.labels(committed.agent, committed.status).inc()
     RUN_STEPS.labels(committed.agent, committed.status).observe(committed.step)
     if committed.error is not None:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from tether import escalations, keys
+from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
 from tether.errors import UnknownEscalationError
 from tether.leases import Lease
 from tether.messages import ErrorCategory
@@ -44,12 +45,18 @@ def sweep(
     )
     max_redrives = rt.settings.max_redrives if max_redrives is None else max_redrives
     redriven: list[str] = []
+    backlog = _BacklogProbe(rt)
     for run_id in rt.store.stalled(time.time() - stalled_after_s, limit):
         state = rt.store.get(run_id)
         if state is None or state.terminal:
             rt.store.forget_active(run_id)
             continue
         rt.store.touch_active(run_id)  # the next look comes another stalled_after_s later
+        busy = _busy(rt, state, backlog)
+        if busy is not None:
+            # Waiting its turn or being worked on is not stalling: no duplicate, no count.
+            rt.store.log(run_id, "run_not_redriven", state.step, status=state.status, why=busy)
+            continue
         if state.status != RunStatus.waiting_human and (
             rt.store.count_redrive(run_id, state.step) > max_redrives
         ):
@@ -74,6 +81,49 @@ def sweep(
     if redriven:
         log.warning("runs_redriven", count=len(redriven), stalled_after_s=stalled_after_s)
     return redriven
+
+
+class _BacklogProbe:
+    """Queue lengths, read once per sweep."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.lengths: dict[str, int] = {}
+
+    def length(self, queue: str) -> int:
+        if queue not in self.lengths:
+            with self.rt.celery.connection_for_read() as conn:
+                try:
+                    declared = conn.default_channel.queue_declare(queue, passive=True)
+                except conn.channel_errors:  # an empty queue has no list in Redis
+                    self.lengths[queue] = 0
+                else:
+                    self.lengths[queue] = int(declared.message_count)
+        return self.lengths[queue]
+
+
+def _busy(rt: Runtime, state: RunState, backlog: _BacklogProbe) -> str | None:
+    """Why a run with no recent commit is not stalled, if it is not.
+
+    Its next message may wait in a backlog on its queue (publishing another
+    would only lengthen it), or a live executor may hold its tool call under
+    a lease (a tool may run longer than the stall threshold).
+    """
+    if state.status == RunStatus.waiting_human:
+        return None  # its waits are checked one by one (_redrive_waits)
+    if state.status in (RunStatus.queued, RunStatus.running):
+        queue = PLAN_QUEUE
+    elif state.pending_actions:
+        leases = rt.store.client.exists(
+            *(keys.action_lock(a.action_id) for a in state.pending_actions)
+        )
+        if leases == len(state.pending_actions):
+            return "every pending tool call is held by a live executor"
+        queue = TOOLS_QUEUE
+    else:
+        return None
+    waiting = backlog.length(queue)
+    return f"{waiting} messages wait on {queue} before it" if waiting else None
 
 
 def _give_up(rt: Runtime, state: RunState, max_redrives: int) -> None:

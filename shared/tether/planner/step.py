@@ -6,9 +6,15 @@ import json
 import time
 
 from tether.agents import Agent, get_agent
-from tether.errors import BudgetExhaustedError, InvalidToolCallError, ModelError
+from tether.errors import (
+    BudgetExhaustedError,
+    InvalidToolCallError,
+    ModelError,
+    UnknownModelPriceError,
+)
 from tether.messages import ErrorCategory, EscalationKind, RunEvent, ToolAction
 from tether.models.base import ModelResponse
+from tether.models.prices import reserved_cost_usd
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
 from tether.runtime import Runtime
@@ -47,7 +53,23 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
     tools = [t.openai_schema() for t in agent.tools]
 
     estimate = agent.model.estimate_tokens(state.messages, tools)
-    reservation = rt.store.budgets.reserve(run_id, f"model:{step}", steps=1, tokens=estimate)
+    # The cost is reserved at its upper bound too: checked only after the call, the
+    # call that crosses max_cost_usd would already have been paid for.
+    try:
+        cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
+    except UnknownModelPriceError as exc:
+        # Intake refuses such runs; this one started before its model lost its price.
+        finish(
+            rt,
+            run_id,
+            step,
+            RunStatus.failed,
+            RunError(category=ErrorCategory.budget, message=str(exc)),
+        )
+        return
+    reservation = rt.store.budgets.reserve(
+        run_id, f"model:{step}", steps=1, tokens=estimate, cost_usd=cost_bound
+    )
     if not reservation.granted:
         finish(
             rt,
@@ -72,7 +94,13 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
     try:
         response = agent.model.complete(state.messages, tools, deadline=deadline)
     except ModelError as exc:
-        rt.store.budgets.settle(run_id, f"model:{step}", tokens=-estimate, cost_usd=0.0)
+        rt.store.budgets.settle(run_id, f"model:{step}", tokens=-estimate, cost_usd=-cost_bound)
+        if exc.permanent:
+            category = ErrorCategory.model_permanent
+            advice = "fix what it names (API key, model name, request) and resubmit it"
+        else:
+            category = ErrorCategory.model_transient
+            advice = "resubmit it once the endpoint is healthy"
         rt.store.log(
             run_id,
             "model_failed",
@@ -80,7 +108,8 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
             model=agent.model.name,
             error=str(exc),
             attempts=exc.attempts,
-            error_category=ErrorCategory.model_transient,
+            status=exc.status,
+            error_category=category,
         )
         finish(
             rt,
@@ -88,15 +117,17 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
             step,
             RunStatus.failed,
             RunError(
-                category=ErrorCategory.model_transient,
-                message=f"{exc}; the run kept its partial result: resubmit it with a new "
-                "event id once the endpoint is healthy",
+                category=category,
+                message=f"{exc}; the run kept its partial result: {advice} with a new event id",
             ),
         )
         return
     latency = time.perf_counter() - started
     rt.store.budgets.settle(
-        run_id, f"model:{step}", tokens=response.total_tokens - estimate, cost_usd=response.cost_usd
+        run_id,
+        f"model:{step}",
+        tokens=response.total_tokens - estimate,
+        cost_usd=response.cost_usd - cost_bound,
     )
     rt.store.log(
         run_id,
@@ -303,25 +334,39 @@ def _feed_back(
             }
         )
 
-    committed = rt.store.update(read.run_id, commit)
+    refusals = [
+        (call_id, error, kind, category)
+        for reasons, kind, category in (
+            (invalid, "tool_call_invalid", ErrorCategory.model_invalid_output),
+            (denied, "tool_call_denied", ErrorCategory.policy_denied),
+        )
+        for call_id, error in reasons.items()
+    ]
+    described = [
+        *(
+            RunEvent(
+                run_id=read.run_id,
+                kind=kind,
+                step=step,
+                data={"tool_call_id": call_id, "error": error, "error_category": category},
+            )
+            for call_id, error, kind, category in refusals
+        ),
+        RunEvent(
+            run_id=read.run_id,
+            kind="decision",
+            step=step,
+            data={
+                "decision": "escalated_repeated_failure" if repeated else "fed_back",
+                "problem": problem,
+            },
+        ),
+    ]
+    committed = rt.store.update(read.run_id, commit, log=lambda _: described)
     if committed is None:
         _lost_commit(rt, read.run_id, step)
         return
     STEPS.labels(agent.name).inc()
-    for reasons, kind, category in (
-        (invalid, "tool_call_invalid", ErrorCategory.model_invalid_output),
-        (denied, "tool_call_denied", ErrorCategory.policy_denied),
-    ):
-        for call_id, error in reasons.items():
-            rt.store.log(
-                read.run_id, kind, step, tool_call_id=call_id, error=error, error_category=category
-            )
-            ERRORS.labels(agent.name, category).inc()
-    rt.store.log(
-        read.run_id,
-        "decision",
-        step,
-        decision="escalated_repeated_failure" if repeated else "fed_back",
-        problem=problem,
-    )
+    for *_, category in refusals:
+        ERRORS.labels(agent.name, category).inc()
     redispatch(rt, committed)

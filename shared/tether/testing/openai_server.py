@@ -4,8 +4,9 @@ Tests point the real openai client (and so OpenAIModel) at it, so the whole
 HTTP path is exercised without a network. The script is the same kind the
 scripted model takes: the conversation in, the next turn out. It injects the
 faults real endpoints have: 429 with Retry-After, 500, answers slower than the
-client's timeout, bodies cut short, and malformed tool calls, either on a
-schedule (one entry per request) or at random with a seed.
+client's timeout, bodies cut short, malformed tool calls, and the other HTTP
+statuses (400, 401, 404, 408, 409), either on a schedule (one entry per request)
+or at random with a seed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tether.models.prices import estimate_tokens
+from tether.models.prices import typical_tokens
 from tether.models.scripted import Script
 from tether.state import ChatMessage, ToolCall
 
@@ -31,9 +32,25 @@ class Fault(StrEnum):
     truncated = "truncated"  # a 200 whose JSON body is cut short
     invalid_arguments = "invalid_arguments"  # tool call arguments that are not JSON
     unknown_tool = "unknown_tool"  # a tool call naming a tool that does not exist
+    bad_request = "bad_request"  # 400
+    unauthorized = "unauthorized"  # 401
+    not_found = "not_found"  # 404: no such model
+    request_timeout = "request_timeout"  # 408
+    conflict = "conflict"  # 409
 
 
 TRANSPORT_FAULTS = (Fault.rate_limit, Fault.server_error, Fault.slow, Fault.truncated)
+# The statuses a status fault answers with, and the error body's type.
+STATUS_FAULTS: dict[Fault, tuple[int, str]] = {
+    Fault.bad_request: (400, "invalid_request_error"),
+    Fault.unauthorized: (401, "authentication_error"),
+    Fault.not_found: (404, "not_found_error"),
+    Fault.request_timeout: (408, "timeout_error"),
+    Fault.conflict: (409, "conflict_error"),
+}
+# Drawn at random by default: what a healthy endpoint has now and then. A status
+# fault is scheduled by the test that wants it (a random 401 would fail runs for good).
+RANDOM_FAULTS = tuple(f for f in Fault if f not in STATUS_FAULTS)
 
 
 def _parse_messages(raw: list[dict[str, Any]]) -> list[ChatMessage]:
@@ -62,7 +79,7 @@ class ScriptedOpenAIServer:
         latency_s: float = 0.0,
         schedule: list[Fault | None] | None = None,
         fault_rate: float = 0.0,
-        faults: tuple[Fault, ...] = tuple(Fault),
+        faults: tuple[Fault, ...] = RANDOM_FAULTS,
         seed: int = 0,
         retry_after_s: float = 0.2,
         slow_s: float = 3.0,
@@ -121,8 +138,8 @@ class ScriptedOpenAIServer:
                 {"id": "call_bad", "type": "function", "function": {"arguments": "{}"}}
             ]
             calls[0]["function"]["name"] = "no_such_tool"
-        prompt_tokens = estimate_tokens(json.dumps(request.get("messages", [])))
-        completion_tokens = estimate_tokens((turn.content or "") + json.dumps(calls))
+        prompt_tokens = typical_tokens(json.dumps(request.get("messages", [])))
+        completion_tokens = typical_tokens((turn.content or "") + json.dumps(calls))
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
             "object": "chat.completion",
@@ -169,6 +186,10 @@ class ScriptedOpenAIServer:
                     return
                 if fault == Fault.server_error:
                     self._send(500, {"error": {"message": "injected 500", "type": "server_error"}})
+                    return
+                if fault is not None and fault in STATUS_FAULTS:
+                    status, kind = STATUS_FAULTS[fault]
+                    self._send(status, {"error": {"message": f"injected {status}", "type": kind}})
                     return
                 if fault == Fault.slow:
                     time.sleep(server.slow_s)
