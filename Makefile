@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo dev test lint chaos chaos-quick bench bench-quick clean
+.PHONY: install demo dev test lint chaos chaos-quick bench bench-quick recovery clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench --quick
+
+# Seconds from SIGKILL of a worker to its run going on, default settings (also in `make bench`).
+recovery: install
+	$(PY) -m bench.recovery
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -7,15 +7,19 @@
   with 1 s latency (bench.model_server), reached through the real openai client.
 - ``bench_idler``: calls a tool that needs approval, so its run waits in
   ``waiting_human``: an idle run, for the cost of state.
+- ``bench_surveyor``: one long tool call, then a slow answer: what the
+  recovery measurement (bench.recovery) kills its workers under.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
+from pathlib import Path
 
 from bench import hooks
-from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, tool
+from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, ToolContext, tool
 from tether.models import text, tool_call
 from tether.models.base import ModelResponse
 from tether.state import ChatMessage
@@ -82,5 +86,37 @@ idler = Agent(
     instructions="Call approved_noop once, then answer.",
     model=ScriptedModel([tool_call("approved_noop", {"i": 1}), text("approved")], label="idle"),
     tools=[approved_noop],
+    budget=BENCH_BUDGET,
+)
+
+
+def _started(what: str, run_id: str) -> None:
+    marks = Path(os.environ.get("BENCH_MARKS", ".tether/bench-marks"))
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"{run_id}.{what}").touch()
+
+
+@tool(timeout_s=60)
+def survey(ctx: ToolContext, seconds: float) -> str:
+    """A long, idempotent call; it marks each attempt's start."""
+    _started("tool", ctx.run_id)
+    time.sleep(seconds)
+    return "surveyed"
+
+
+def surveyor_script(messages: list[ChatMessage]) -> ModelResponse:
+    if not any(m.role == "tool" for m in messages):
+        return tool_call("survey", {"seconds": 4.0})
+    run = next((m.content for m in messages if m.role == "user"), "") or ""
+    _started("answer", run.split()[-1])
+    time.sleep(4.0)  # a slow model call: the planner is killed under it
+    return text("surveyed and reported")
+
+
+surveyor = Agent(
+    name="bench_surveyor",
+    instructions="Survey, then report.",
+    model=ScriptedModel(surveyor_script, label="surveyor"),
+    tools=[survey],
     budget=BENCH_BUDGET,
 )

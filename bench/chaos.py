@@ -91,7 +91,8 @@ class Chaos:
                     self.kills["redis"] += 1
                 last_redis = time.monotonic()
                 continue
-            self._kill(self.rng.choice(["planner", "executor"]), "planner_or_executor")
+            service = self.rng.choice(["planner", "executor"])
+            self._kill(service, service)
 
     def _kill_reruns(self) -> None:
         """Half the approved re-runs of a payment lose their executor while they pay."""

@@ -49,7 +49,7 @@ class Plan:
     settle_s: float = 4.0
     model_latency_s: float = 1.0
     idle_runs: int = 2000
-    sections: tuple[str, ...] = ("overhead", "throughput", "state", "inflight")
+    sections: tuple[str, ...] = ("overhead", "throughput", "state", "inflight", "recovery")
 
 
 QUICK = dict(
@@ -70,3 +70,4 @@ class Results:
     throughput: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     inflight: dict[str, Any] = field(default_factory=dict)
+    recovery: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,9 @@ starts on a free port, with real Celery worker processes:
    until the p99 scheduling delay (publish to task start) reaches 100 ms, for
    each planner pool;
 4. cost of state: Redis memory per idle run (waiting for a human) and Redis
-   commands per step.
+   commands per step;
+5. recovery: seconds from SIGKILL of a worker's process group to the run's
+   next commit, on default settings (bench.recovery).
 
 It prints a table with each figure beside its target and writes
 
@@ -39,6 +41,8 @@ from bench.driver import Driver, log
 from bench.inflight import run_inflight
 from bench.overhead import measure_overhead, start_stack
 from bench.plan import QUICK, Plan, Results
+from bench.recovery import measure as measure_recovery
+from bench.recovery import recovery_line
 from bench.report import plot, print_table, table
 from bench.state import measure_state
 from bench.throughput import measure_throughput
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 2 minutes")
     parser.add_argument(
-        "--only", default="", help="comma-separated: overhead,throughput,state,inflight"
+        "--only", default="", help="comma-separated: overhead,throughput,state,inflight,recovery"
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default bench/results)"
@@ -123,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             for pool in plan.pools:
                 log(f"runs in flight, planner pool {pool}")
                 res.inflight[pool] = run_inflight(plan, url, pool, args.logs)
+    if "recovery" in plan.sections:
+        log("recovery after SIGKILL, default settings")
+        res.recovery = measure_recovery(args.logs)
     res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
 
     rows = table(res, before)
@@ -131,5 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{name}.json").write_text(json.dumps(asdict(res), indent=1) + "\n")
     (out / f"{name}.md").write_text(text + "\n")
     plot(res, out / f"{name}.png", before)
+    if res.recovery:
+        print(recovery_line(res.recovery))
     print(f"\nwrote {out / (name + '.json')}, {out / (name + '.png')} in {res.meta['elapsed_s']} s")
     return 0

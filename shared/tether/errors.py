@@ -156,7 +156,7 @@ class ActionInFlightError(TetherError):
     def __init__(self, action_id: str, retry_after_s: float) -> None:
         super().__init__(
             f"action {action_id} is running on another worker; this delivery waits "
-            f"{retry_after_s:.0f}s and looks again"
+            f"{retry_after_s:.1f}s and looks again"
         )
         self.retry_after_s = retry_after_s
 

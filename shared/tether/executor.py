@@ -68,7 +68,9 @@ def execute(rt: Runtime, action: ToolAction) -> None:
             # Its holder may have died between storing and sending: send it (again).
             rt.send_observation(stored)
             return
-        raise ActionInFlightError(action.action_id, LEASE_S)
+        # Look again as the lease would lapse if its holder is dead (no renewal).
+        left_ms = rt.store.client.pttl(keys.action_lock(action.action_id))
+        raise ActionInFlightError(action.action_id, max(0.2, left_ms / 1000 + 0.2))
     try:
         observation = _perform(rt, action, status, stored, rt.store.budgets.reservation(reserved))
     finally:

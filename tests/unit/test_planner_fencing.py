@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.agents import add, unplanned_calculator_run
-from tether import escalations, keys, planner
+from tether import client, escalations, keys, planner
 from tether.agents import Agent, get_agent, load_agent_modules, register
 from tether.celery_app import (
     ESCALATE,
@@ -680,3 +680,58 @@ def test_a_tool_call_held_by_a_live_executor_is_not_a_stall(runtime: Runtime) ->
         assert planner.sweep(runtime, stalled_after_s=0, max_redrives=1) == []
     assert runtime.store.load(run_id).status == RunStatus.waiting_tools
     assert queued(runtime, TOOLS_QUEUE) == []
+
+
+# a commit and what describes it ---------------------------------------------------
+
+
+def _payer_escalation(runtime: Runtime, event_id: str) -> tuple[str, Escalation]:
+    run_id = planner.start(runtime, {"event_id": event_id, "agent": "payer", "input": "pay"})
+    assert run_id is not None
+    ((_, kwargs),) = queued(runtime, ESCALATIONS_QUEUE)
+    runtime.store.client.delete(ESCALATIONS_QUEUE)
+    return run_id, Escalation.model_validate(kwargs["escalation"])
+
+
+def test_an_escalation_record_its_indexes_and_log_entry_are_one_write(runtime: Runtime) -> None:
+    run_id, escalation = _payer_escalation(runtime, "evt-esc-atomic")
+    key = keys.escalation(escalation.escalation_id)
+    # A competing record at version 1: this opening loses, and must write nothing at all.
+    runtime.store.client.hset(key, mapping={"doc": "{}", "version": 1})
+    escalations.open_escalation(runtime, escalation)
+    assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id) is None
+    assert runtime.store.client.zscore(keys.ALL_ESCALATIONS, escalation.escalation_id) is None
+    assert "escalation_opened" not in kinds(runtime, run_id)
+
+    runtime.store.client.delete(key)
+    escalations.open_escalation(runtime, escalation)
+    escalations.open_escalation(runtime, escalation)  # redelivered
+    assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id)
+    assert runtime.store.client.zscore(keys.ALL_ESCALATIONS, escalation.escalation_id)
+    assert kinds(runtime, run_id).count("escalation_opened") == 1
+
+
+def test_ending_a_run_closes_its_escalations_in_the_same_commit(runtime: Runtime) -> None:
+    run_id, escalation = _payer_escalation(runtime, "evt-esc-closed")
+    escalations.open_escalation(runtime, escalation)
+    ended = client.cancel(run_id, by="ops", runtime=runtime)
+    assert ended is not None and ended.status == RunStatus.cancelled
+
+    assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id) is None
+    record, _ = escalations.load(runtime, escalation.escalation_id)
+    assert record.status == "closed"
+    assert runtime.store.client.ttl(keys.escalation(escalation.escalation_id)) > 0
+    approve = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
+    assert escalations.decide(runtime, approve) is None  # refused: the run is over
+    assert queued(runtime, PLAN_QUEUE) == []
+    assert kinds(runtime, run_id).count("run_finished") == 1
+
+
+def test_an_escalation_still_in_flight_when_its_run_ends_is_never_opened(
+    runtime: Runtime,
+) -> None:
+    run_id, escalation = _payer_escalation(runtime, "evt-esc-late")
+    client.cancel(run_id, by="ops", runtime=runtime)
+    escalations.open_escalation(runtime, escalation)  # the message arrives after the end
+    assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id) is None
+    assert escalations.list_escalations(runtime) == []
