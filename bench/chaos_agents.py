@@ -40,6 +40,9 @@ def lookup(order: str) -> str:
 @tool(idempotent=False)
 def pay(ctx: ToolContext, order: str, cents: int) -> str:
     """Pay an order: the side effect the chaos run counts."""
+    # The provider takes a moment before it charges: a worker killed now leaves an
+    # attempt with no payment, which the operator may safely approve again.
+    time.sleep(float(os.environ.get("CHAOS_PAY_ACCEPT_S", "0.2")))
     with ledger_path().open("a") as ledger:
         ledger.write(f"{ctx.action_id} {order} {cents}\n")
     # The payment provider confirms after a moment: a worker killed now has

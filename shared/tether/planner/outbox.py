@@ -1,33 +1,61 @@
 """The outbox: the one place that publishes what a committed run state waits for.
 
 Every message a run needs next (its next step, its pending tool actions, the
-escalations it waits on) is derived from committed state and sent from here,
-after the commit; sending it again is harmless, because every consumer is
-idempotent. That is how lost messages and dead workers are recovered: the
-reconciler and redelivered messages call the same function.
+escalations it waits on, a decided escalation's resume) is derived from
+committed state and sent from here, after the commit; sending it again is
+harmless, because every consumer is idempotent. That is how lost messages and
+dead workers are recovered: the reconciler and redelivered messages call the
+same function.
 """
 
 from __future__ import annotations
 
+from tether import escalations
+from tether.errors import UnknownEscalationError
 from tether.runtime import Runtime
-from tether.state import RunState, RunStatus
+from tether.state import EscalationRecord, RunState, RunStatus
 
 _PLANNING = (RunStatus.queued, RunStatus.running)
 
 
-def redispatch(rt: Runtime, state: RunState, before: RunState | None = None) -> None:
-    """Publish what ``state`` waits for; with ``before``, only what was not outstanding then."""
+def redispatch(rt: Runtime, state: RunState, before: RunState | None = None) -> list[str]:
+    """Publish what ``state`` waits for; returns what was sent.
+
+    With ``before`` (the state the commit started from) only what was not
+    outstanding then goes out. Without it, as when recovering, a wait for a
+    human is published only where a message of its is missing: waiting for a
+    decision is a run's normal state, however long.
+    """
     if state.terminal:
-        return
+        return []
     if state.status in _PLANNING:
         if before is None or before.step != state.step or before.status not in _PLANNING:
             rt.send_step(state.run_id, state.step)
-        return
+            return [f"step {state.step}"]
+        return []
     sent_actions = {a.action_id for a in before.pending_actions} if before else set()
     sent_waits = {w.escalation_id for w in before.awaiting_human} if before else set()
+    sent: list[str] = []
     for action in state.pending_actions:
         if action.action_id not in sent_actions:
             rt.send_action(action)
+            sent.append(action.action_id)
     for wait in state.awaiting_human:
-        if wait.escalation_id not in sent_waits:
-            rt.send_escalation(wait.escalation(state.run_id, state.agent))
+        if wait.escalation_id in sent_waits:
+            continue
+        record = _record(rt, wait.escalation_id) if before is None else None
+        if record is not None:
+            if record.decision is not None:  # decided: its resume may be what went missing
+                rt.send_resume(record.escalation, record.decision)
+                sent.append(f"resume of {wait.escalation_id}")
+            continue  # recorded and pending: it is a human's turn
+        rt.send_escalation(wait.escalation(state.run_id, state.agent))
+        sent.append(wait.escalation_id)
+    return sent
+
+
+def _record(rt: Runtime, escalation_id: str) -> EscalationRecord | None:
+    try:
+        return escalations.load(rt, escalation_id)[0]
+    except UnknownEscalationError:
+        return None

@@ -16,9 +16,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tether import escalations, keys
+from tether import keys
 from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
-from tether.errors import UnknownEscalationError
 from tether.leases import Lease
 from tether.messages import ErrorCategory
 from tether.planner.lifecycle import finish
@@ -62,11 +61,7 @@ def sweep(
         ):
             _give_up(rt, state, max_redrives)
             continue
-        if state.status == RunStatus.waiting_human:
-            sent = _redrive_waits(rt, state)
-        else:
-            redispatch(rt, state)
-            sent = ["its next message"]
+        sent = redispatch(rt, state)
         if sent:
             rt.store.log(
                 run_id,
@@ -139,30 +134,6 @@ def _give_up(rt: Runtime, state: RunState, max_redrives: int) -> None:
             "list` for them, fix the cause, then resubmit with a new event id",
         ),
     )
-
-
-def _redrive_waits(rt: Runtime, state: RunState) -> list[str]:
-    """A run waiting for a human is stalled only where a message of its went missing.
-
-    Waiting for a decision is its normal state, however long; what can be lost
-    is an action beside the wait, the escalation before the escalation service
-    recorded it, or the decision's resume on its way back.
-    """
-    sent: list[str] = []
-    for action in state.pending_actions:
-        rt.send_action(action)
-        sent.append(action.action_id)
-    for wait in state.awaiting_human:
-        try:
-            record, _ = escalations.load(rt, wait.escalation_id)
-        except UnknownEscalationError:
-            rt.send_escalation(wait.escalation(state.run_id, state.agent))
-            sent.append(wait.escalation_id)
-            continue
-        if record.decision is not None:
-            rt.send_resume(record.escalation, record.decision)
-            sent.append(wait.escalation_id)
-    return sent
 
 
 class Reconciler:
