@@ -21,11 +21,13 @@ otherwise the channel falls back to kombu's BRPOP.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from queue import Empty
 from typing import Any, cast
 
@@ -47,10 +49,7 @@ DELIVERIES_HEADER = "tether_deliveries"
 # inspect) takes no heartbeat that would outlive its short-lived consumer.
 LANDED_QUEUES = "tether."
 
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) and 1 or 0
-"""
+CLAIM_SCRIPT = files("tether").joinpath("consumers.lua").read_text()
 
 
 def deliveries(headers: dict[str, Any] | None) -> int:
@@ -131,6 +130,7 @@ class ReliableChannel(kombu_redis.Channel):
     counting_deliveries = True
     _heartbeat: threading.Thread | None = None
     _stopped: threading.Event | None = None
+    _owner_pid: int | None = None
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
@@ -224,6 +224,7 @@ class ReliableChannel(kombu_redis.Channel):
         if self._heartbeat is not None:
             return
         self.consumer_id = uuid.uuid4().hex
+        self._owner_pid = os.getpid()
         self._stopped = threading.Event()
         self._beat(source)
         self._heartbeat = threading.Thread(
@@ -253,6 +254,9 @@ class ReliableChannel(kombu_redis.Channel):
     def close(self) -> None:
         # kombu restores what this channel still holds while it closes; then it is gone.
         super().close()
+        # A forked pool process inherits the channel, not the consumer behind it.
+        if self._owner_pid != os.getpid():
+            return
         if self._stopped is not None and self.consumer_id is not None:
             self._stopped.set()
             try:
@@ -279,7 +283,7 @@ def recover_dead_consumers(client: redis.Redis, qos: QoS) -> list[str]:
     recovered = []
     for consumer in [bytes_to_str(c) for c in client.hkeys(keys.CONSUMERS)]:
         claimed = client.eval(
-            _CLAIM,
+            CLAIM_SCRIPT,
             2,
             keys.consumer_alive(consumer),
             keys.consumer_recovering(consumer),
