@@ -290,3 +290,13 @@ def unplanned_calculator_run(event_id: str) -> tuple[TaskEvent, RunState]:
         messages=[ChatMessage(role="user", content=event.input)],
     )
     return event, state
+
+
+# Only tests/integration/test_stats.py runs it, so its figures are its own.
+stats_probe = Agent(
+    name="stats_probe",
+    instructions="Add numbers with the add tool.",
+    model=ScriptedModel(CALCULATOR_TURNS, label="stats_probe"),
+    tools=[add],
+    version="probe-v1",
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,12 +30,34 @@ class Agent:
     budget: BudgetLimits = DEFAULT_BUDGET
     max_invalid_calls: int = 3
     policies: list[Policy] = field(default_factory=list)
+    # Recorded on every run so figures can be split by version; left empty, it
+    # is content_version(): a change to what the model sees gives a new version.
+    version: str = ""
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"agent {self.name!r} declares tools twice: {', '.join(duplicates)}")
+        if not self.version:
+            object.__setattr__(self, "version", self.content_version())
+
+    def content_version(self) -> str:
+        """A short hash of the instructions, tool schemas and model name.
+
+        Stable across processes and machines (no Python hash()), so workers
+        loading the same agent code record the same version.
+        """
+        content = json.dumps(
+            {
+                "instructions": self.instructions,
+                "tools": [t.openai_schema() for t in self.tools],
+                "model": self.model.name,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(content.encode()).hexdigest()[:12]
 
     def check_policies(self, action: ToolAction, state: RunState) -> str | None:
         for policy in self.policies:

@@ -9,6 +9,7 @@ message re-reserving is a no-op rather than a double charge.
 
 from __future__ import annotations
 
+import re
 import time
 from importlib.resources import files
 from typing import Any, cast
@@ -35,6 +36,17 @@ class BudgetUsage(BaseModel):
 class Reservation(BaseModel):
     granted: bool
     reason: str
+
+
+# budgets.lua names the limit a refusal hit as max_<limit>=<value>.
+_LIMIT_IN_REASON = re.compile(r"max_(steps|tool_calls|tokens|cost_usd|wall_s)=")
+
+
+def exhausted_limit(reason: str) -> str:
+    """Which limit (steps, tool_calls, tokens, cost_usd, wall_s) a refusal's reason names;
+    "unknown" when it names none (e.g. the run's budget has expired)."""
+    found = _LIMIT_IN_REASON.search(reason)
+    return found.group(1) if found else "unknown"
 
 
 # Sets each field only if it is not set yet, all fields in one atomic step.

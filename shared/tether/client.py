@@ -12,10 +12,11 @@ import uuid
 from typing import Any
 
 from tether import escalations, planner
+from tether import feedback as run_feedback
 from tether.errors import EventRejectedError
 from tether.messages import BudgetLimits, Decision, ErrorCategory, TaskEvent, Verdict
 from tether.runtime import Runtime, get_runtime
-from tether.state import EscalationRecord, RunError, RunState, RunStatus
+from tether.state import EscalationRecord, Feedback, RunError, RunState, RunStatus
 from tether.store import run_id_for
 
 
@@ -84,6 +85,34 @@ def cancel(run_id: str, *, by: str = "operator", runtime: Runtime | None = None)
     )
 
 
+def feedback(
+    run_id: str,
+    score: int,
+    *,
+    by: str,
+    comment: str | None = None,
+    feedback_id: str | None = None,
+    runtime: Runtime | None = None,
+) -> Feedback:
+    """Record a person's score for a run: -1 bad, 0 neutral, 1 good; a run takes many.
+
+    Raises pydantic's ValidationError for a score outside -1/0/1 or an empty
+    ``by``, and UnknownRunError for a run that does not exist (or has expired).
+    Pass the same ``feedback_id`` when retrying a call, and it counts once.
+    """
+    rt = runtime or get_runtime()
+    given = Feedback.model_validate(
+        {
+            "feedback_id": feedback_id or uuid.uuid4().hex,
+            "score": score,
+            "by": by,
+            "comment": comment,
+        }
+    )
+    run_feedback.record(rt.store, run_id, given)
+    return given
+
+
 def decide(
     escalation_id: str,
     verdict: Verdict,
@@ -100,7 +129,8 @@ def decide(
     )
     record, _ = escalations.load(rt, escalation_id)
     escalations.check_decision(record, decision)
-    rt.send_decision(decision)
+    # A decision names only its escalation: its run's trace comes from the record.
+    rt.send_decision(decision, run_id=record.escalation.run_id)
     return decision
 
 

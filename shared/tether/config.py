@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tether.errors import ConfigError
@@ -83,10 +84,23 @@ class Settings(BaseSettings):
     max_event_bytes: int = 256 * 1024
     run_ttl_s: int = 7 * 24 * 3600
 
-    sentry_dsn: str | None = None
+    # SENTRY_DSN, Sentry's own variable, is read too.
+    sentry_dsn: str | None = Field(
+        default=None, validation_alias=AliasChoices("TETHER_SENTRY_DSN", "SENTRY_DSN")
+    )
+    sentry_environment: str | None = None
     log_level: str = "INFO"
     log_json: bool = False
+    # Regexes (JSON list) whose matches are replaced by "[redacted]" in logs, the
+    # event log and Sentry reports, on top of the model API key, sk-... keys and
+    # bearer tokens, which always are.
+    redact_patterns: list[str] = Field(default_factory=list)
+    # /metrics of this process; each service on one host needs its own port.
     metrics_port: int | None = None
+    # OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); spans go to
+    # its /v1/traces. OTEL_EXPORTER_OTLP_ENDPOINT is honoured too; with neither
+    # set, nothing is traced (tether.tracing).
+    otlp_endpoint: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -124,6 +138,14 @@ class Settings(BaseSettings):
                 "would cut the retries short; lower the attempts, timeout or wait, or raise the "
                 "time limits together"
             )
+        for pattern in self.redact_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.append(
+                    f"TETHER_REDACT_PATTERNS has {pattern!r}, which is no regular expression "
+                    f"({exc}); fix or remove it"
+                )
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
         return self

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from tether import keys
+from tether import keys, metrics, sentry
 from tether.celery_app import QUEUE_OF, direct_route
 from tether.messages import ErrorCategory, utcnow
 from tether.runtime import Runtime
@@ -74,6 +74,9 @@ def record(
     if entry_id is None:
         return None
     run_id = _run_id(kwargs)
+    # Counted and reported here, where the letter was written for the first time.
+    metrics.DEAD_LETTERS.labels(task, category).inc()
+    sentry.report_dead_letter(task, reason, category, run_id)
     if run_id is not None:
         rt.store.log(
             run_id, "dead_letter", -1, task=task, reason=reason, category=category, id=entry_id

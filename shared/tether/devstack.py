@@ -38,8 +38,13 @@ class DevStack:
         log_dir: Path | None = None,
         flower_port: int | None = None,
         redis: RedisServer | None = None,
+        metrics_ports: dict[str, int] | None = None,
     ) -> None:
-        """Use the Redis at ``redis_url``, else start ``redis`` (default: a new RedisServer)."""
+        """Use the Redis at ``redis_url``, else start ``redis`` (default: a new RedisServer).
+
+        ``metrics_ports`` gives a service its own /metrics port (TETHER_METRICS_PORT):
+        services on one host cannot share one.
+        """
         self.redis = None if redis_url else (redis or RedisServer())
         self._redis_url = redis_url
         self.agent_modules = list(agent_modules)
@@ -47,6 +52,7 @@ class DevStack:
         self.extra_env = env or {}
         self.log_dir = log_dir
         self.flower_port = flower_port
+        self.metrics_ports = dict(metrics_ports or {})
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.flower: subprocess.Popen[bytes] | None = None
 
@@ -79,9 +85,12 @@ class DevStack:
 
     def start_worker(self, service: str) -> subprocess.Popen[bytes]:
         out = self._output(service)
+        env = self.env()
+        if service in self.metrics_ports:
+            env["TETHER_METRICS_PORT"] = str(self.metrics_ports[service])
         process = subprocess.Popen(
             [sys.executable, "-m", "tether.cli.main", "worker", service],
-            env=self.env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -107,7 +116,10 @@ class DevStack:
                     f"--port={self.flower_port}",
                     "--address=127.0.0.1",
                 ],
-                env=self.env(),
+                # Flower 2 serves its HTTP API (/api/workers, /api/tasks) only with
+                # auth configured or this set. The dev stack binds it to loopback,
+                # so anyone who can reach it already runs on this machine.
+                env={**self.env(), "FLOWER_UNAUTHENTICATED_API": "true"},
                 stdout=self._output("flower"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from tether import keys
+from tether import keys, metrics
 from tether.errors import EscalationClosedError, StaleStateError, UnknownEscalationError
 from tether.messages import Decision, Escalation, RunEvent, Verdict
 from tether.runtime import Runtime
@@ -66,6 +66,8 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
         )
     except StaleStateError:
         return
+    # Counted where the opening's compare-and-set won: a redelivery loses it.
+    metrics.ESCALATIONS_OPENED.labels(escalation.agent, escalation.kind).inc()
     log.warning(
         "escalation_pending",
         escalation_id=escalation.escalation_id,

@@ -25,7 +25,7 @@ from tenacity import (
     wait_random,
 )
 
-from tether import keys
+from tether import keys, metrics, tracing
 from tether.agents import get_agent
 from tether.budgets import Reservation
 from tether.errors import (
@@ -39,7 +39,7 @@ from tether.leases import Lease
 from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
 from tether.runtime import Runtime
 from tether.state import RunStatus
-from tether.telemetry import TOOL_LATENCY, log
+from tether.telemetry import log
 from tether.tools import Tool, ToolContext
 
 INFLIGHT_SCRIPT = files("tether").joinpath("inflight.lua").read_text()
@@ -122,7 +122,10 @@ def _perform(
         return _unknown_outcome(
             rt, action, ErrorCategory.internal, f"{attempt} of {action.action_id} died mid-call"
         )
-    return _run(rt, action, tool)
+    with tracing.tool_call(action) as span:
+        observation = _run(rt, action, tool)
+        tracing.record_outcome(span, observation)
+    return observation
 
 
 def _unknown_outcome(
@@ -236,8 +239,11 @@ def _report(
     )
     if needs_human is None:
         # A question for a human is not the action's result: after an approval it runs.
-        observation = rt.store.save_result(observation)
-    TOOL_LATENCY.labels(action.agent, action.tool).observe(observation.latency_ms / 1000)
+        stored = rt.store.save_result(observation)
+        if stored is observation:
+            # This result is the action's first (save_result hands an earlier one back).
+            metrics.tool_result_stored(action, observation)
+        observation = stored
     rt.store.log(
         action.run_id,
         "tool_call",

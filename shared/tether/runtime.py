@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
@@ -10,9 +11,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
-from tether import celery_app
+from tether import celery_app, tracing
 from tether.config import Settings, get_settings
 from tether.messages import Decision, Escalation, Observation, TaskEvent, ToolAction
+from tether.metrics import PUBLISHED_AT_HEADER
 from tether.store import RunStore, connect
 
 
@@ -30,15 +32,23 @@ class Runtime:
     def celery(self) -> Celery:
         return celery_app.create_app(self.settings)
 
-    def _send(self, task: str, shown: str, **kwargs: Any) -> None:
+    def _send(self, task: str, shown: str, *, trace_run: str | None = None, **kwargs: Any) -> None:
+        """Publish ``task``; ``trace_run`` names its run where ``kwargs`` do not (tether.tracing)."""
         # What the message's consumer may read (the log, settled budgets) goes out first.
         self.store.flush()
         queue = celery_app.QUEUE_OF[task]
         # ``shown`` is what task events, Flower and worker logs show instead of the
         # payload: shorter to render per message, and no tool arguments in them.
-        self.celery.send_task(
-            task, kwargs=kwargs, kwargsrepr=shown, **celery_app.direct_route(queue)
-        )
+        # The publish time, for the queue-wait histogram and the age of a queue's oldest message.
+        # Published in its run's trace context, whoever publishes it (a client, the reconciler).
+        with tracing.publishing(trace_run or tracing.message_run_id(task, kwargs)) as traced:
+            self.celery.send_task(
+                task,
+                kwargs=kwargs,
+                kwargsrepr=shown,
+                headers={PUBLISHED_AT_HEADER: time.time(), **traced},
+                **celery_app.direct_route(queue),
+            )
 
     def publish_event(self, event: TaskEvent) -> None:
         self._send(
@@ -71,10 +81,11 @@ class Runtime:
             escalation=escalation.model_dump(mode="json"),
         )
 
-    def send_decision(self, decision: Decision) -> None:
+    def send_decision(self, decision: Decision, run_id: str | None = None) -> None:
         self._send(
             celery_app.DECIDE,
             f"escalation_id={decision.escalation_id} verdict={decision.verdict}",
+            trace_run=run_id,
             decision=decision.model_dump(mode="json"),
         )
 

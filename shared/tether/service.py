@@ -10,12 +10,13 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init
 from pydantic import BaseModel, ValidationError
 
-from tether import deadletters, time_limits
+from tether import deadletters, metrics, task_context, time_limits, tracing
 from tether.agents import load_agent_modules
 from tether.errors import StaleStateError
 from tether.messages import ErrorCategory
 from tether.runtime import Runtime, get_runtime
-from tether.telemetry import configure, log, serve_metrics
+from tether.store import connect
+from tether.telemetry import configure, log
 from tether.transport import deliveries
 
 M = TypeVar("M", bound=BaseModel)
@@ -79,6 +80,8 @@ TASK_OPTIONS: dict[str, Any] = {
 def service_app(service: str) -> Celery:
     rt = get_runtime()
     configure(rt.settings, service)
+    tracing.setup(rt.settings, service)
+    task_context.install(service)
     time_limits.enforce_soft_time_limit_under_gevent()
 
     @worker_init.connect(weak=False)
@@ -86,7 +89,9 @@ def service_app(service: str) -> Celery:
         agents = load_agent_modules(rt.settings.agent_modules)
         log.info("worker_ready", service=service, agents=sorted(agents))
         if rt.settings.metrics_port:
-            serve_metrics(rt.settings.metrics_port)
+            # Figures read from Redis are served by one service, or they would be summed.
+            redis_state = connect(rt.settings.redis_url) if service == "escalation" else None
+            metrics.serve(rt.settings.metrics_port, redis_state=redis_state)
 
     return rt.celery
 

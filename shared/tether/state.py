@@ -109,6 +109,19 @@ class HumanWait(BaseModel):
         )
 
 
+class Feedback(BaseModel):
+    """A person's verdict on a run's outcome: -1 bad, 0 neutral, 1 good."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Chosen by the caller's client, so a retried call records the feedback once.
+    feedback_id: str = Field(min_length=1)
+    score: Literal[-1, 0, 1]
+    by: str = Field(min_length=1, pattern=r"\S")
+    comment: str | None = Field(default=None, max_length=4000)
+    at: datetime = Field(default_factory=utcnow)
+
+
 class EscalationRecord(BaseModel):
     """An escalation as the escalation service keeps it."""
 
@@ -123,6 +136,9 @@ class RunState(BaseModel):
     run_id: str
     event_id: str
     agent: str
+    # Which version of the agent ran this run (Agent.version); "" for states
+    # stored before versions were recorded.
+    agent_version: str = ""
     goal: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: RunStatus = RunStatus.queued
@@ -136,6 +152,7 @@ class RunState(BaseModel):
     result: str | None = None
     partial_result: str | None = None
     error: RunError | None = None
+    feedback: list[Feedback] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None

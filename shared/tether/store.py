@@ -19,6 +19,7 @@ from tether.batch import Build, WriteBatch
 from tether.budgets import Budgets
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
+from tether.redact import get_redactor
 from tether.state import RunState, RunStatus
 from tether.versioned import (
     REQUIREMENT_MISSING,
@@ -436,9 +437,17 @@ class RunStore:
 
 
 def log_appends(event: RunEvent) -> list[Append]:
-    """An event's entries: the run's own log, and one line in the lifecycle stream."""
+    """An event's entries: the run's own log, and one line in the lifecycle stream.
+
+    Every entry of the event log is written through here, so this is where
+    secrets (tether.redact) leave it; the common case, no secret, costs one scan.
+    """
+    doc = event.model_dump_json()
+    redactor = get_redactor()
+    if redactor.found(doc):
+        doc = event.model_copy(update={"data": redactor.value(event.data)}).model_dump_json()
     return [
-        Append(keys.run_log(event.run_id), {"event": event.model_dump_json()}),
+        Append(keys.run_log(event.run_id), {"event": doc}),
         Append(
             keys.LIFECYCLE_STREAM,
             {"run_id": event.run_id, "kind": event.kind, "step": event.step},

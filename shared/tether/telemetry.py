@@ -1,70 +1,68 @@
-"""Logs (structlog), metrics (prometheus-client) and error reporting (Sentry)."""
+"""Logs: structlog JSON lines (or console lines), redacted, bound to the task at hand.
+
+Metrics live in tether.metrics, error reports in tether.sentry; ``configure``
+sets up logging, redaction and Sentry for a service at start.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector
 
+from tether import redact, sentry
 from tether.config import Settings
 
 log = structlog.get_logger("tether")
 
-RUNS_FINISHED = Counter(
-    "tether_runs_finished_total", "Runs that reached a terminal status", ["agent", "status"]
-)
-STEPS = Counter("tether_planner_steps_total", "Planning steps committed", ["agent"])
-ERRORS = Counter("tether_errors_total", "Failures by category", ["agent", "category"])
-TOKENS = Counter("tether_model_tokens_total", "Model tokens used", ["agent", "model"])
-COST = Counter("tether_model_cost_usd_total", "Model cost in USD", ["agent", "model"])
-MODEL_LATENCY = Histogram(
-    "tether_model_latency_seconds",
-    "Model call latency",
-    ["agent", "model"],
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-)
-TOOL_LATENCY = Histogram(
-    "tether_tool_latency_seconds",
-    "Tool call latency",
-    ["agent", "tool"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
-)
-RUN_STEPS = Histogram(
-    "tether_run_steps",
-    "Planning steps per finished run",
-    ["agent", "status"],
-    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55),
-)
 
-
-def serve_metrics(port: int) -> None:
-    """Expose /metrics; with prefork pools the children write to PROMETHEUS_MULTIPROC_DIR."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        start_http_server(port, addr="0.0.0.0", registry=registry)
-    else:
-        start_http_server(port, addr="0.0.0.0")
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no API key or configured secret pattern reaches a log line."""
+    redacted: MutableMapping[str, Any] = redact.redact(event_dict)
+    return redacted
 
 
 def configure(settings: Settings, service: str) -> None:
+    """Logs, redaction and Sentry for ``service``; every line is bound to the service."""
+    redact.configure(settings)
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    # Celery's and the libraries' stdlib records get the same context, redaction and
+    # format, so with TETHER_LOG_JSON every line a service writes is one JSON object.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
+            *shared,
             structlog.processors.dict_tracebacks,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -72,13 +70,4 @@ def configure(settings: Settings, service: str) -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    if settings.sentry_dsn:
-        import sentry_sdk
-        from sentry_sdk.integrations.celery import CeleryIntegration
-
-        sentry_sdk.init(
-            dsn=settings.sentry_dsn,
-            integrations=[CeleryIntegration()],
-            server_name=service,
-            traces_sample_rate=0.0,
-        )
+    sentry.init(settings, service)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -13,11 +12,14 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from tether import client
+from tether import client, metrics
 from tether.cli import render
 from tether.cli.dead import dead_app
 from tether.cli.escalations import escalations_app
+from tether.cli.feedback import feedback as feedback_command
 from tether.cli.runs import follow, runs_app
+from tether.cli.stats import stats as stats_command
+from tether.cli.top import top as top_command
 from tether.config import get_settings
 from tether.devstack import SERVICES, DevStack
 from tether.errors import TetherError
@@ -28,6 +30,9 @@ app = typer.Typer(help="Tether: production runtime for LLM agents.", no_args_is_
 app.add_typer(runs_app, name="runs")
 app.add_typer(escalations_app, name="escalations")
 app.add_typer(dead_app, name="dead")
+app.command("stats")(stats_command)
+app.command("feedback")(feedback_command)
+app.command("top")(top_command)
 
 
 @app.command()
@@ -122,11 +127,10 @@ def worker(
         "--without-mingle",
         "--without-gossip",
     ]
-    if settings.metrics_port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if settings.metrics_port:
         # Prefork children each count in their own process; the files let /metrics sum them.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-            prefix=f"tether-{service}-metrics-"
-        )
+        # Set before the worker imports prometheus_client, which reads it at import.
+        metrics.prepare_multiproc_dir(service, settings.metrics_port)
     os.execv(sys.executable, argv)
 
 

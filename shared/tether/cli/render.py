@@ -51,7 +51,7 @@ def runs_table(runs: list[RunState]) -> Table:
 
 def run_panel(run: RunState, usage: BudgetUsage) -> Panel:
     lines = [
-        f"agent      {run.agent}",
+        f"agent      {run.agent}" + (f"   version {run.agent_version}" if run.agent_version else ""),
         f"status     {status_text(run.status)}",
         f"goal       {escape(run.goal)}",
         f"steps      {usage.steps}   tool calls {usage.tool_calls}   tokens {usage.tokens}   "
@@ -66,6 +66,11 @@ def run_panel(run: RunState, usage: BudgetUsage) -> Panel:
         lines.append(escape(f"error      [{run.error.category}] {run.error.message}"))
     for wait in run.awaiting_human:
         lines.append(escape(f"waiting    [{wait.kind}] {wait.escalation_id}: {wait.reason}"))
+    for given in run.feedback:
+        comment = f": {given.comment}" if given.comment else ""
+        lines.append(
+            escape(f"feedback   {given.score:+d} by {given.by} at {given.at:%Y-%m-%d %H:%M}{comment}")
+        )
     return Panel("\n".join(lines), title=run.run_id, expand=False)
 
 
@@ -117,6 +122,10 @@ def describe_event(event: RunEvent) -> str:
             )
         case "resumed":
             return f"resumed after {d.get('verdict')} by {d.get('by')}"
+        case "feedback":
+            return f"feedback {int(d.get('score', 0)):+d} by {d.get('by')}" + (
+                f": {_clip(str(d['comment']), 80)}" if d.get("comment") else ""
+            )
         case "run_finished":
             error = d.get("error")
             tail = (

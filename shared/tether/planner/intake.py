@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tether import metrics
 from tether.agents import get_agent
 from tether.errors import UnknownAgentError, UnknownModelPriceError
 from tether.messages import TaskEvent
@@ -50,6 +51,7 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
         run_id=run_id_for(event.event_id),
         event_id=event.event_id,
         agent=agent.name,
+        agent_version=agent.version,
         goal=event.input,
         metadata=event.metadata,
         limits=limits,
@@ -60,11 +62,13 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     )
     state, created = rt.store.create(event, state)
     if created:
+        metrics.run_started(state)  # a redelivered or republished event creates nothing
         rt.store.log(
             state.run_id,
             "run_started",
             0,
             agent=agent.name,
+            agent_version=state.agent_version,
             goal=event.input,
             limits=state.limits.model_dump(),
             event_id=event.event_id,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from tether import metrics, sentry, tracing
+from tether.budgets import exhausted_limit
 from tether.escalations import close_writes
 from tether.messages import RunEvent, utcnow
 from tether.runtime import Runtime
 from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
-from tether.telemetry import ERRORS, RUN_STEPS, RUNS_FINISHED, log
+from tether.telemetry import log
 
 
 def finish(
@@ -82,9 +84,15 @@ def finish(
     )
     if committed is None:
         return None
-    RUNS_FINISHED.labels(committed.agent, committed.status).inc()
-    RUN_STEPS.labels(committed.agent, committed.status).observe(committed.step)
-    if committed.error is not None:
-        ERRORS.labels(committed.agent, committed.error.category).inc()
+    # Only the winning terminal commit gets here: a run ends, and is counted, once.
+    limit = (
+        exhausted_limit(committed.error.message)
+        if committed.status == RunStatus.budget_exhausted and committed.error is not None
+        else None
+    )
+    metrics.run_finished(committed, exhausted_limit=limit)
+    tracing.record_run(committed)
+    if committed.status == RunStatus.failed:
+        sentry.report_run_failed(committed)
     log.info("run_finished", run_id=run_id, status=committed.status)
     return committed

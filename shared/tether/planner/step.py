@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from tether import metrics, task_context, tracing
 from tether.agents import Agent, get_agent
 from tether.errors import (
     BudgetExhaustedError,
@@ -19,7 +20,6 @@ from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
 from tether.runtime import Runtime
 from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
-from tether.telemetry import COST, ERRORS, MODEL_LATENCY, STEPS, TOKENS
 
 
 def escalation_id(*parts: object) -> str:
@@ -35,6 +35,11 @@ def _lost_commit(rt: Runtime, run_id: str, step: int) -> None:
 
 def plan(rt: Runtime, run_id: str, step: int) -> None:
     """Perform planning step ``step`` of a run, unless it was already committed."""
+    with tracing.step_span(run_id, step):
+        _plan(rt, run_id, step)
+
+
+def _plan(rt: Runtime, run_id: str, step: int) -> None:
     state = rt.store.load(run_id)
     if (
         state.terminal
@@ -49,6 +54,7 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
             redispatch(rt, state)
         rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
         return
+    task_context.bind_run(state)
     agent = get_agent(state.agent)
     tools = [t.openai_schema() for t in agent.tools]
 
@@ -92,7 +98,9 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
     )
     started = time.perf_counter()
     try:
-        response = agent.model.complete(state.messages, tools, deadline=deadline)
+        with tracing.model_call(agent, state) as span:
+            response = agent.model.complete(state.messages, tools, deadline=deadline)
+            tracing.record_usage(span, response)
     except ModelError as exc:
         rt.store.budgets.settle(run_id, f"model:{step}", tokens=-estimate, cost_usd=-cost_bound)
         if exc.permanent:
@@ -146,20 +154,22 @@ def plan(rt: Runtime, run_id: str, step: int) -> None:
         latency_ms=round(latency * 1000, 3),
         attempts=response.attempts,
     )
-    MODEL_LATENCY.labels(agent.name, response.model).observe(latency)
-    TOKENS.labels(agent.name, response.model).inc(response.total_tokens)
-    COST.labels(agent.name, response.model).inc(response.cost_usd)
-    _decide(rt, agent, state, response)
+    if _decide(rt, agent, state, response):
+        # Counted once the step's commit won: a redelivered step that loses counts nothing.
+        metrics.step_committed(
+            state, response.model, response.total_tokens, response.cost_usd, latency
+        )
 
 
-def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) -> None:
+def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) -> bool:
+    """Commit what the model's answer means; True if this call's commit won."""
     step = read.step
     assistant = ChatMessage(
         role="assistant", content=response.content, tool_calls=response.tool_calls or None
     )
     if not response.tool_calls:
         if response.content:
-            finish(
+            answered = finish(
                 rt,
                 read.run_id,
                 step,
@@ -170,14 +180,13 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
                 advance=True,
                 decision="final_answer",
             )
-            return
+            return answered is not None
         nudge = ChatMessage(
             role="user",
             content="Your reply had neither a tool call nor an answer. Call one of the tools, "
             "or reply with the final answer as text.",
         )
-        _feed_back(rt, agent, read, [assistant, nudge], {"": "empty reply"}, {})
-        return
+        return _feed_back(rt, agent, read, [assistant, nudge], {"": "empty reply"}, {})
 
     actions: list[ToolAction] = []
     invalid: dict[str, str] = {}
@@ -222,8 +231,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             )
             for call in response.tool_calls
         ]
-        _feed_back(rt, agent, read, [assistant, *feedback], invalid, denied)
-        return
+        return _feed_back(rt, agent, read, [assistant, *feedback], invalid, denied)
 
     waits = [
         HumanWait(
@@ -272,7 +280,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             tool_calls=(f"tools:{step}", len(actions)),
         )
     except BudgetExhaustedError as exc:
-        finish(
+        ended = finish(
             rt,
             read.run_id,
             step,
@@ -284,12 +292,12 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             ),
             append=[assistant],
         )
-        return
+        return ended is not None
     if committed is None:
         _lost_commit(rt, read.run_id, step)
-        return
-    STEPS.labels(agent.name).inc()
+        return False
     redispatch(rt, committed)
+    return True
 
 
 def _feed_back(
@@ -299,7 +307,7 @@ def _feed_back(
     append: list[ChatMessage],
     invalid: dict[str, str],
     denied: dict[str, str],
-) -> None:
+) -> bool:
     """Give an unusable or refused turn back to the model; past the limit, ask a human.
 
     ``invalid`` and ``denied`` map each offending tool call id ("" for no call) to why.
@@ -365,8 +373,8 @@ def _feed_back(
     committed = rt.store.update(read.run_id, commit, log=lambda _: described)
     if committed is None:
         _lost_commit(rt, read.run_id, step)
-        return
-    STEPS.labels(agent.name).inc()
+        return False
     for *_, category in refusals:
-        ERRORS.labels(agent.name, category).inc()
+        metrics.ERRORS.labels(agent.name, category, "step").inc()
     redispatch(rt, committed)
+    return True

@@ -1,0 +1,297 @@
+"""Prometheus metrics: what Tether counts, and how each service serves /metrics.
+
+Every fact is counted once however often its message is delivered: the
+helpers here are called only on the path where the commit recording the fact
+won (a run created, a step committed, a tool result stored first, an
+escalation opened, a run ended), never merely because a handler ran.
+
+Under a prefork pool each child counts in its own process; `tether worker`
+points PROMETHEUS_MULTIPROC_DIR at a directory of the worker's own (wiped at
+start), and the main process's endpoint sums the children's files. Figures
+read from Redis (queues, pending escalations) are collected at scrape time by
+one service only, the escalation service, so they are not multiplied by the
+number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from pydantic import BaseModel
+
+from tether import keys
+from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether.messages import Observation, ToolAction
+from tether.state import RunState
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Runtime._send stamps every message with this header (seconds since the epoch).
+PUBLISHED_AT_HEADER = "tether_published_at"
+QUEUES = (PLAN_QUEUE, TOOLS_QUEUE, ESCALATIONS_QUEUE)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_RUN_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+_COUNT_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
+
+RUNS_STARTED = Counter(
+    "tether_runs_started_total", "Runs created from a TaskEvent", ["agent", "version"]
+)
+RUNS_FINISHED = Counter(
+    "tether_runs_finished_total",
+    "Runs that reached a terminal status",
+    ["agent", "version", "status"],
+)
+RUN_STEPS = Histogram(
+    "tether_run_steps",
+    "Planning steps per finished run",
+    ["agent", "version", "status"],
+    buckets=_COUNT_BUCKETS,
+)
+RUN_TOOL_CALLS = Histogram(
+    "tether_run_tool_calls",
+    "Tool results per finished run",
+    ["agent", "version", "status"],
+    buckets=_COUNT_BUCKETS,
+)
+RUN_DURATION = Histogram(
+    "tether_run_duration_seconds",
+    "Whole runs, from creation to their terminal commit",
+    ["agent", "version", "status"],
+    buckets=_RUN_BUCKETS,
+)
+STEPS = Counter("tether_planner_steps_total", "Planning steps committed", ["agent", "version"])
+TOKENS = Counter(
+    "tether_model_tokens_total", "Model tokens of committed steps", ["agent", "version", "model"]
+)
+COST = Counter(
+    "tether_model_cost_usd_total",
+    "Model cost of committed steps, USD",
+    ["agent", "version", "model"],
+)
+MODEL_LATENCY = Histogram(
+    "tether_model_latency_seconds",
+    "Model call latency, retries included",
+    ["agent", "model"],
+    buckets=_LATENCY_BUCKETS,
+)
+TOOL_CALLS = Counter("tether_tool_calls_total", "Tool results stored", ["agent", "tool", "outcome"])
+TOOL_LATENCY = Histogram(
+    "tether_tool_latency_seconds",
+    "Tool call latency, retries included",
+    ["agent", "tool"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "tether_queue_wait_seconds",
+    "From a message's publication to the start of its first handling",
+    ["queue"],
+    buckets=_LATENCY_BUCKETS,
+)
+ERRORS = Counter(
+    "tether_errors_total",
+    "Failures by category; source: run (its ending), step (a refused model turn), "
+    "tool (a failed tool result)",
+    ["agent", "category", "source"],
+)
+BUDGET_EXHAUSTED = Counter(
+    "tether_budget_exhausted_total", "Runs ended by their budget, by limit", ["agent", "limit"]
+)
+ESCALATIONS_OPENED = Counter(
+    "tether_escalations_opened_total", "Escalations opened", ["agent", "kind"]
+)
+DEAD_LETTERS = Counter(
+    "tether_dead_letters_total", "Messages that became dead letters", ["task", "category"]
+)
+
+
+# counting, on the path where the fact's commit won ----------------------------------
+
+
+def run_started(state: RunState) -> None:
+    RUNS_STARTED.labels(state.agent, state.agent_version).inc()
+
+
+def run_finished(state: RunState, exhausted_limit: str | None = None) -> None:
+    labels = (state.agent, state.agent_version, state.status)
+    RUNS_FINISHED.labels(*labels).inc()
+    RUN_STEPS.labels(*labels).observe(state.step)
+    RUN_TOOL_CALLS.labels(*labels).observe(len(state.completed_actions))
+    ended = state.finished_at or state.updated_at
+    RUN_DURATION.labels(*labels).observe(max(0.0, (ended - state.created_at).total_seconds()))
+    if state.error is not None:
+        ERRORS.labels(state.agent, state.error.category, "run").inc()
+    if exhausted_limit is not None:
+        BUDGET_EXHAUSTED.labels(state.agent, exhausted_limit).inc()
+
+
+def step_committed(
+    state: RunState, model: str, tokens: int, cost_usd: float, latency_s: float
+) -> None:
+    """A planning step committed (or ended the run): its one model call counts now."""
+    STEPS.labels(state.agent, state.agent_version).inc()
+    TOKENS.labels(state.agent, state.agent_version, model).inc(tokens)
+    COST.labels(state.agent, state.agent_version, model).inc(cost_usd)
+    MODEL_LATENCY.labels(state.agent, model).observe(latency_s)
+
+
+def tool_result_stored(action: ToolAction, observation: Observation) -> None:
+    TOOL_CALLS.labels(action.agent, action.tool, "ok" if observation.ok else "error").inc()
+    TOOL_LATENCY.labels(action.agent, action.tool).observe(observation.latency_ms / 1000)
+    if not observation.ok and observation.error_category is not None:
+        ERRORS.labels(action.agent, observation.error_category, "tool").inc()
+
+
+def queue_wait(queue: str, headers: Mapping[str, Any], now: float | None = None) -> None:
+    """Observe a message's wait, on its first delivery only (a redelivery waited for a death)."""
+    published = headers.get(PUBLISHED_AT_HEADER)
+    if not isinstance(published, int | float | str):
+        return  # published by something other than Runtime._send
+    try:
+        waited = (now or time.time()) - float(published)
+    except ValueError:
+        return
+    QUEUE_WAIT.labels(queue).observe(max(0.0, waited))
+
+
+# figures read from Redis at scrape time -------------------------------------------
+
+
+class RedisStateCollector(Collector):
+    """Queue depth and oldest message per queue; pending escalations and the oldest's age.
+
+    Registered in one service only: every process serving it would report the
+    same Redis figures, which Prometheus would then sum.
+    """
+
+    def __init__(self, client: redis.Redis, queues: Iterable[str] = QUEUES) -> None:
+        self._client = client
+        self._queues = tuple(queues)
+
+    def collect(self) -> Iterator[Metric]:
+        figures = read_redis_figures(self._client, self._queues)
+        yield GaugeMetricFamily(
+            "tether_escalations_pending",
+            "Escalations waiting for a human",
+            value=figures.escalations_pending,
+        )
+        yield GaugeMetricFamily(
+            "tether_escalation_oldest_pending_age_seconds",
+            "Age of the oldest pending escalation (0 when none)",
+            value=figures.oldest_escalation_age_s,
+        )
+        depth = GaugeMetricFamily(
+            "tether_queue_depth", "Messages waiting in a queue", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "tether_queue_oldest_message_age_seconds",
+            "Age of the oldest message waiting in a queue (0 when empty)",
+            labels=["queue"],
+        )
+        for queue in figures.queues:
+            depth.add_metric([queue.queue], float(queue.depth))
+            age.add_metric([queue.queue], queue.oldest_age_s)
+        yield depth
+        yield age
+
+
+class QueueFigures(BaseModel):
+    queue: str
+    depth: int
+    # 0 when the queue is empty or its oldest message carries no publish time.
+    oldest_age_s: float
+
+
+class RedisFigures(BaseModel):
+    """What RedisStateCollector serves, also read by `tether top`."""
+
+    escalations_pending: int
+    # 0 when none is pending.
+    oldest_escalation_age_s: float
+    queues: list[QueueFigures]
+
+
+def read_redis_figures(
+    client: redis.Redis, queues: Iterable[str] = QUEUES, now: float | None = None
+) -> RedisFigures:
+    """Queue depth and oldest message per queue, pending escalations: one round trip."""
+    now = time.time() if now is None else now
+    queues = tuple(queues)
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(keys.PENDING_ESCALATIONS)
+    pipe.zrange(keys.PENDING_ESCALATIONS, 0, 0, withscores=True)
+    for queue in queues:
+        pipe.llen(queue)
+        # kombu pushes on the left and pops on the right: the tail is the oldest.
+        pipe.lindex(queue, -1)
+    pending, oldest, *per_queue = pipe.execute()
+    oldest_pending = cast(list[tuple[str, float]], oldest)
+    rows = []
+    for index, queue in enumerate(queues):
+        length, tail = per_queue[2 * index], per_queue[2 * index + 1]
+        published = published_at(tail) if tail is not None else None
+        rows.append(
+            QueueFigures(
+                queue=queue,
+                depth=int(length),
+                oldest_age_s=max(0.0, now - published) if published is not None else 0.0,
+            )
+        )
+    return RedisFigures(
+        escalations_pending=int(pending),
+        oldest_escalation_age_s=max(0.0, now - oldest_pending[0][1]) if oldest_pending else 0.0,
+        queues=rows,
+    )
+
+
+def published_at(raw_message: str | bytes) -> float | None:
+    """The publish time Runtime._send stamped on a message as kombu stores it, if any."""
+    try:
+        headers = json.loads(raw_message).get("headers") or {}
+        return float(headers[PUBLISHED_AT_HEADER])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+# serving ------------------------------------------------------------------------------
+
+
+def prepare_multiproc_dir(service: str, port: int) -> str:
+    """Give a worker about to start its own, empty PROMETHEUS_MULTIPROC_DIR; returns it.
+
+    Under an operator's PROMETHEUS_MULTIPROC_DIR it is ``<dir>/<service>-<port>``
+    (one per endpoint, so services on one host never sum each other's counts);
+    otherwise a fresh temporary directory. Files left by an earlier process
+    would be summed into this one's counts, so the directory is wiped first.
+    """
+    base = os.environ.get(MULTIPROC_ENV)
+    if base:
+        path = Path(base) / f"{service}-{port}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"tether-{service}-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return str(path)
+
+
+def serve(port: int, *, redis_state: redis.Redis | None = None, addr: str = "0.0.0.0") -> None:
+    """Serve /metrics on ``port``; with ``redis_state``, also the figures read from Redis."""
+    registry: CollectorRegistry = REGISTRY
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    if redis_state is not None:
+        registry.register(RedisStateCollector(redis_state))
+    start_http_server(port, addr=addr, registry=registry)
