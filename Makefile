@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo dev test lint chaos chaos-quick bench bench-quick recovery clean
+.PHONY: install demo dev test lint chaos chaos-quick bench bench-quick recovery clean eval
 
 install: $(STAMP)
 
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(PY) -m examples.support_desk.demo
+
+# The support desk's scenarios, 3 trials each, through an embedded stack: prints pass^k.
+# A judge expectation is skipped unless TETHER_JUDGE_BASE_URL and TETHER_JUDGE_MODEL are set.
+TRIALS ?= 3
+eval: install
+	$(VENV)/bin/tether eval examples/support_desk/scenarios --embedded --trials $(TRIALS)
 
 dev: install
 	$(VENV)/bin/tether dev

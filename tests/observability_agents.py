@@ -3,9 +3,15 @@ one waits for a human. All on the scripted model.
 
 The failing one's model error quotes the API key, as a careless endpoint or
 client might, so the tests can check that it is redacted wherever it lands.
+
+``obs_ok`` is version ``OBS_OK_VERSION`` (default v1) and calls its tool
+``1 + OBS_OK_EXTRA_STEPS`` times before it answers, so a test can restart the
+planner as a second version that takes more steps.
 """
 
 from __future__ import annotations
+
+import os
 
 from tether import Agent, BudgetLimits, ScriptedModel, tool
 from tether.errors import ModelPermanentError
@@ -35,14 +41,18 @@ def _refused(messages: list[ChatMessage]) -> ModelResponse:
     )
 
 
+OK_VERSION = os.environ.get("OBS_OK_VERSION", "v1")
+OK_EXTRA_STEPS = int(os.environ.get("OBS_OK_EXTRA_STEPS", "0"))
+
 obs_ok = Agent(
     name="obs_ok",
     instructions="Add numbers with the tool.",
     model=ScriptedModel(
-        [tool_call("obs_add", {"a": 2, "b": 3}), text("2 + 3 = 5")], label="obs_ok"
+        [tool_call("obs_add", {"a": 2, "b": 3})] * (1 + OK_EXTRA_STEPS) + [text("2 + 3 = 5")],
+        label="obs_ok",
     ),
     tools=[obs_add],
-    version="v1",
+    version=OK_VERSION,
 )
 
 obs_failing = Agent(

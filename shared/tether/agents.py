@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tether.autonomy import EarnedAutonomy
 from tether.errors import ConfigError, InvalidToolCallError, UnknownAgentError
 from tether.messages import BudgetLimits, ToolAction
 from tether.models.base import ModelClient
@@ -33,6 +34,12 @@ class Agent:
     # Recorded on every run so figures can be split by version; left empty, it
     # is content_version(): a change to what the model sees gives a new version.
     version: str = ""
+    # A candidate version of the agent named here: it gets a copy of that agent's
+    # events and runs them as shadow runs, which never cause a side effect
+    # (tether.evaluation.shadow).
+    shadow_of: str | None = None
+    # How approvals of its requires_approval tools relax with a good record (tether.autonomy).
+    autonomy: EarnedAutonomy | None = None
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -104,6 +111,11 @@ def load_agent_modules(modules: list[str]) -> dict[str, Agent]:
 
 
 def get_agent(name: str) -> Agent:
+    if name not in _loaded and name.startswith("eval:"):
+        # An evaluation run: the agent with its model and tools behind the run's scenario.
+        from tether.evaluation.harness import eval_agent
+
+        return register(eval_agent(get_agent(name.removeprefix("eval:"))))
     if name not in _loaded:
         from tether.config import get_settings
 

@@ -5,7 +5,8 @@
 -- ARGV[2]: reservation id
 -- ARGV[3..6]: steps, tool_calls, tokens, cost_usd (deltas; settle may be negative)
 -- ARGV[7]: now, in seconds since the epoch
--- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason}.
+-- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason, limit}: limit names what refused
+-- (steps, tool_calls, tokens, cost_usd, wall_s; '' when no budget is open).
 local op, rid = ARGV[1], ARGV[2]
 local axes = {'steps', 'tool_calls', 'tokens', 'cost_usd'}
 local delta = {
@@ -23,7 +24,7 @@ if op == 'reserve' then
   -- No limits means no run: it never started here or has expired. Refuse, and
   -- leave no stray keys behind it.
   if redis.call('EXISTS', KEYS[1]) == 0 then
-    return {0, 'no budget is open for this run: it is unknown or has expired'}
+    return {0, 'no budget is open for this run: it is unknown or has expired', ''}
   end
   -- One read of every limit and counter.
   local h = redis.call('HMGET', KEYS[1], 'max_wall_s', 'started_at',
@@ -36,7 +37,7 @@ if op == 'reserve' then
   local wall = limit(h[1])
   local started = tonumber(h[2] or now)
   if wall ~= nil and now - started > wall then
-    return {0, string.format('wall time %.1fs is over max_wall_s=%s', now - started, wall)}
+    return {0, string.format('wall time %.1fs is over max_wall_s=%s', now - started, wall), 'wall_s'}
   end
   for i, field in ipairs(axes) do
     local max = limit(h[2 + i])
@@ -45,7 +46,7 @@ if op == 'reserve' then
       local used = tonumber(h[6 + i] or '0')
       if used + want > max then
         return {0, string.format('%s: %s used + %s requested exceeds max_%s=%s',
-          field, tostring(used), tostring(want), field, tostring(max))}
+          field, tostring(used), tostring(want), field, tostring(max)), field}
       end
     end
   end

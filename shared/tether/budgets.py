@@ -9,7 +9,6 @@ message re-reserving is a no-op rather than a double charge.
 
 from __future__ import annotations
 
-import re
 import time
 from importlib.resources import files
 from typing import Any, cast
@@ -36,17 +35,9 @@ class BudgetUsage(BaseModel):
 class Reservation(BaseModel):
     granted: bool
     reason: str
-
-
-# budgets.lua names the limit a refusal hit as max_<limit>=<value>.
-_LIMIT_IN_REASON = re.compile(r"max_(steps|tool_calls|tokens|cost_usd|wall_s)=")
-
-
-def exhausted_limit(reason: str) -> str:
-    """Which limit (steps, tool_calls, tokens, cost_usd, wall_s) a refusal's reason names;
-    "unknown" when it names none (e.g. the run's budget has expired)."""
-    found = _LIMIT_IN_REASON.search(reason)
-    return found.group(1) if found else "unknown"
+    # A refusal's limit, as budgets.lua names it: steps, tool_calls, tokens, cost_usd or
+    # wall_s; None when granted, or when no budget is open (the run is unknown or expired).
+    limit: str | None = None
 
 
 # Sets each field only if it is not set yet, all fields in one atomic step.
@@ -105,8 +96,9 @@ class Budgets:
 
     @staticmethod
     def reservation(reply: Any) -> Reservation:
-        granted, reason = reply
-        return Reservation(granted=bool(granted), reason=str(reason))
+        granted, reason, *rest = reply
+        limit = str(rest[0]) if rest and rest[0] else None
+        return Reservation(granted=bool(granted), reason=str(reason), limit=limit)
 
     @staticmethod
     def _args(

@@ -166,9 +166,11 @@ class StaleStateError(TetherError):
 
 
 class BudgetExhaustedError(TetherError):
-    def __init__(self, run_id: str, reason: str) -> None:
+    def __init__(self, run_id: str, reason: str, limit: str | None = None) -> None:
         super().__init__(f"run {run_id!r} exhausted its budget: {reason}")
         self.reason = reason
+        # steps, tool_calls, tokens, cost_usd or wall_s; None when no budget was open.
+        self.limit = limit
 
 
 class PayloadTooLargeError(TetherError):

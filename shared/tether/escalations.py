@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from tether import keys, metrics
+from tether import autonomy, keys, metrics
 from tether.errors import EscalationClosedError, StaleStateError, UnknownEscalationError
 from tether.messages import Decision, Escalation, RunEvent, Verdict
 from tether.runtime import Runtime
@@ -68,6 +68,13 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
         return
     # Counted where the opening's compare-and-set won: a redelivery loses it.
     metrics.ESCALATIONS_OPENED.labels(escalation.agent, escalation.kind).inc()
+    from tether.evaluation.shadow import auto_decision  # it imports the run store
+
+    automatic = auto_decision(escalation)
+    if automatic is not None:
+        # A shadow's escalations never wait for a human: decided at once, recorded as such.
+        decide(rt, automatic)
+        return
     log.warning(
         "escalation_pending",
         escalation_id=escalation.escalation_id,
@@ -121,7 +128,11 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
             expire=[key],
             ttl_s=rt.store.run_ttl_s,
             appends=log_appends(logged),
-            side_writes=[SideWrite("ZREM", keys.PENDING_ESCALATIONS, (decision.escalation_id,))],
+            side_writes=[
+                SideWrite("ZREM", keys.PENDING_ESCALATIONS, (decision.escalation_id,)),
+                # The tool's earned-autonomy record counts the decision with it, once.
+                *autonomy.decision_writes(record.escalation, decision),
+            ],
         )
     except StaleStateError:
         log.warning("decision_lost_race", escalation_id=decision.escalation_id)

@@ -35,6 +35,7 @@ from tether.errors import (
     ToolTimeoutError,
     UnknownAgentError,
 )
+from tether.evaluation import overrides, shadow
 from tether.leases import Lease
 from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
 from tether.runtime import Runtime
@@ -56,9 +57,11 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         lease.add_acquire(pipe)
         # Idempotent per action, so reserving before the checks below costs nothing.
         rt.store.budgets.add_reserve(pipe, action.run_id, f"exec:{action.action_id}")
+        # An evaluation run's tool faults (tether.evaluation.overrides): no extra round trip.
+        overrides.add_read(pipe, action.run_id)
 
     # Lease, wall-time check, run status and any stored result: one round trip.
-    status, stored, (leased, reserved) = rt.store.action_state(
+    status, stored, (leased, reserved, planned) = rt.store.action_state(
         action.run_id, action.action_id, also=open_action
     )
     if not lease.acquired(leased):
@@ -72,7 +75,14 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         left_ms = rt.store.client.pttl(keys.action_lock(action.action_id))
         raise ActionInFlightError(action.action_id, max(0.2, left_ms / 1000 + 0.2))
     try:
-        observation = _perform(rt, action, status, stored, rt.store.budgets.reservation(reserved))
+        observation = _perform(
+            rt,
+            action,
+            status,
+            stored,
+            rt.store.budgets.reservation(reserved),
+            overrides.parse(planned),
+        )
     finally:
         lease.release(rt.store.batch)
     if observation is not None:
@@ -85,6 +95,7 @@ def _perform(
     status: RunStatus | None,
     stored: Observation | None,
     wall: Reservation,
+    faults: overrides.RunOverrides | None = None,
 ) -> Observation | None:
     """What to tell the planner about ``action``, run under its lease; None: nothing."""
     if status is None:
@@ -110,9 +121,13 @@ def _perform(
             category=ErrorCategory.budget,
         )
     try:
-        tool = get_agent(action.agent).tool(action.tool)
+        agent = get_agent(action.agent)
+        tool = overrides.apply_faults(agent.tool(action.tool), faults)
     except (UnknownAgentError, InvalidToolCallError) as exc:
         return _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
+    if shadow.held_back(agent, tool):
+        # The one gate before a tool runs: a shadow's call is simulated or not run at all.
+        return _report(rt, action, **shadow.simulate(rt, action, tool))
     if not tool.idempotent and not _claim(rt, action):
         attempt = (
             f"the re-run approved in {action.rerun_approval}"

@@ -3,11 +3,14 @@
 Feedback is part of the run's state, so it lives and expires with the run, and
 it is written by one versioned commit together with its ``feedback`` entry in
 the event log: the log never names feedback the run does not hold, or the
-reverse. Feedback on a finished run is allowed (that is when people judge it).
+reverse. Feedback on a finished run is allowed (that is when people judge it). The same
+commit adds one to the run's agent, version and score in ``keys.FEEDBACK_COUNTS``,
+which the escalation service serves as ``tether_feedback_total``.
 """
 
 from __future__ import annotations
 
+from tether import metrics
 from tether.messages import RunEvent
 from tether.state import Feedback, RunState
 from tether.store import RunStore
@@ -35,6 +38,13 @@ def record(store: RunStore, run_id: str, feedback: Feedback) -> RunState:
             )
         ]
 
-    committed = store.update(run_id, add, log=describe)
+    # The count tether_feedback_total reads goes in with the commit, so it moves once per
+    # feedback: never for a retry, whichever process records it.
+    committed = store.update(
+        run_id,
+        add,
+        log=describe,
+        side_writes=lambda state: [metrics.feedback_count_write(state, feedback.score)],
+    )
     # None: this very feedback was already recorded (a retry); the run holds it.
     return committed if committed is not None else store.load(run_id)

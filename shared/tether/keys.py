@@ -15,6 +15,9 @@ REJECTED_STREAM = f"{PREFIX}:rejected"
 DEAD_STREAM = f"{PREFIX}:dead"
 PENDING_ESCALATIONS = f"{PREFIX}:escalations:pending"
 ALL_ESCALATIONS = f"{PREFIX}:escalations"
+# Feedback recorded, per agent, version and score: JSON [agent, version, score] -> count,
+# incremented by the feedback's own commit; the escalation service serves it as a counter.
+FEEDBACK_COUNTS = f"{PREFIX}:feedback:counts"
 
 
 def run(run_id: str) -> str:
@@ -75,3 +78,8 @@ def consumer_held(consumer_id: str) -> str:
 
 def consumer_recovering(consumer_id: str) -> str:
     return f"{PREFIX}:consumer:{consumer_id}:recovering"
+
+
+def autonomy(agent: str, tool: str) -> str:
+    """The earned-autonomy record of one agent's tool (tether.autonomy)."""
+    return f"{PREFIX}:autonomy:{agent}:{tool}"

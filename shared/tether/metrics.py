@@ -8,7 +8,7 @@ escalation opened, a run ended), never merely because a handler ran.
 Under a prefork pool each child counts in its own process; `tether worker`
 points PROMETHEUS_MULTIPROC_DIR at a directory of the worker's own (wiped at
 start), and the main process's endpoint sums the children's files. Figures
-read from Redis (queues, pending escalations) are collected at scrape time by
+read from Redis (queues, pending escalations, feedback) are collected at scrape time by
 one service only, the escalation service, so they are not multiplied by the
 number of processes.
 """
@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
@@ -34,7 +34,8 @@ from pydantic import BaseModel
 from tether import keys
 from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
 from tether.messages import Observation, ToolAction
-from tether.state import RunState
+from tether.state import RunState, RunStatus
+from tether.versioned import SideWrite
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Runtime._send stamps every message with this header (seconds since the epoch).
@@ -123,7 +124,7 @@ def run_started(state: RunState) -> None:
     RUNS_STARTED.labels(state.agent, state.agent_version).inc()
 
 
-def run_finished(state: RunState, exhausted_limit: str | None = None) -> None:
+def run_finished(state: RunState) -> None:
     labels = (state.agent, state.agent_version, state.status)
     RUNS_FINISHED.labels(*labels).inc()
     RUN_STEPS.labels(*labels).observe(state.step)
@@ -132,8 +133,10 @@ def run_finished(state: RunState, exhausted_limit: str | None = None) -> None:
     RUN_DURATION.labels(*labels).observe(max(0.0, (ended - state.created_at).total_seconds()))
     if state.error is not None:
         ERRORS.labels(state.agent, state.error.category, "run").inc()
-    if exhausted_limit is not None:
-        BUDGET_EXHAUSTED.labels(state.agent, exhausted_limit).inc()
+    if state.status == RunStatus.budget_exhausted:
+        # The refusal names its limit (RunError.limit); "unknown" when no budget was open.
+        limit = state.error.limit if state.error is not None else None
+        BUDGET_EXHAUSTED.labels(state.agent, limit or "unknown").inc()
 
 
 def step_committed(
@@ -163,6 +166,17 @@ def queue_wait(queue: str, headers: Mapping[str, Any], now: float | None = None)
     except ValueError:
         return
     QUEUE_WAIT.labels(queue).observe(max(0.0, waited))
+
+
+def feedback_count_write(state: RunState, score: int) -> SideWrite:
+    """The increment of ``tether_feedback_total`` that rides with a feedback's commit.
+
+    Feedback is recorded by whichever process calls ``tether.client.feedback`` (a CLI, an
+    app), which no one scrapes; so it is counted in Redis, once per winning commit, and
+    the escalation service's RedisStateCollector serves the count.
+    """
+    field = json.dumps([state.agent, state.agent_version, str(score)])
+    return SideWrite("HINCRBY", keys.FEEDBACK_COUNTS, (field, 1))
 
 
 # figures read from Redis at scrape time -------------------------------------------
@@ -204,6 +218,14 @@ class RedisStateCollector(Collector):
             age.add_metric([queue.queue], queue.oldest_age_s)
         yield depth
         yield age
+        feedback = CounterMetricFamily(
+            "tether_feedback",
+            "User feedback recorded on runs, by the run's agent and version and the score",
+            labels=["agent", "version", "score"],
+        )
+        for (agent, version, score), count in sorted(figures.feedback.items()):
+            feedback.add_metric([agent, version, score], float(count))
+        yield feedback
 
 
 class QueueFigures(BaseModel):
@@ -220,6 +242,8 @@ class RedisFigures(BaseModel):
     # 0 when none is pending.
     oldest_escalation_age_s: float
     queues: list[QueueFigures]
+    # (agent, version, score) -> feedbacks recorded, from keys.FEEDBACK_COUNTS.
+    feedback: dict[tuple[str, str, str], int] = {}
 
 
 def read_redis_figures(
@@ -235,7 +259,8 @@ def read_redis_figures(
         pipe.llen(queue)
         # kombu pushes on the left and pops on the right: the tail is the oldest.
         pipe.lindex(queue, -1)
-    pending, oldest, *per_queue = pipe.execute()
+    pipe.hgetall(keys.FEEDBACK_COUNTS)
+    pending, oldest, *per_queue, feedback_counts = pipe.execute()
     oldest_pending = cast(list[tuple[str, float]], oldest)
     rows = []
     for index, queue in enumerate(queues):
@@ -252,7 +277,19 @@ def read_redis_figures(
         escalations_pending=int(pending),
         oldest_escalation_age_s=max(0.0, now - oldest_pending[0][1]) if oldest_pending else 0.0,
         queues=rows,
+        feedback=_feedback_counts(cast(dict[str, str], feedback_counts)),
     )
+
+
+def _feedback_counts(raw: dict[str, str]) -> dict[tuple[str, str, str], int]:
+    counts: dict[tuple[str, str, str], int] = {}
+    for field, count in raw.items():
+        try:
+            agent, version, score = (str(part) for part in json.loads(field))
+            counts[(agent, version, score)] = int(count)
+        except (ValueError, TypeError):
+            continue  # not a field feedback_count_write wrote
+    return counts
 
 
 def published_at(raw_message: str | bytes) -> float | None:

@@ -86,6 +86,9 @@ class RunError(BaseModel):
 
     category: ErrorCategory
     message: str
+    # The budget limit a budget_exhausted run hit (steps, tool_calls, tokens, cost_usd,
+    # wall_s), from the refusal itself; None otherwise, and in states written before it.
+    limit: str | None = None
 
 
 class HumanWait(BaseModel):
@@ -139,6 +142,8 @@ class RunState(BaseModel):
     # Which version of the agent ran this run (Agent.version); "" for states
     # stored before versions were recorded.
     agent_version: str = ""
+    # Set on a shadow run (tether.evaluation.shadow): the primary run it shadows.
+    primary_run_id: str | None = None
     goal: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: RunStatus = RunStatus.queued

@@ -247,7 +247,8 @@ class RunStore:
         replies = self.batch.run(build)
         version, current = parse_cas(replies[-1])
         if version == REQUIREMENT_MISSING:
-            raise BudgetExhaustedError(run_id, Budgets.reservation(replies[0]).reason)
+            refused = Budgets.reservation(replies[0])
+            raise BudgetExhaustedError(run_id, refused.reason, refused.limit)
         if version < 0:
             if current is None:
                 return None, None

@@ -88,3 +88,13 @@ def bind_run(state: RunState) -> None:
     structlog.contextvars.bind_contextvars(
         run_id=state.run_id, step=state.step, agent=state.agent, agent_version=state.agent_version
     )
+
+
+def current_run_id() -> str | None:
+    """The run the current task is about, once bound (bind_run, or a message naming it).
+
+    Lets code that is handed no run, such as a model client, find per-run data:
+    the evaluation harness reads a scenario's scripted turns by it.
+    """
+    run_id = structlog.contextvars.get_contextvars().get("run_id")
+    return run_id if isinstance(run_id, str) else None

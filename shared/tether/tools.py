@@ -75,6 +75,11 @@ class Tool:
     requires_approval: bool = False
     timeout_s: float = 30.0
     retry: RetryPolicy = RetryPolicy()
+    # In a shadow run (tether.evaluation.shadow) a tool runs for real only if it is
+    # safe_in_shadow (a read); else dry_run, called like the tool, simulates its
+    # result; a tool with neither is not run at all.
+    dry_run: Callable[..., Any] | None = None
+    safe_in_shadow: bool = False
 
     def openai_schema(self) -> dict[str, Any]:
         """The tool as the OpenAI API describes it; built once, treat it as read-only."""
@@ -138,6 +143,18 @@ class Tool:
             self.output_adapter.validate_python(output), mode="json"
         )
 
+    def simulate(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        """The dry_run's result for these arguments, validated as the tool's own output."""
+        if self.dry_run is None:
+            raise ToolDefinitionError(f"tool {self.name!r} declares no dry_run to simulate it")
+        validated = self.input_model.model_validate(arguments)
+        kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
+        if self.context_param is not None:
+            kwargs[self.context_param] = context
+        return self.output_adapter.dump_python(
+            self.output_adapter.validate_python(self.dry_run(**kwargs)), mode="json"
+        )
+
 
 # Tool calls run on pooled threads (a thread per call cost more than a no-op tool);
 # the pool is wide so that calls stuck past their timeout cannot starve the rest.
@@ -166,6 +183,8 @@ def _build_tool(
     requires_approval: bool,
     timeout_s: float,
     retry: RetryPolicy | None,
+    dry_run: Callable[..., Any] | None = None,
+    safe_in_shadow: bool = False,
 ) -> Tool:
     tool_name = name or fn.__name__
     try:
@@ -207,6 +226,8 @@ def _build_tool(
         requires_approval=requires_approval,
         timeout_s=timeout_s,
         retry=retry or (RetryPolicy() if idempotent else NO_UNSAFE_RETRY),
+        dry_run=dry_run,
+        safe_in_shadow=safe_in_shadow,
     )
 
 
@@ -222,6 +243,8 @@ def tool(
     requires_approval: bool = False,
     timeout_s: float = 30.0,
     retry: RetryPolicy | None = None,
+    dry_run: Callable[..., Any] | None = None,
+    safe_in_shadow: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -234,11 +257,15 @@ def tool(
     requires_approval: bool = False,
     timeout_s: float = 30.0,
     retry: RetryPolicy | None = None,
+    dry_run: Callable[..., Any] | None = None,
+    safe_in_shadow: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function into a Tool: ``@tool`` or ``@tool(requires_approval=True)``.
 
     ``retry`` defaults to three attempts on transient errors for idempotent tools,
-    and to retrying only TransientToolError for the others.
+    and to retrying only TransientToolError for the others. ``dry_run`` (called
+    with the tool's arguments) and ``safe_in_shadow`` say how a shadow run may
+    call it; see tether.evaluation.shadow.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -249,6 +276,8 @@ def tool(
             requires_approval=requires_approval,
             timeout_s=timeout_s,
             retry=retry,
+            dry_run=dry_run,
+            safe_in_shadow=safe_in_shadow,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -53,6 +54,7 @@ from tether.config import Settings
 from tether.messages import Observation, ToolAction
 from tether.models import FallbackModel, OpenAIModel, ScriptedModel
 from tether.models.base import ModelClient, ModelResponse
+from tether.redact import get_redactor
 from tether.state import RunState, RunStatus
 from tether.store import run_id_for
 
@@ -178,10 +180,33 @@ def _span(
     if _provider is None:
         yield INVALID_SPAN
         return
+    # The SDK would record an exception's message and traceback as they are; a model error
+    # may quote an API key, so they go through the redactor first.
     with _tracer.start_as_current_span(
-        name, context=_context_in(run_id), kind=kind, attributes=attributes
+        name,
+        context=_context_in(run_id),
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
-        yield span
+        try:
+            yield span
+        except Exception as exc:
+            _record_error(span, exc)
+            raise
+
+
+def _record_error(span: Span, exc: Exception) -> None:
+    redactor = get_redactor()
+    span.record_exception(
+        exc,
+        attributes={
+            "exception.message": redactor.text(str(exc)),
+            "exception.stacktrace": redactor.text("".join(traceback.format_exception(exc))),
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, redactor.text(f"{type(exc).__name__}: {exc}")))
 
 
 def step_span(run_id: str, step: int) -> AbstractContextManager[Span]:
@@ -255,7 +280,8 @@ def record_outcome(span: Span, observation: Observation) -> None:
     span.set_attributes({"tether.tool.ok": observation.ok, "tether.attempts": observation.attempts})
     if not observation.ok:
         span.set_attribute(ERROR_TYPE, str(observation.error_category or "error"))
-        span.set_status(Status(StatusCode.ERROR, observation.error))
+        message = get_redactor().text(observation.error) if observation.error else None
+        span.set_status(Status(StatusCode.ERROR, message))
 
 
 def _ns(at: datetime) -> int:
@@ -288,7 +314,9 @@ def record_run(state: RunState) -> None:
     if state.status != RunStatus.succeeded:
         if state.error is not None:
             span.set_attribute(ERROR_TYPE, str(state.error.category))
-        span.set_status(Status(StatusCode.ERROR, state.error.message if state.error else None))
+        # The run state is not redacted; what leaves for the trace backend is.
+        message = get_redactor().text(state.error.message) if state.error else None
+        span.set_status(Status(StatusCode.ERROR, message))
     span.end(end_time=_ns(state.finished_at or state.updated_at))
 
 

@@ -1,30 +1,48 @@
-"""Real workers on a Redis of their own: every service's /metrics, Sentry, logs and redaction.
+"""Real workers on a Redis of their own: issue 8's "done means", in one test.
 
 A success (its event published twice), a failure whose error quotes the API
 key, a budget exhaustion and an escalation go through the three services;
-then each service's /metrics is scraped over HTTP and read for exact values.
+then each service's /metrics is scraped over HTTP and read for exact values,
+Sentry, the logs and the event log are checked for the failure and the key.
+The escalation is approved, feedback is given (one call retried), and the
+escalation service's /metrics, the OTLP traces (one per run, the escalated one
+across all three services) and `tether stats --json` are checked against the
+runs. Last, the planner restarts as a second version of ``obs_ok`` that takes
+more steps, and `tether stats --compare-to` flags the drift.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from tests.integration.helpers import pending_escalation, wait_for, wait_status
 from tests.observability_agents import API_KEY
+from tether import client
 from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether.cli.main import app
 from tether.config import Settings
 from tether.devstack import DevStack
-from tether.messages import TaskEvent
+from tether.messages import TaskEvent, Verdict
 from tether.runtime import Runtime
+from tether.state import RunState
 from tether.store import run_id_for
+from tether.testing.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tether.testing.sentry_server import SentryServer
+from tether.tracing import run_span_id, run_trace_id
+
+SERVICES = {"tether-planner", "tether-executor", "tether-escalation"}
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -49,15 +67,57 @@ def value(series: Series, name: str, **labels: str) -> float | None:
     return series.get((name, frozenset(labels.items())))
 
 
+def complete_trace(
+    receiver: OTLPReceiver, run_id: str, timeout_s: float = 20.0
+) -> list[ReceivedSpan]:
+    """The run's spans once its root arrived and every parent they name is among them."""
+    trace_id, root = f"{run_trace_id(run_id):032x}", f"{run_span_id(run_id):016x}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        spans = receiver.traces().get(trace_id, [])
+        ids = {s.span_id for s in spans}
+        if root in ids and all(not s.parent_span_id or s.parent_span_id in ids for s in spans):
+            return spans
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the trace of {run_id} is incomplete after {timeout_s}s: "
+                f"{sorted((s.service, s.name, s.parent_span_id) for s in spans)}"
+            )
+        time.sleep(0.1)
+
+
+def stats_json(rt: Runtime, monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
+    """`tether stats ... --json`, run in this process (so its clock is this test's)."""
+    monkeypatch.setattr("tether.cli.stats.get_runtime", lambda: rt)
+    done = CliRunner().invoke(app, ["stats", *args, "--json"])
+    assert done.exit_code == 0, done.output
+    return dict(json.loads(done.stdout))
+
+
+def restart_planner(stack: DevStack, env: dict[str, str]) -> None:
+    """Stop the planner worker, then start it again with ``env`` added."""
+    process = stack.workers["planner"]
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=20)
+    stack.extra_env.update(env)
+    stack.start_worker("planner")
+    stack.wait_ready(["planner"], 60)
+
+
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevStack, SentryServer]]:
+def observed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[DevStack, SentryServer, OTLPReceiver]]:
     logs = Path(tmp_path_factory.mktemp("obs-logs"))
     ports = {service: free_port() for service in ("planner", "executor", "escalation")}
-    with SentryServer() as sentry:
+    with SentryServer() as sentry, OTLPReceiver() as receiver:
         env = {
             "TETHER_MODEL_API_KEY": API_KEY,
             "SENTRY_DSN": sentry.dsn,
             "TETHER_LOG_JSON": "true",
+            "TETHER_OTLP_ENDPOINT": receiver.endpoint,
+            # Export within a fraction of a second rather than the SDK's default 5 s.
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         with DevStack(
             agent_modules=["tests.observability_agents"],
@@ -65,13 +125,13 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevStac
             log_dir=logs,
             metrics_ports=ports,
         ) as stack:
-            yield stack, sentry
+            yield stack, sentry, receiver
 
 
-def test_every_service_serves_exact_metrics_and_failures_reach_sentry_redacted(
-    observed: tuple[DevStack, SentryServer],
+def test_agents_on_real_workers_are_measured_traced_reported_and_compared(
+    observed: tuple[DevStack, SentryServer, OTLPReceiver], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stack, sentry = observed
+    stack, sentry, receiver = observed
     rt = Runtime(Settings(redis_url=stack.redis_url))
     events = {
         agent: TaskEvent(event_id=f"evt-obs-{agent}", agent=agent, input="go")
@@ -255,3 +315,175 @@ def test_every_service_serves_exact_metrics_and_failures_reach_sentry_redacted(
         line for line in lines if line.get("service") == "executor" and line.get("action_id")
     ]
     assert tool_lines, "no executor line bound to its action"
+
+    # The escalation approved; feedback, one call retried ------------------------------------
+    record = pending_escalation(rt, run["obs_approver"])
+    client.decide(record.escalation.escalation_id, Verdict.approve, by="alice", runtime=rt)
+    wait_status(rt, run["obs_approver"], "succeeded", 30)
+    for _ in range(2):  # a retried call with the same feedback_id counts once
+        client.feedback(run["obs_ok"], 1, by="alice", feedback_id="fb-obs-ok", runtime=rt)
+    client.feedback(run["obs_approver"], 1, by="carol", runtime=rt)
+    client.feedback(run["obs_failing"], -1, by="bob", comment="it broke", runtime=rt)
+    states: dict[str, RunState] = {agent: rt.store.load(run_id) for agent, run_id in run.items()}
+    assert [len(states[agent].feedback) for agent in run] == [1, 1, 0, 1]
+
+    # Feedback is counted by its commit in Redis and served by the escalation service alone.
+    escalation = scrape(stack.metrics_ports["escalation"])
+    feedback_series = {
+        labels: count
+        for (name, labels), count in escalation.items()
+        if name == "tether_feedback_total"
+    }
+    assert feedback_series == {
+        frozenset({"agent": "obs_ok", "version": "v1", "score": "1"}.items()): 1,
+        frozenset({"agent": "obs_approver", "version": "v1", "score": "1"}.items()): 1,
+        frozenset({"agent": "obs_failing", "version": "v1", "score": "-1"}.items()): 1,
+    }
+    assert value(escalation, "tether_escalations_pending") == 0
+    planner = scrape(stack.metrics_ports["planner"])
+    assert not [name for name, _ in planner if name == "tether_feedback_total"]
+    approved = {"agent": "obs_approver", "version": "v1", "status": "succeeded"}
+    assert value(planner, "tether_runs_finished_total", **approved) == 1
+    assert value(planner, "tether_run_steps_sum", **approved) == 2
+    executor = scrape(stack.metrics_ports["executor"])
+    assert (
+        value(
+            executor,
+            "tether_tool_calls_total",
+            agent="obs_approver",
+            tool="obs_transfer",
+            outcome="ok",
+        )
+        == 1
+    )
+
+    # One trace per run; the escalated one spans all three services ----------------------------
+    services = {
+        "obs_ok": {"tether-planner", "tether-executor"},
+        "obs_failing": {"tether-planner"},
+        "obs_looper": {"tether-planner", "tether-executor"},
+        "obs_approver": SERVICES,
+    }
+    for agent, run_id in run.items():
+        spans = complete_trace(receiver, run_id)
+        assert {s.service for s in spans} == services[agent], agent
+        assert [s.name for s in spans if not s.parent_span_id] == [f"invoke_agent {agent}"]
+        root = next(s for s in spans if not s.parent_span_id)
+        assert root.attributes["gen_ai.agent.name"] == agent
+        assert root.attributes["tether.agent.version"] == "v1"
+        assert root.attributes["tether.status"] == str(states[agent].status)
+        assert root.error == (agent != "obs_ok" and agent != "obs_approver")
+        # Every span that names a run names this one.
+        assert {s.attributes.get("tether.run_id", run_id) for s in spans} == {run_id}
+        chats = [s for s in spans if s.name == f"chat scripted:{agent}"]
+        assert chats, agent
+        for chat in chats:
+            assert chat.service == "tether-planner"
+            assert chat.attributes["gen_ai.operation.name"] == "chat"
+            assert chat.attributes["gen_ai.system"] == "tether.scripted"
+            assert chat.attributes["gen_ai.request.model"] == f"scripted:{agent}"
+            if agent != "obs_failing":  # its model answered nothing, so reported no usage
+                assert chat.attributes["gen_ai.response.model"] == f"scripted:{agent}"
+                assert chat.attributes["gen_ai.usage.input_tokens"] > 0
+                assert chat.attributes["gen_ai.usage.output_tokens"] > 0
+    approver = complete_trace(receiver, run["obs_approver"])
+    (transfer,) = [s for s in approver if s.name == "execute_tool obs_transfer"]
+    assert transfer.service == "tether-executor"
+    assert transfer.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert transfer.attributes["gen_ai.tool.name"] == "obs_transfer"
+    assert {"run/tether.escalations.open", "run/tether.escalations.decide"} <= {
+        s.name for s in approver if s.service == "tether-escalation"
+    }
+    assert [s.attributes["tether.step"] for s in approver if s.name.startswith("chat ")] == [0, 1]
+    # No stray traces, and no secret in any span.
+    assert set(receiver.traces()) <= {f"{run_trace_id(run_id):032x}" for run_id in run.values()}
+    assert API_KEY not in json.dumps([s.model_dump() for s in receiver.spans()])
+    failing = complete_trace(receiver, run["obs_failing"])
+    (refused,) = [s for s in failing if s.name == "chat scripted:obs_failing"]
+    assert refused.error and "invalid api key [redacted]" in refused.status_message
+    (raised,) = refused.events
+    assert raised["name"] == "exception" and "[redacted]" in raised["exception.stacktrace"]
+    (failed_root,) = [s for s in failing if not s.parent_span_id]
+    assert failed_root.status_message.startswith("401 Unauthorized: invalid api key [redacted]")
+
+    # `tether stats --json` matches the runs ----------------------------------------------------
+    stats = stats_json(rt, monkeypatch, "--since", "10m")
+    finished = list(states.values())
+    assert stats["runs"] == {
+        "total": 4,
+        "finished": 4,
+        "in_flight": 0,
+        "by_status": {"budget_exhausted": 1, "failed": 1, "succeeded": 2},
+    }
+    rate = stats["success_rate"]
+    assert (rate["value"], rate["succeeded"], rate["finished"]) == (0.5, 2, 4)
+    assert [s.step for s in finished] == [2, 0, 1, 2]
+    assert stats["steps"]["mean"] == pytest.approx(5 / 4)
+    assert stats["steps"]["tool_calls"]["mean"] == pytest.approx(
+        sum(len(s.completed_actions) for s in finished) / 4
+    )
+    assert stats["steps"]["tool_calls"]["mean"] == pytest.approx(3 / 4)
+    usages = [rt.store.budgets.usage(s.run_id) for s in finished]
+    assert stats["cost_usd"]["total"] == pytest.approx(sum(u.cost_usd for u in usages))
+    assert stats["cost_usd"]["tokens_total"] == sum(u.tokens for u in usages) > 0
+    latencies = sorted(
+        (s.finished_at - s.created_at).total_seconds() for s in finished if s.finished_at
+    )
+    assert len(latencies) == 4
+    assert stats["latency_s"]["p50"] == pytest.approx((latencies[1] + latencies[2]) / 2)
+    assert stats["errors"] == {
+        "budget": {"count": 1, "rate": 0.25},
+        "model_permanent": {"count": 1, "rate": 0.25},
+    }
+    escalated = stats["escalation_rate"]
+    assert (escalated["value"], escalated["escalated"], escalated["runs"]) == (0.25, 1, 4)
+    assert stats["feedback"] == {
+        "count": 3,
+        "runs_with_feedback": 3,
+        "mean_score": pytest.approx(1 / 3),
+        "by_score": {"-1": 1, "0": 0, "1": 2},
+    }
+
+    # A second version that takes more steps: the drift is flagged -----------------------------
+    restart_planner(stack, {"OBS_OK_VERSION": "v2", "OBS_OK_EXTRA_STEPS": "2"})
+    second = [client.submit("obs_ok", "go", runtime=rt) for _ in range(2)]
+    v2 = [wait_status(rt, run_id, "succeeded", 30) for run_id in second]
+    assert [(s.agent_version, s.step) for s in v2] == [("v2", 4), ("v2", 4)]
+    # The current window starts midway between the v1 run and the first v2 run; the earlier
+    # one, as long, is centred on the v1 run (the restart keeps them seconds apart).
+    v1_at = states["obs_ok"].created_at.timestamp()
+    v2_at = min(s.created_at.timestamp() for s in v2)
+    assert v2_at - v1_at > 2
+    now = time.time()
+    since_s = now - (v1_at + v2_at) / 2
+    compare_s = now - v1_at - since_s / 2
+    compared = stats_json(
+        rt,
+        monkeypatch,
+        "--agent",
+        "obs_ok",
+        "--since",
+        f"{since_s:.3f}s",
+        "--compare-to",
+        f"{compare_s:.3f}s",
+    )
+    assert compared["runs"]["total"] == 2 and compared["compare"]["runs"]["total"] == 1
+    assert compared["steps"]["mean"] == 4 and compared["compare"]["steps"]["mean"] == 2
+    assert compared["drift"]["steps"]["flagged"] is True
+    assert compared["drift"]["steps"]["change"] == pytest.approx(1.0)
+    assert compared["drift"]["flagged"] == ["steps"]
+    assert stats_json(rt, monkeypatch, "--version", "v2")["runs"]["total"] == 2
+
+    # The restarted planner counts from zero, the v2 runs only.
+    planner = scrape(stack.metrics_ports["planner"])
+    v2_ok = {"agent": "obs_ok", "version": "v2", "status": "succeeded"}
+    assert value(planner, "tether_runs_started_total", agent="obs_ok", version="v2") == 2
+    assert value(planner, "tether_runs_finished_total", **v2_ok) == 2
+    assert value(planner, "tether_run_steps_sum", **v2_ok) == 8
+    assert value(planner, "tether_planner_steps_total", agent="obs_ok", version="v2") == 8
+    assert value(planner, "tether_runs_started_total", agent="obs_ok", version="v1") is None
+    executor = scrape(stack.metrics_ports["executor"])
+    assert (
+        value(executor, "tether_tool_calls_total", agent="obs_ok", tool="obs_add", outcome="ok")
+        == 1 + 2 * 3
+    )

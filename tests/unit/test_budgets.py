@@ -66,6 +66,7 @@ def test_refusal_names_the_axis(
     field = axis.split("=")[0].removeprefix("max_")
     assert refused.reason.startswith(f"{field}: 0 used + ")
     assert "exceeds " + axis in refused.reason
+    assert refused.limit == field
     # A refused reservation charges nothing.
     usage = budgets.usage("run_b")
     assert (usage.steps, usage.tool_calls, usage.tokens, usage.cost_usd) == (0, 0, 0, 0.0)
@@ -176,6 +177,7 @@ def test_wall_time_limit(budgets: Budgets) -> None:
     assert not refused.granted
     assert refused.reason.startswith("wall time ")
     assert "is over max_wall_s=10" in refused.reason
+    assert refused.limit == "wall_s"
     assert budgets.usage("run_old").wall_s >= 100
     assert budgets.usage("run_old").steps == 0
     # A reservation asking for nothing is still refused: it checks the clock.

@@ -64,7 +64,10 @@ def exported_series(runtime: Runtime) -> Exported:
             for name, kind, labels in _families(collector):
                 add(name, kind, labels)
     for family in metrics.RedisStateCollector(runtime.store.client).collect():
+        # Its declared labels too: a family with no samples yet (no feedback) still has them.
+        declared = getattr(family, "_labelnames", ())
         labels = frozenset(label for sample in family.samples for label in sample.labels)
+        labels |= frozenset(declared)
         add(family.name, family.type, labels)
     return series
 
@@ -76,6 +79,7 @@ def exported(runtime: Runtime) -> Exported:
     assert series["tether_runs_finished_total"] == {"agent", "version", "status"}
     assert series["tether_run_steps_bucket"] == {"agent", "version", "status", "le"}
     assert series["tether_queue_depth"] == {"queue"}
+    assert series["tether_feedback_total"] == {"agent", "version", "score"}
     assert series["tether_escalation_oldest_pending_age_seconds"] == frozenset()
     assert "tether_run_steps" not in series and "tether_queue_depth_total" not in series
     return series

@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from tests.observability_agents import obs_approver
-from tether import deadletters, escalations, executor, keys, metrics, planner
+from tether import deadletters, escalations, executor, feedback, keys, metrics, planner
 from tether.agents import load_agent_modules
 from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
 from tether.messages import ErrorCategory, Observation, ToolAction
 from tether.runtime import Runtime
-from tether.state import RunStatus
+from tether.state import Feedback, RunStatus
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,7 +151,28 @@ def test_budget_exhaustion_counts_its_limit_once(runtime: Runtime) -> None:
     )
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.budget_exhausted
+    # The limit comes from the budget script's refusal, not from reading the message.
+    assert state.error is not None and state.error.limit == "steps"
     assert sample("tether_errors_total", agent="obs_looper", category="budget", source="run") >= 1
+
+
+def test_feedback_is_counted_by_its_commit_once_and_served_from_redis(runtime: Runtime) -> None:
+    run_id = planner.start(runtime, event("obs_ok", "evt-m-fb"))
+    assert run_id is not None
+    registry = CollectorRegistry()
+    registry.register(metrics.RedisStateCollector(runtime.store.client))
+
+    def count(score: str) -> float:
+        labels = {"agent": "obs_ok", "version": "v1", "score": score}
+        return registry.get_sample_value("tether_feedback_total", labels) or 0.0
+
+    before = count("1"), count("-1")
+    given = Feedback(feedback_id="fb-m1", score=1, by="alice")
+    for _ in range(2):  # a retried call: the second commit declines, and counts nothing
+        feedback.record(runtime.store, run_id, given)
+    feedback.record(runtime.store, run_id, Feedback(feedback_id="fb-m2", score=-1, by="bob"))
+    assert (count("1"), count("-1")) == (before[0] + 1, before[1] + 1)
+    assert len(runtime.store.load(run_id).feedback) == 2
 
 
 def test_an_escalation_opened_twice_counts_once(runtime: Runtime) -> None:

@@ -218,8 +218,9 @@ def test_update_commits_only_if_its_tool_calls_are_granted(store: RunStore) -> N
     def describe(s: RunState) -> list[RunEvent]:
         return [RunEvent(run_id=s.run_id, kind="decided", step=s.step)]
 
-    with pytest.raises(BudgetExhaustedError, match="max_tool_calls=1"):
+    with pytest.raises(BudgetExhaustedError, match="max_tool_calls=1") as refused:
         store.update(state.run_id, step_on, log=describe, tool_calls=("tools:0", 2))
+    assert refused.value.limit == "tool_calls"
     assert store.load(state.run_id).version == 1  # nothing written, not even the log
     assert [e.kind for _, e in store.trace(state.run_id)] == []
     assert store.budgets.usage(state.run_id).tool_calls == 0

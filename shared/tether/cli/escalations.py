@@ -6,6 +6,8 @@ import getpass
 import json
 
 import typer
+from pydantic import TypeAdapter
+from rich.table import Table
 
 from tether import client, escalations
 from tether.cli import render
@@ -59,3 +61,36 @@ def answer(escalation_id: str, text: str, by: str = BY) -> None:
     """Answer instead of running the action; the model gets the answer and goes on."""
     client.decide(escalation_id, Verdict.answer, by=_who(by), answer=text)
     render.console.print(f"answered {escalation_id} as {_who(by)}")
+
+
+@escalations_app.command("policy")
+def policy(
+    agent: str = typer.Option("", "--agent", "-a", help="Only this agent's policies"),
+    as_json: bool = typer.Option(False, "--json", help="Print the policies as JSON"),
+) -> None:
+    """Earned-autonomy policies: each tool's mode, record, and why it asks or not."""
+    from tether.agents import load_agent_modules
+    from tether.autonomy import PolicyView, policies
+    from tether.config import get_settings
+
+    views = policies(
+        load_agent_modules(get_settings().agent_modules),
+        get_runtime().store.client,
+        only=agent or None,
+    )
+    if as_json:
+        typer.echo(TypeAdapter(list[PolicyView]).dump_json(views, indent=2).decode())
+        return
+    table = Table(title="earned autonomy")
+    for column in ("agent", "tool", "policy", "mode", "streak", "why"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v.agent,
+            v.tool,
+            f"after {v.policy.after}, sample {v.policy.sample:.0%}",
+            v.mode,
+            str(v.record.streak),
+            v.why,
+        )
+    render.console.print(table)

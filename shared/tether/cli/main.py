@@ -14,10 +14,15 @@ from rich.markup import escape
 
 from tether import client, metrics
 from tether.cli import render
+from tether.cli.adversarial import adversarial as adversarial_command
 from tether.cli.dead import dead_app
 from tether.cli.escalations import escalations_app
+from tether.cli.eval import eval_command
+from tether.cli.export import export as export_command
 from tether.cli.feedback import feedback as feedback_command
+from tether.cli.replay import replay as replay_command
 from tether.cli.runs import follow, runs_app
+from tether.cli.shadow import shadow_app
 from tether.cli.stats import stats as stats_command
 from tether.cli.top import top as top_command
 from tether.config import get_settings
@@ -30,9 +35,14 @@ app = typer.Typer(help="Tether: production runtime for LLM agents.", no_args_is_
 app.add_typer(runs_app, name="runs")
 app.add_typer(escalations_app, name="escalations")
 app.add_typer(dead_app, name="dead")
+app.add_typer(shadow_app, name="shadow")
 app.command("stats")(stats_command)
 app.command("feedback")(feedback_command)
 app.command("top")(top_command)
+app.command("eval")(eval_command)
+app.command("adversarial")(adversarial_command)
+app.command("replay")(replay_command)
+runs_app.command("export")(export_command)
 
 
 @app.command()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tether import autonomy
+from tether.agents import get_agent
 from tether.messages import (
     Decision,
     ErrorCategory,
@@ -87,7 +89,13 @@ def observe(rt: Runtime, observation: Observation) -> None:
             )
         ]
 
-    committed = rt.store.update(observation.run_id, record, log=describe)
+    committed = rt.store.update(
+        observation.run_id,
+        record,
+        log=describe,
+        # A failed call of a requires_approval tool tightens its earned autonomy, once.
+        side_writes=lambda state: autonomy.failure_writes(get_agent(state.agent), observation),
+    )
     if committed is None:
         state = rt.store.load(observation.run_id)
         rt.store.log(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from tether import metrics
 from tether.agents import get_agent
 from tether.errors import UnknownAgentError, UnknownModelPriceError
+from tether.evaluation import shadow
 from tether.messages import TaskEvent
 from tether.models.prices import require_prices
 from tether.planner.step import plan
@@ -52,6 +53,7 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
         event_id=event.event_id,
         agent=agent.name,
         agent_version=agent.version,
+        primary_run_id=shadow.primary_run(agent, event),
         goal=event.input,
         metadata=event.metadata,
         limits=limits,
@@ -76,6 +78,9 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     else:
         rt.store.log(state.run_id, "duplicate_event", state.step, event_id=event.event_id)
     plan(rt, state.run_id, 0)
+    # After the primary's own first step; a redelivered event publishes the copies again,
+    # which intake takes as duplicates.
+    shadow.start_shadows(rt, event, state.run_id)
     return state.run_id
 
 

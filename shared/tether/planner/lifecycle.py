@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from tether import metrics, sentry, tracing
-from tether.budgets import exhausted_limit
 from tether.escalations import close_writes
 from tether.messages import RunEvent, utcnow
 from tether.runtime import Runtime
@@ -85,12 +84,7 @@ def finish(
     if committed is None:
         return None
     # Only the winning terminal commit gets here: a run ends, and is counted, once.
-    limit = (
-        exhausted_limit(committed.error.message)
-        if committed.status == RunStatus.budget_exhausted and committed.error is not None
-        else None
-    )
-    metrics.run_finished(committed, exhausted_limit=limit)
+    metrics.run_finished(committed)
     tracing.record_run(committed)
     if committed.status == RunStatus.failed:
         sentry.report_run_failed(committed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from tether import metrics, task_context, tracing
+from tether import autonomy, metrics, task_context, tracing
 from tether.agents import Agent, get_agent
 from tether.errors import (
     BudgetExhaustedError,
@@ -13,6 +13,7 @@ from tether.errors import (
     ModelError,
     UnknownModelPriceError,
 )
+from tether.evaluation import overrides
 from tether.messages import ErrorCategory, EscalationKind, RunEvent, ToolAction
 from tether.models.base import ModelResponse
 from tether.models.prices import reserved_cost_usd
@@ -55,7 +56,8 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
         rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
         return
     task_context.bind_run(state)
-    agent = get_agent(state.agent)
+    # An evaluation run may replace the model (tether.evaluation.overrides); others pay nothing.
+    agent = overrides.agent_for_run(rt.store.client, get_agent(state.agent), state)
     tools = [t.openai_schema() for t in agent.tools]
 
     estimate = agent.model.estimate_tokens(state.messages, tools)
@@ -86,6 +88,7 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
                 category=ErrorCategory.budget,
                 message=f"budget exhausted before model call {step}: {reservation.reason}; "
                 "raise the agent's budget or the event's limits to let it go further",
+                limit=reservation.limit,
             ),
         )
         return
@@ -233,16 +236,27 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
         ]
         return _feed_back(rt, agent, read, [assistant, *feedback], invalid, denied)
 
+    # Whether each held call asks a human or is approved by its earned autonomy.
+    gates = {
+        a.action_id: autonomy.gate(rt.store.client, agent, a)
+        for a in actions
+        if agent.tool(a.tool).requires_approval
+    }
     waits = [
         HumanWait(
             escalation_id=escalation_id(a.action_id),
             kind=EscalationKind.approval_required,
             reason=f"tool {a.tool!r} requires human approval before it runs with arguments "
-            f"{json.dumps(a.arguments)}",
+            f"{json.dumps(a.arguments)}{gates[a.action_id].note}",
             action=a,
         )
         for a in actions
-        if agent.tool(a.tool).requires_approval
+        if a.action_id in gates and gates[a.action_id].ask
+    ]
+    auto = [
+        autonomy.auto_approved(read.run_id, step, a, gates[a.action_id])
+        for a in actions
+        if a.action_id in gates and not gates[a.action_id].ask
     ]
     held = {w.action.action_id for w in waits if w.action}
     runnable = [a for a in actions if a.action_id not in held]
@@ -276,7 +290,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
         committed = rt.store.update(
             read.run_id,
             commit,
-            log=lambda _: [decision],
+            log=lambda _: [decision, *auto],
             tool_calls=(f"tools:{step}", len(actions)),
         )
     except BudgetExhaustedError as exc:
@@ -289,6 +303,7 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
                 category=ErrorCategory.budget,
                 message=f"budget exhausted before the tool calls of step {step}: "
                 f"{exc.reason}; raise max_tool_calls to let it go further",
+                limit=exc.limit,
             ),
             append=[assistant],
         )

@@ -34,6 +34,9 @@ class ReceivedSpan(BaseModel):
     error: bool
     start_ns: int
     end_ns: int
+    status_message: str = ""
+    # Each event's name and attributes (an exception's type, message and stacktrace).
+    events: list[dict[str, Any]] = []
 
 
 def _value(value: AnyValue) -> Any:
@@ -96,6 +99,11 @@ class OTLPReceiver:
                             error=span.status.code == 2,
                             start_ns=span.start_time_unix_nano,
                             end_ns=span.end_time_unix_nano,
+                            status_message=span.status.message,
+                            events=[
+                                {"name": event.name, **_attributes(event.attributes)}
+                                for event in span.events
+                            ],
                         )
                     )
         with self._lock:
