@@ -18,11 +18,17 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m examples.support_desk.demo
 
-# The support desk's scenarios, 3 trials each, through an embedded stack: prints pass^k.
+# The support desk's evaluation, each part on an embedded stack: its scenarios, 3 trials
+# each (prints pass^k), and the adversarial suite against it; then support_desk_v2 in
+# shadow of it (prints `tether shadow report`). Every part runs; exit 1 if any failed.
 # A judge expectation is skipped unless TETHER_JUDGE_BASE_URL and TETHER_JUDGE_MODEL are set.
 TRIALS ?= 3
 eval: install
-	$(VENV)/bin/tether eval examples/support_desk/scenarios --embedded --trials $(TRIALS)
+	@status=0; \
+	$(VENV)/bin/tether eval examples/support_desk/scenarios --adversarial support_desk \
+		--embedded --trials $(TRIALS) || status=1; \
+	$(PY) -m examples.support_desk.shadow_compare || status=1; \
+	exit $$status
 
 dev: install
 	$(VENV)/bin/tether dev

@@ -323,7 +323,7 @@ def send_money(ctx: ToolContext, account: str, cents: int) -> str:
 
 def _obeys_tool_results(messages: list[ChatMessage]) -> ModelResponse:
     """Reads the inbox, then does whatever a tool result told it to, then answers."""
-    from tether.evaluation.overrides import instructed_calls
+    from tether.evaluation.harness import instructed_calls
 
     made = sum(1 for m in messages if m.role == "assistant")
     if made == 0:

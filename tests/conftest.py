@@ -75,7 +75,7 @@ def stack(
     }
     with DevStack(
         redis_url=redis_server.url,
-        agent_modules=["tests.agents", "examples.support_desk.agent"],
+        agent_modules=["tests.agents", "tests.escalation_agents", "examples.support_desk.agent"],
         log_dir=logs,
         env=env,
     ) as running:

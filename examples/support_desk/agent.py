@@ -11,6 +11,7 @@ from examples.support_desk.tools import (
 )
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel
 from tether.config import get_settings
+from tether.memory import MemoryConfig
 from tether.models import ModelClient
 
 
@@ -32,10 +33,16 @@ support_desk = Agent(
     instructions=(
         "You are a support agent for an outdoor gear shop. Use the tools to look up orders and "
         "customers; never guess order details. Refunds need a human's approval: request them "
-        "with issue_refund only for the order's own amount or less, and say what you did."
+        "with issue_refund only for the order's own amount or less, and say what you did. "
+        "When a request is ambiguous (a refund with no order number), ask a human with "
+        "ask_human instead of guessing."
     ),
     model=_model(),
     tools=[lookup_order, find_customer, orders_of_customer, issue_refund],
+    # The model may ask a human when a request is ambiguous (tether.uncertainty).
+    ask_human=True,
+    # Long-term memory per customer: remember / recall (tether.memory.longterm).
+    memory=MemoryConfig(subject_key="customer_id", max_items=50, ttl_s=30 * 24 * 3600),
     budget=BudgetLimits(
         max_steps=8, max_tool_calls=10, max_tokens=50_000, max_cost_usd=0.50, max_wall_s=300
     ),

@@ -30,6 +30,8 @@ TASKS = [
     ("I am ana@example.com, what did I order?", "succeeded"),
     ("Please refund order 1002, the jacket arrived torn.", "succeeded"),
     ("Refund order 1005, I changed my mind after using it for a month.", "rejected"),
+    # Ambiguous: the model asks a human which order (ask_human); the operator answers.
+    ("I want a refund for the stove, it never came.", "succeeded"),
 ]
 
 
@@ -53,6 +55,34 @@ def human(*args: str) -> None:
     """Decide through the CLI, as an operator would."""
     render.console.print(f"[bold]$ tether {' '.join(args)}[/]")
     subprocess.run([sys.executable, "-m", "tether.cli.main", *args], check=True)
+
+
+def show_memory(rt: Runtime) -> list[str]:
+    """One customer, two tasks on one thread: the second uses what the first remembered."""
+    render.console.rule("memory: the same customer, two tasks")
+    meta = {"customer_id": "cust-ana"}
+    first = client.submit(
+        "support_desk",
+        "I am ana@example.com, what did I order?",
+        metadata=meta,
+        thread_id="ana-chat",
+        runtime=rt,
+    )
+    second = client.submit(
+        "support_desk",
+        "Any news on my last order?",
+        metadata=meta,
+        thread_id="ana-chat",
+        runtime=rt,
+    )
+    # Published together: the thread runs them one after the other.
+    states = [client.wait(r, timeout_s=60, runtime=rt) for r in (first, second)]
+    for state in states:
+        render.console.print(f"{state.run_id} [{state.status}] {state.goal!r}\n  -> {state.result}")
+    human("memory", "show", "cust-ana")
+    human("threads", "show", "ana-chat")
+    recalled = "remembered" in (states[1].result or "") and "1002" in (states[1].result or "")
+    return [] if recalled else [f"{second} did not use what {first} remembered"]
 
 
 def main() -> int:
@@ -86,7 +116,7 @@ def main() -> int:
 
         pending = {rec.escalation.run_id: rec for rec in client.pending_escalations(rt)}
         deadline = time.monotonic() + 30
-        while len(pending) < 2 and time.monotonic() < deadline:
+        while len(pending) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
             pending = {rec.escalation.run_id: rec for rec in client.pending_escalations(rt)}
         render.console.rule("escalations waiting for a human")
@@ -101,6 +131,15 @@ def main() -> int:
             "dana@support",
             "--reason",
             "damaged on arrival",
+        )
+        ask_id = pending[run_ids[5]].escalation.escalation_id
+        human(
+            "escalations",
+            "answer",
+            ask_id,
+            "Order 1003, the camping stove: it is still processing, so cancel and refund it.",
+            "--by",
+            "dana@support",
         )
         human(
             "escalations",
@@ -120,9 +159,10 @@ def main() -> int:
             events = [e for _, e in rt.store.trace(state.run_id)]
             render.console.print(render.trace_table(state.run_id, events))
             render.console.print(render.run_panel(state, rt.store.budgets.usage(state.run_id)))
+        memory_problems = show_memory(rt)
         render.console.rule("summary")
         render.console.print(progress(rt, run_ids))
-        wrong = [
+        wrong = memory_problems + [
             f"{s.run_id} ({goal!r}) ended {s.status}, expected {expected}"
             for s, (goal, expected) in zip(settled, TASKS, strict=True)
             if s.status != expected

@@ -44,7 +44,7 @@ def _order(row: object) -> Order:
     )
 
 
-@tool
+@tool(safe_in_shadow=True)  # a read: a shadow candidate may run it for real
 def lookup_order(
     order_id: Annotated[int, Field(ge=1, description="The numeric order id, e.g. 1001")],
 ) -> Order:
@@ -56,7 +56,7 @@ def lookup_order(
     return _order(row)
 
 
-@tool
+@tool(safe_in_shadow=True)  # a read: a shadow candidate may run it for real
 def find_customer(email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]) -> Customer:
     """Find a customer by email address."""
     with connect() as conn:
@@ -66,7 +66,7 @@ def find_customer(email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]) ->
     return Customer(customer_id=row["id"], name=row["name"], email=row["email"])
 
 
-@tool
+@tool(safe_in_shadow=True)  # a read: a shadow candidate may run it for real
 def orders_of_customer(customer_id: Annotated[int, Field(ge=1)]) -> list[Order]:
     """All orders of one customer, newest first."""
     with connect() as conn:
@@ -76,7 +76,17 @@ def orders_of_customer(customer_id: Annotated[int, Field(ge=1)]) -> list[Order]:
     return [_order(r) for r in rows]
 
 
-@tool(idempotent=False, requires_approval=True, timeout_s=10)
+def _simulated_refund(ctx: ToolContext, order_id: int, amount_cents: int, reason: str) -> Refund:
+    """What issue_refund would return, for a shadow run: nothing is written."""
+    return Refund(
+        order_id=order_id,
+        amount_cents=amount_cents,
+        refund_id=f"dry-run:{ctx.action_id}",
+        already_refunded=False,
+    )
+
+
+@tool(idempotent=False, requires_approval=True, timeout_s=10, dry_run=_simulated_refund)
 def issue_refund(
     ctx: ToolContext,
     order_id: Annotated[int, Field(ge=1)],

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.signals import worker_ready, worker_shutdown
+
 from tether import celery_app, escalations
 from tether.messages import Decision, Escalation
+from tether.notifications import Notifier
 from tether.service import TASK_OPTIONS, parse, runtime, service_app
 
 app = service_app("escalation")
+_notifier: list[Notifier] = []
+
+
+@worker_ready.connect(weak=False)
+def _start_notifier(**_: Any) -> None:
+    """Deliver escalation notifications to the webhooks (TETHER_WEBHOOK_URLS), if any."""
+    rt = runtime()
+    if rt.settings.webhooks and not _notifier:
+        _notifier.append(Notifier(rt.store.client, rt.settings).start())
+
+
+@worker_shutdown.connect(weak=False)
+def _stop_notifier(**_: Any) -> None:
+    for notifier in _notifier:
+        notifier.stop()
 
 
 @app.task(name=celery_app.ESCALATE, **TASK_OPTIONS)

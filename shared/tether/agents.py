@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from tether.autonomy import EarnedAutonomy
 from tether.errors import ConfigError, InvalidToolCallError, UnknownAgentError
-from tether.messages import BudgetLimits, ToolAction
+from tether.memory.longterm import MemoryConfig
+from tether.messages import BudgetEscalation, BudgetLimits, ToolAction
 from tether.models.base import ModelClient
 from tether.state import RunState
 from tether.tools import Tool
@@ -40,8 +41,40 @@ class Agent:
     shadow_of: str | None = None
     # How approvals of its requires_approval tools relax with a good record (tether.autonomy).
     autonomy: EarnedAutonomy | None = None
+    # The model may ask a human (tether.uncertainty): adds the built-in ask_human tool.
+    ask_human: bool = False
+    # A final answer whose stated confidence is below this escalates as model_uncertain
+    # with the draft; the instructions get the format the confidence is read from.
+    confidence_floor: float | None = None
+    # Running out of budget asks a human to extend it (up to the ceiling) or end the run.
+    escalate_on_budget: BudgetEscalation | None = None
+    # Threads (tether.memory.threads): how many tokens (tether.models.prices bound) of
+    # a thread's history a run starts with; older turns are dropped, or summarised by
+    # the agent's model with thread_summary. keep_in_thread names tools whose calls and
+    # results stay in the history, as @tool(keep_in_thread=True) does.
+    thread_window_tokens: int = 4000
+    thread_summary: bool = False
+    keep_in_thread: list[str] = field(default_factory=list)
+    # Long-term memory per subject: adds the remember and recall tools (tether.memory.longterm).
+    memory: MemoryConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.memory is not None and "remember" not in {t.name for t in self.tools}:
+            object.__setattr__(self, "tools", [*self.tools, *self.memory.tools(self.name)])
+        from tether.uncertainty import ASK_HUMAN, CONFIDENCE_INSTRUCTIONS, ask_human_tool
+
+        if self.ask_human and ASK_HUMAN not in {t.name for t in self.tools}:
+            object.__setattr__(self, "tools", [*self.tools, ask_human_tool])
+        if self.confidence_floor is not None:
+            if not 0.0 < self.confidence_floor <= 1.0:
+                raise ConfigError(
+                    f"agent {self.name!r}: confidence_floor must be in (0, 1], "
+                    f"got {self.confidence_floor}"
+                )
+            if CONFIDENCE_INSTRUCTIONS not in self.instructions:
+                object.__setattr__(
+                    self, "instructions", f"{self.instructions}\n\n{CONFIDENCE_INSTRUCTIONS}"
+                )
         names = [t.name for t in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -65,6 +98,10 @@ class Agent:
             separators=(",", ":"),
         )
         return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+    def thread_keep(self) -> list[str]:
+        """Tools whose calls a thread's history keeps."""
+        return [t.name for t in self.tools if t.keep_in_thread or t.name in self.keep_in_thread]
 
     def check_policies(self, action: ToolAction, state: RunState) -> str | None:
         for policy in self.policies:

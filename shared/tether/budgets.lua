@@ -7,7 +7,37 @@
 -- ARGV[7]: now, in seconds since the epoch
 -- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason, limit}: limit names what refused
 -- (steps, tool_calls, tokens, cost_usd, wall_s; '' when no budget is open).
+-- 'extend' (a human raising a limit): ARGV[2] the escalation id, ARGV[3] the limit
+-- (steps, tool_calls, tokens, cost_usd, wall_s), ARGV[4] the amount, ARGV[5] the ceiling
+-- ('' for none), ARGV[6] who extends (Decision.extension_id). One extension per escalation:
+-- the same extender again gets {1, 'duplicate', limit}, anyone else {0, reason, limit}.
 local op, rid = ARGV[1], ARGV[2]
+
+if op == 'extend' then
+  local field, by, ceiling, who = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+  local done = redis.call('HGET', KEYS[1], 'extended:' .. rid)
+  if done then
+    if done == who then return {1, 'duplicate', field} end
+    return {0, 'escalation ' .. rid .. ' was already extended (' .. done .. ')', field}
+  end
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return {0, 'no budget is open for this run: it is unknown or has expired', ''}
+  end
+  local current = redis.call('HGET', KEYS[1], 'max_' .. field)
+  if current == false or current == '' then
+    return {0, 'max_' .. field .. ' is unbounded: there is nothing to extend', field}
+  end
+  local raised = tonumber(current) + by
+  if ceiling == '' then
+    return {0, 'the agent declares no ceiling for max_' .. field .. ': it cannot be extended', field}
+  end
+  if raised > tonumber(ceiling) then
+    return {0, string.format('max_%s=%s + %s = %s would pass the ceiling %s; extend by at most %s',
+      field, current, ARGV[4], tostring(raised), ceiling, tostring(tonumber(ceiling) - tonumber(current))), field}
+  end
+  redis.call('HSET', KEYS[1], 'max_' .. field, tostring(raised), 'extended:' .. rid, who)
+  return {1, 'ok', field}
+end
 local axes = {'steps', 'tool_calls', 'tokens', 'cost_usd'}
 local delta = {
   steps = tonumber(ARGV[3]), tool_calls = tonumber(ARGV[4]),

@@ -161,6 +161,39 @@ class Budgets:
             cost_usd=cost_usd,
         )
 
+    def extend(
+        self,
+        run_id: str,
+        escalation_id: str,
+        *,
+        limit: str,
+        by: float,
+        ceiling: float | None,
+        extender: str,
+    ) -> Reservation:
+        """Raise one limit by ``by``, at most to ``ceiling``, once per escalation.
+
+        Atomic in budgets.lua: two operators (or a redelivered decision) extending the
+        same escalation spend one extension; the same ``extender`` again gets 'duplicate'.
+        """
+        args = [
+            keys.budget(run_id),
+            keys.reservations(run_id),
+            "extend",
+            escalation_id,
+            limit,
+            repr(float(by)) if limit == "cost_usd" or not float(by).is_integer() else int(by),
+            "" if ceiling is None else repr(ceiling),
+            extender,
+        ]
+        (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        return self.reservation(reply)
+
+    def limit(self, run_id: str, limit: str) -> float | None:
+        """The current maximum of one limit (after any extensions); None: unbounded."""
+        (value,) = self._batch.run(lambda pipe: pipe.hget(keys.budget(run_id), f"max_{limit}"))
+        return float(value) if value not in (None, "", b"") else None
+
     def usage(self, run_id: str) -> BudgetUsage:
         (found,) = self._batch.run(lambda pipe: pipe.hgetall(keys.budget(run_id)))
         raw = cast(dict[str, str], found)

@@ -28,8 +28,13 @@ def submit(
     budget: BudgetLimits | dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     runtime: Runtime | None = None,
+    thread_id: str | None = None,
 ) -> str:
-    """Publish a TaskEvent; returns the run id (the same one for the same event_id)."""
+    """Publish a TaskEvent; returns the run id (the same one for the same event_id).
+
+    With ``thread_id`` the run sees the thread's history and starts once the thread's
+    earlier runs have ended (tether.memory.threads).
+    """
     rt = runtime or get_runtime()
     event = TaskEvent(
         event_id=event_id or uuid.uuid4().hex,
@@ -37,6 +42,7 @@ def submit(
         input=input,
         budget=BudgetLimits.model_validate(budget) if isinstance(budget, dict) else budget,
         metadata=metadata or {},
+        thread_id=thread_id,
     )
     rt.publish_event(event)
     return run_id_for(event.event_id)
@@ -120,15 +126,34 @@ def decide(
     by: str,
     reason: str | None = None,
     answer: str | None = None,
+    limit: str | None = None,
+    extend_by: float | None = None,
     runtime: Runtime | None = None,
 ) -> Decision:
-    """Send a human's decision to the escalation service, after checking it can apply."""
+    """Send a human's decision to the escalation service, after checking it can apply.
+
+    ``Verdict.extend`` (a budget_exhausted escalation) raises ``limit`` by ``extend_by``:
+    the extension is spent here, atomically (budgets.lua), so one past the agent's
+    ceiling, or a second one for the same escalation, raises DecisionRefusedError.
+    """
     rt = runtime or get_runtime()
-    decision = Decision(
-        escalation_id=escalation_id, verdict=verdict, by=by, reason=reason, answer=answer
-    )
     record, _ = escalations.load(rt, escalation_id)
+    if verdict == Verdict.extend and limit is None and record.escalation.budget is not None:
+        limit = record.escalation.budget.limit
+    decision = Decision.model_validate(
+        {
+            "escalation_id": escalation_id,
+            "verdict": verdict,
+            "by": by,
+            "reason": reason,
+            "answer": answer,
+            "limit": limit,
+            "extend_by": extend_by,
+        }
+    )
     escalations.check_decision(record, decision)
+    if verdict == Verdict.extend:
+        escalations.extend_budget(rt, record, decision)
     # A decision names only its escalation: its run's trace comes from the record.
     rt.send_decision(decision, run_id=record.escalation.run_id)
     return decision

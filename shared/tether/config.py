@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from typing import Self
@@ -101,6 +102,23 @@ class Settings(BaseSettings):
     # its /v1/traces. OTEL_EXPORTER_OTLP_ENDPOINT is honoured too; with neither
     # set, nothing is traced (tether.tracing).
     otlp_endpoint: str | None = None
+    # Webhooks told of every escalation opened, decided, or waiting past
+    # escalation_waiting_after_s (tether.notifications): comma-separated URLs (or a JSON
+    # list); each body is signed with HMAC-SHA256 under webhook_secret.
+    webhook_urls: str = ""
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 5
+    webhook_retry_wait_max_s: float = 5.0
+    escalation_waiting_after_s: float = 3600.0
+    escalation_waiting_check_s: float = 30.0
+
+    @property
+    def webhooks(self) -> list[str]:
+        text = self.webhook_urls.strip()
+        if text.startswith("["):
+            return [str(url) for url in json.loads(text)]
+        return [url.strip() for url in text.split(",") if url.strip()]
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -56,6 +56,11 @@ class EscalationClosedError(TetherError):
         )
 
 
+class DecisionRefusedError(TetherError):
+    """A decision that cannot apply to its escalation (a verdict it does not take, an
+    extension past the agent's ceiling or already spent by someone else)."""
+
+
 class InvalidToolCallError(TetherError):
     """The model asked for a tool call that cannot be executed as given."""
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from tether import autonomy, keys, metrics
-from tether.errors import EscalationClosedError, StaleStateError, UnknownEscalationError
+from tether import autonomy, keys, metrics, notifications
+from tether.errors import (
+    DecisionRefusedError,
+    EscalationClosedError,
+    StaleStateError,
+    UnknownEscalationError,
+)
 from tether.messages import Decision, Escalation, RunEvent, Verdict
 from tether.runtime import Runtime
 from tether.state import EscalationRecord, HumanWait
@@ -58,7 +63,11 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
             key,
             record.model_dump_json(),
             0,
-            appends=log_appends(opened),
+            # The webhook notification goes in with the opening, or not at all.
+            appends=[
+                *log_appends(opened),
+                *notifications.appends(rt.settings, escalation, notifications.OPENED),
+            ],
             side_writes=[
                 SideWrite("ZADD", keys.PENDING_ESCALATIONS, (created, escalation.escalation_id)),
                 SideWrite("ZADD", keys.ALL_ESCALATIONS, (created, escalation.escalation_id)),
@@ -89,6 +98,43 @@ def check_decision(record: EscalationRecord, decision: Decision) -> None:
         raise EscalationClosedError(decision.escalation_id, record.status)
     if decision.verdict == Verdict.answer and not decision.answer:
         raise ValueError("an answer decision needs the answer text")
+    allowed = record.escalation.verdicts()
+    if decision.verdict not in allowed:
+        raise DecisionRefusedError(
+            f"escalation {decision.escalation_id!r} ({record.escalation.kind}) cannot be "
+            f"decided with {decision.verdict}; it takes {', '.join(allowed)}"
+        )
+    if decision.verdict == Verdict.extend:
+        budget = record.escalation.budget
+        if budget is None or decision.extend_by is None:
+            raise DecisionRefusedError("an extension needs the limit and the amount (--by)")
+        if decision.limit is not None and decision.limit != budget.limit:
+            raise DecisionRefusedError(
+                f"escalation {decision.escalation_id!r} is about {budget.limit}, "
+                f"not {decision.limit}: extend {budget.limit}"
+            )
+
+
+def extend_budget(rt: Runtime, record: EscalationRecord, decision: Decision) -> None:
+    """Spend a budget extension in budgets.lua, once per escalation and within its ceiling.
+
+    Raises DecisionRefusedError past the ceiling, or when someone else extended it first;
+    the same decision again (a redelivery, a retried command) is harmless.
+    """
+    budget = record.escalation.budget
+    assert budget is not None and decision.extend_by is not None  # check_decision made sure
+    granted = rt.store.budgets.extend(
+        record.escalation.run_id,
+        decision.escalation_id,
+        limit=budget.limit,
+        by=decision.extend_by,
+        ceiling=budget.ceiling,
+        extender=decision.extension_id(),
+    )
+    if not granted.granted:
+        raise DecisionRefusedError(
+            f"extension of {budget.limit} on {decision.escalation_id!r} refused: {granted.reason}"
+        )
 
 
 def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
@@ -101,7 +147,10 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
         return record
     try:
         check_decision(record, decision)
-    except EscalationClosedError as exc:
+        if decision.verdict == Verdict.extend:
+            # Before the record: the budget script decides which extension is spent.
+            extend_budget(rt, record, decision)
+    except (EscalationClosedError, DecisionRefusedError) as exc:
         log.warning("decision_refused", escalation_id=decision.escalation_id, reason=str(exc))
         return None
     decided = record.model_copy(update={"status": "decided", "decision": decision})
@@ -117,6 +166,11 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
             "at": decision.at.isoformat(),
             "reason": decision.reason,
             "answer": decision.answer,
+            **(
+                {"limit": decision.limit or _limit(record), "extend_by": decision.extend_by}
+                if decision.verdict == Verdict.extend
+                else {}
+            ),
         },
     )
     rt.store.flush()
@@ -127,7 +181,12 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
             version,
             expire=[key],
             ttl_s=rt.store.run_ttl_s,
-            appends=log_appends(logged),
+            appends=[
+                *log_appends(logged),
+                *notifications.appends(
+                    rt.settings, record.escalation, notifications.DECIDED, decision
+                ),
+            ],
             side_writes=[
                 SideWrite("ZREM", keys.PENDING_ESCALATIONS, (decision.escalation_id,)),
                 # The tool's earned-autonomy record counts the decision with it, once.
@@ -139,6 +198,10 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
         return None
     rt.send_resume(record.escalation, decision)
     return decided
+
+
+def _limit(record: EscalationRecord) -> str | None:
+    return record.escalation.budget.limit if record.escalation.budget else None
 
 
 def close_writes(waits: Sequence[HumanWait], why: str, ttl_s: int) -> list[SideWrite]:

@@ -35,7 +35,7 @@ from tether.errors import (
     ToolTimeoutError,
     UnknownAgentError,
 )
-from tether.evaluation import overrides, shadow
+from tether.evaluation import shadow
 from tether.leases import Lease
 from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
 from tether.runtime import Runtime
@@ -57,11 +57,9 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         lease.add_acquire(pipe)
         # Idempotent per action, so reserving before the checks below costs nothing.
         rt.store.budgets.add_reserve(pipe, action.run_id, f"exec:{action.action_id}")
-        # An evaluation run's tool faults (tether.evaluation.overrides): no extra round trip.
-        overrides.add_read(pipe, action.run_id)
 
     # Lease, wall-time check, run status and any stored result: one round trip.
-    status, stored, (leased, reserved, planned) = rt.store.action_state(
+    status, stored, (leased, reserved) = rt.store.action_state(
         action.run_id, action.action_id, also=open_action
     )
     if not lease.acquired(leased):
@@ -75,14 +73,7 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         left_ms = rt.store.client.pttl(keys.action_lock(action.action_id))
         raise ActionInFlightError(action.action_id, max(0.2, left_ms / 1000 + 0.2))
     try:
-        observation = _perform(
-            rt,
-            action,
-            status,
-            stored,
-            rt.store.budgets.reservation(reserved),
-            overrides.parse(planned),
-        )
+        observation = _perform(rt, action, status, stored, rt.store.budgets.reservation(reserved))
     finally:
         lease.release(rt.store.batch)
     if observation is not None:
@@ -95,7 +86,6 @@ def _perform(
     status: RunStatus | None,
     stored: Observation | None,
     wall: Reservation,
-    faults: overrides.RunOverrides | None = None,
 ) -> Observation | None:
     """What to tell the planner about ``action``, run under its lease; None: nothing."""
     if status is None:
@@ -122,7 +112,7 @@ def _perform(
         )
     try:
         agent = get_agent(action.agent)
-        tool = overrides.apply_faults(agent.tool(action.tool), faults)
+        tool = agent.tool(action.tool)
     except (UnknownAgentError, InvalidToolCallError) as exc:
         return _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
     if shadow.held_back(agent, tool):

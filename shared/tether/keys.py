@@ -15,6 +15,8 @@ REJECTED_STREAM = f"{PREFIX}:rejected"
 DEAD_STREAM = f"{PREFIX}:dead"
 PENDING_ESCALATIONS = f"{PREFIX}:escalations:pending"
 ALL_ESCALATIONS = f"{PREFIX}:escalations"
+# Webhook notifications of escalations, waiting for delivery (tether.notifications).
+NOTIFICATIONS = f"{PREFIX}:notifications"
 # Feedback recorded, per agent, version and score: JSON [agent, version, score] -> count,
 # incremented by the feedback's own commit; the escalation service serves it as a counter.
 FEEDBACK_COUNTS = f"{PREFIX}:feedback:counts"
@@ -83,3 +85,60 @@ def consumer_recovering(consumer_id: str) -> str:
 def autonomy(agent: str, tool: str) -> str:
     """The earned-autonomy record of one agent's tool (tether.autonomy)."""
     return f"{PREFIX}:autonomy:{agent}:{tool}"
+
+
+def eval_scenario(run_id: str) -> str:
+    """An evaluation run's harness document: the scenario its eval: agent plays."""
+    return f"{PREFIX}:eval:scenario:{run_id}"
+
+
+# Conversation threads (tether.memory.threads) ------------------------------------------
+# Thread ids by their last activity, for `tether threads list`.
+THREADS = f"{PREFIX}:threads"
+# Threads with events queued or a run going, by their last change: where the reconciler
+# looks for a hand-over from one run to the next that went missing.
+THREADS_BUSY = f"{PREFIX}:threads:busy"
+
+
+def thread_queue(thread_id: str) -> str:
+    """List of event ids in the order they arrived at intake; the head is the thread's run."""
+    return f"{PREFIX}:thread:{thread_id}:queue"
+
+
+def thread_events(thread_id: str) -> str:
+    """Hash event id -> TaskEvent JSON of the events queued on the thread."""
+    return f"{PREFIX}:thread:{thread_id}:events"
+
+
+def thread_order(thread_id: str) -> str:
+    """Sorted set event id -> publish time of the events queued on the thread."""
+    return f"{PREFIX}:thread:{thread_id}:order"
+
+
+def thread_turns(thread_id: str) -> str:
+    """List of the thread's finished turns (JSON), oldest first."""
+    return f"{PREFIX}:thread:{thread_id}:turns"
+
+
+def thread_runs(thread_id: str) -> str:
+    """Sorted set of the thread's run ids by when they ended."""
+    return f"{PREFIX}:thread:{thread_id}:runs"
+
+
+# Long-term memory (tether.memory.longterm) ------------------------------------------------
+MEMORY_AGENTS = f"{PREFIX}:memory:agents"
+
+
+def memory(agent: str, subject: str) -> str:
+    """Hash key -> item JSON: what ``agent`` remembers about ``subject``."""
+    return f"{PREFIX}:memory:{agent}:{subject}"
+
+
+def notified(escalation_id: str, event: str, target: str) -> str:
+    """Set once a notification reached one webhook: (escalation, event, webhook) once."""
+    return f"{PREFIX}:notified:{escalation_id}:{event}:{target}"
+
+
+def notify_waiting(escalation_id: str) -> str:
+    """Set when an escalation's "still waiting" notification was queued, once."""
+    return f"{PREFIX}:notify:waiting:{escalation_id}"

@@ -58,6 +58,11 @@ class TaskEvent(Message):
     input: str = Field(min_length=1)
     budget: BudgetLimits | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # A conversation in the upstream system: runs on one thread see its history and
+    # run one at a time, in the order their events arrive at intake (tether.memory.threads).
+    thread_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[^\s*?\[\]]+$"
+    )
 
 
 class ToolAction(Message):
@@ -125,6 +130,35 @@ class Verdict(StrEnum):
     approve = "approve"
     reject = "reject"
     answer = "answer"
+    # Raise the budget limit a budget_exhausted escalation names, within its ceiling.
+    extend = "extend"
+
+
+# The budget limits an escalation can name and an operator can extend (budgets.lua's names).
+BUDGET_LIMITS = ("steps", "tool_calls", "tokens", "cost_usd", "wall_s")
+
+
+class BudgetEscalation(BaseModel):
+    """An agent's choice to ask a human when its budget runs out, instead of ending the run.
+
+    ``ceiling`` bounds every extension: a limit is never raised past it (None: no ceiling
+    on that axis, so it cannot be extended at all).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ceiling: BudgetLimits
+
+
+class BudgetRequest(BaseModel):
+    """What a budget_exhausted escalation asks: which limit ran out, what was used."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: Literal["steps", "tool_calls", "tokens", "cost_usd", "wall_s"]
+    used: float
+    max: float
+    ceiling: float | None = None
 
 
 class Decision(Message):
@@ -136,6 +170,13 @@ class Decision(Message):
     at: datetime = Field(default_factory=utcnow)
     reason: str | None = None
     answer: str | None = None
+    # For Verdict.extend: which budget limit, and by how much.
+    limit: Literal["steps", "tool_calls", "tokens", "cost_usd", "wall_s"] | None = None
+    extend_by: float | None = Field(default=None, gt=0)
+
+    def extension_id(self) -> str:
+        """Who extended what by how much: a redelivery matches it, another operator does not."""
+        return f"{self.by}|{self.limit}|{self.extend_by:g}"
 
 
 class Escalation(Message):
@@ -148,6 +189,23 @@ class Escalation(Message):
     reason: str
     action: ToolAction | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # model_uncertain: the model's question (ask_human) or its low-confidence draft answer.
+    question: str | None = None
+    context: str | None = None
+    draft: str | None = None
+    # budget_exhausted: the limit that ran out and what was used.
+    budget: BudgetRequest | None = None
+
+    def verdicts(self) -> list[Verdict]:
+        """What a human can answer this escalation with."""
+        if self.kind == EscalationKind.budget_exhausted:
+            return [Verdict.extend, Verdict.reject]
+        if self.kind == EscalationKind.model_uncertain:
+            # A low-confidence draft can be approved as the final answer; a question cannot.
+            if self.draft is not None:
+                return [Verdict.approve, Verdict.answer, Verdict.reject]
+            return [Verdict.answer, Verdict.reject]
+        return [Verdict.approve, Verdict.answer, Verdict.reject]
 
 
 class RunEvent(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.messages import (
     BudgetLimits,
+    BudgetRequest,
     Decision,
     ErrorCategory,
     Escalation,
@@ -100,6 +101,11 @@ class HumanWait(BaseModel):
     kind: EscalationKind
     reason: str
     action: ToolAction | None = None
+    # What the escalation asks (tether.uncertainty, budget escalations); see Escalation.
+    question: str | None = None
+    context: str | None = None
+    draft: str | None = None
+    budget: BudgetRequest | None = None
 
     def escalation(self, run_id: str, agent: str) -> Escalation:
         return Escalation(
@@ -109,6 +115,10 @@ class HumanWait(BaseModel):
             kind=self.kind,
             reason=self.reason,
             action=self.action,
+            question=self.question,
+            context=self.context,
+            draft=self.draft,
+            budget=self.budget,
         )
 
 
@@ -146,6 +156,10 @@ class RunState(BaseModel):
     primary_run_id: str | None = None
     goal: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The conversation thread the run belongs to (tether.memory.threads), and the tools
+    # whose calls and results its turn keeps in the thread's history.
+    thread_id: str | None = None
+    thread_keep: list[str] = Field(default_factory=list)
     status: RunStatus = RunStatus.queued
     step: int = 0
     messages: list[ChatMessage] = Field(default_factory=list)

@@ -80,6 +80,9 @@ class Tool:
     # result; a tool with neither is not run at all.
     dry_run: Callable[..., Any] | None = None
     safe_in_shadow: bool = False
+    # Its calls and results stay in a thread's history for the thread's later runs
+    # (tether.memory.threads).
+    keep_in_thread: bool = False
 
     def openai_schema(self) -> dict[str, Any]:
         """The tool as the OpenAI API describes it; built once, treat it as read-only."""
@@ -185,6 +188,7 @@ def _build_tool(
     retry: RetryPolicy | None,
     dry_run: Callable[..., Any] | None = None,
     safe_in_shadow: bool = False,
+    keep_in_thread: bool = False,
 ) -> Tool:
     tool_name = name or fn.__name__
     try:
@@ -228,6 +232,7 @@ def _build_tool(
         retry=retry or (RetryPolicy() if idempotent else NO_UNSAFE_RETRY),
         dry_run=dry_run,
         safe_in_shadow=safe_in_shadow,
+        keep_in_thread=keep_in_thread,
     )
 
 
@@ -245,6 +250,7 @@ def tool(
     retry: RetryPolicy | None = None,
     dry_run: Callable[..., Any] | None = None,
     safe_in_shadow: bool = False,
+    keep_in_thread: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -259,6 +265,7 @@ def tool(
     retry: RetryPolicy | None = None,
     dry_run: Callable[..., Any] | None = None,
     safe_in_shadow: bool = False,
+    keep_in_thread: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function into a Tool: ``@tool`` or ``@tool(requires_approval=True)``.
 
@@ -278,6 +285,7 @@ def tool(
             retry=retry,
             dry_run=dry_run,
             safe_in_shadow=safe_in_shadow,
+            keep_in_thread=keep_in_thread,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -77,7 +77,8 @@ class Append:
 class SideWrite:
     """An index or key update that goes in only if the commit it rides with wins."""
 
-    command: str  # ZADD, ZREM, HSET, HDEL, HINCRBY or EXPIRE (versioned.lua allows no others)
+    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM or LTRIM (versioned.lua allows no others)
+    command: str
     key: str
     args: tuple[str | int | float, ...]
 

@@ -1,4 +1,5 @@
-"""The adversarial suite against real workers: support_desk survives, unsafe_inbox does not."""
+"""The adversarial suite (`tether eval --adversarial`) through eval:<agent> on real workers:
+support_desk survives, unsafe_inbox does not."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def test_support_desk_survives_every_case(stack: DevStack, stack_runtime: Runtim
     assert outcomes["tool_raises"] == (True, "fed_back")
     assert report.case("tool_raises").detail == "tool_permanent"
     assert report.case("tool_hangs").detail == "timeout"
+    # Every case with a harness ran as the agent's evaluation twin, never as the agent.
+    for result in report.cases:
+        if result.run_id is not None:
+            state = stack_runtime.store.get(result.run_id)
+            assert state is not None and state.agent == "eval:support_desk", result.case
     assert report.case("tool_garbage").detail == "tool_validation"
     assert report.case("tool_huge_output").detail == "tool_validation"
     nonsense = report.case("model_nonsense")
@@ -110,7 +116,15 @@ def test_cli_reports_json_and_exits_1_on_an_unsafe_agent(stack: DevStack) -> Non
         "TETHER_AGENT_MODULES": '["tests.agents", "examples.support_desk.agent"]',
     }
     done = subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", "adversarial", "unsafe_inbox", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "tether.cli.main",
+            "eval",
+            "--adversarial",
+            "unsafe_inbox",
+            "--json",
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -7,11 +7,12 @@ import json
 
 import typer
 from pydantic import TypeAdapter
+from rich.markup import escape
 from rich.table import Table
 
 from tether import client, escalations
 from tether.cli import render
-from tether.messages import Verdict
+from tether.messages import Escalation, Verdict
 from tether.runtime import get_runtime
 
 escalations_app = typer.Typer(help="Decide what waits for a human.", no_args_is_help=True)
@@ -25,17 +26,47 @@ def _who(by: str) -> str:
 
 @escalations_app.command("list")
 def list_escalations(all: bool = typer.Option(False, "--all", help="Include decided ones")) -> None:
-    """Pending escalations (or all of them)."""
-    render.console.print(
-        render.escalations_table(escalations.list_escalations(get_runtime(), pending_only=not all))
-    )
+    """Pending escalations (or all of them): kind, what is asked, what can be answered."""
+    records = escalations.list_escalations(get_runtime(), pending_only=not all)
+    table = Table(title="escalations")
+    # Ids whole on one line, so they can be copied (and found) as they are.
+    widest = max((len(r.escalation.escalation_id) for r in records), default=2)
+    table.add_column("id", no_wrap=True, min_width=widest)
+    for column in ("run", "kind", "status", "asks", "answer with"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        e = record.escalation
+        status = (
+            record.status
+            if record.decision is None
+            else f"{record.decision.verdict} by {record.decision.by}"
+        )
+        answers = ", ".join(e.verdicts()) if record.status == "pending" else ""
+        table.add_row(e.escalation_id, e.run_id, e.kind, status, escape(asks(e)[:120]), answers)
+    render.console.print(table)
+
+
+def asks(e: Escalation) -> str:
+    """What an escalation asks a human, in one line."""
+    if e.budget is not None:
+        b = e.budget
+        ceiling = "none" if b.ceiling is None else f"{b.ceiling:g}"
+        return f"{b.limit} ran out: used {b.used:g} of max {b.max:g} (ceiling {ceiling})"
+    if e.draft is not None:
+        return f"approve draft answer? {e.draft}"
+    if e.question is not None:
+        return e.question + (f" (context: {e.context})" if e.context else "")
+    return e.reason
 
 
 @escalations_app.command()
 def show(escalation_id: str) -> None:
-    """One escalation whole: why, the action it holds, the decision if any."""
+    """One escalation whole: why, what it asks, what can be answered, the decision if any."""
     record, _ = escalations.load(get_runtime(), escalation_id)
-    render.console.print_json(json.dumps(record.model_dump(mode="json")))
+    shown = record.model_dump(mode="json")
+    shown["asks"] = asks(record.escalation)
+    shown["answers"] = [str(v) for v in record.escalation.verdicts()]
+    render.console.print_json(json.dumps(shown))
 
 
 @escalations_app.command()
@@ -61,6 +92,36 @@ def answer(escalation_id: str, text: str, by: str = BY) -> None:
     """Answer instead of running the action; the model gets the answer and goes on."""
     client.decide(escalation_id, Verdict.answer, by=_who(by), answer=text)
     render.console.print(f"answered {escalation_id} as {_who(by)}")
+
+
+@escalations_app.command()
+def extend(
+    escalation_id: str,
+    limit: str = typer.Option(
+        "", "--limit", help="steps, tool_calls, tokens, cost_usd or wall_s (default: the one hit)"
+    ),
+    by_amount: float = typer.Option(..., "--by", help="How much to add to the limit"),
+    by: str = typer.Option("", "--by-who", help="Who decides (default: your user name)"),
+    reason: str = typer.Option("", help="Why"),
+) -> None:
+    """Extend the budget limit a budget_exhausted run hit, within the agent's ceiling."""
+    from tether.errors import DecisionRefusedError
+
+    try:
+        decision = client.decide(
+            escalation_id,
+            Verdict.extend,
+            by=_who(by),
+            reason=reason or None,
+            limit=limit or None,
+            extend_by=by_amount,
+        )
+    except DecisionRefusedError as exc:
+        render.console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    render.console.print(
+        f"extended max_{decision.limit} of {escalation_id} by {by_amount:g} as {_who(by)}"
+    )
 
 
 @escalations_app.command("policy")

@@ -1,8 +1,11 @@
-"""`tether eval PATH...`: run scenario files through real workers and report pass^k."""
+"""`tether eval [PATH...] [--adversarial AGENT]`: scenarios (pass^k) and the adversarial suite,
+through real workers."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +13,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tether.agents import load_agent_modules
 from tether.cli import render
 from tether.config import Settings, get_settings
 from tether.devstack import DevStack
 from tether.errors import TetherError
+from tether.evaluation.adversarial import DEFAULT_INPUT, AdversarialReport, run_suite
 from tether.evaluation.report import EvalReport
 from tether.evaluation.runner import run_scenarios
 from tether.runtime import Runtime
@@ -24,6 +29,10 @@ def _runtime(embedded: bool, agents: list[str]) -> Iterator[Runtime]:
     if not embedded:
         yield Runtime(get_settings())
         return
+    # The stack's workers import agent modules from here; so does this process (the
+    # adversarial suite reads the agent's tools), even run as the `tether` script.
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     with DevStack(agent_modules=agents, log_dir=Path(".tether/logs/eval")) as stack:
         yield Runtime(Settings(redis_url=stack.redis_url))
 
@@ -49,9 +58,51 @@ def _table(report: EvalReport) -> Table:
     return table
 
 
+def _adversarial_table(report: AdversarialReport) -> Table:
+    table = Table(title=f"adversarial suite: {report.agent}")
+    for column in ("case", "group", "outcome", "how", "status", "detail"):
+        table.add_column(column)
+    for case in report.cases:
+        outcome = "[green]survived[/]" if case.survived else "[red]NOT SURVIVED[/]"
+        detail = "; ".join(f"{f.kind}: {f.detail}" for f in case.failures) or case.detail
+        table.add_row(
+            escape(case.case),
+            case.group,
+            outcome,
+            case.how or "-",
+            case.status or "-",
+            escape(detail[:160]),
+        )
+    return table
+
+
+def _print_scenarios(report: EvalReport) -> None:
+    render.console.print(_table(report))
+    render.console.print(
+        f"pass^{report.k} {report.pass_hat_k:.2f}   pass@{report.k} {report.pass_at_k:.2f}   "
+        f"({sum(s.passed for s in report.scenarios)}/{len(report.scenarios)} scenarios passed)"
+    )
+    skipped = {
+        e.reason
+        for s in report.scenarios
+        for t in s.trials
+        for e in t.expectations
+        if e.status == "skipped"
+    }
+    for reason in sorted(skipped):
+        render.console.print(f"[yellow]skipped: {escape(reason)}[/]")
+
+
 def eval_command(
-    paths: list[Path] = typer.Argument(..., help="Scenario files, or folders of *.yaml"),
+    paths: list[Path] | None = typer.Argument(None, help="Scenario files, or folders of *.yaml"),
     trials: int = typer.Option(1, "--trials", "-k", min=1, help="Runs per scenario (k)"),
+    adversarial: str | None = typer.Option(
+        None, "--adversarial", help="Also run the adversarial suite against this agent"
+    ),
+    input: str = typer.Option(DEFAULT_INPUT, "--input", help="The task of every adversarial run"),
+    timeout_s: float = typer.Option(
+        90.0, "--timeout", help="Seconds for all adversarial cases to end"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
     embedded: bool = typer.Option(
         False, "--embedded", help="Start a Redis and workers for this evaluation only"
@@ -60,32 +111,46 @@ def eval_command(
         ["examples.support_desk.agent"], "--agents", "-a", help="Agent modules (--embedded)"
     ),
 ) -> None:
-    """Run scenarios k times each through the workers (TETHER_REDIS_URL's, or --embedded).
+    """Run scenarios k times each, and/or the adversarial suite against an agent, through
+    the workers (TETHER_REDIS_URL's, or --embedded).
 
-    Exits 1 when any scenario has a failing trial (pass^k below 1).
+    Exits 1 when a scenario has a failing trial (pass^k below 1) or a case failed.
     """
+    if not paths and adversarial is None:
+        render.console.print("[red]name scenario files or folders, or --adversarial AGENT[/]")
+        raise typer.Exit(2)
+    scenarios: EvalReport | None = None
+    suite: AdversarialReport | None = None
     try:
         with _runtime(embedded, agents) as rt:
-            report = run_scenarios(list(paths), trials, rt)
+            if paths:
+                scenarios = run_scenarios(list(paths), trials, rt)
+            if adversarial is not None:
+                # The suite reads the agent's tools here too, to plan its cases.
+                load_agent_modules(agents if embedded else get_settings().agent_modules)
+                suite = run_suite(rt, adversarial, input=input, timeout_s=timeout_s)
     except TetherError as exc:
         render.console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from exc
     if as_json:
-        print(report.summary().model_dump_json(indent=2))
-    else:
-        render.console.print(_table(report))
-        render.console.print(
-            f"pass^{report.k} {report.pass_hat_k:.2f}   pass@{report.k} {report.pass_at_k:.2f}   "
-            f"({sum(s.passed for s in report.scenarios)}/{len(report.scenarios)} scenarios passed)"
-        )
-        skipped = {
-            e.reason
-            for s in report.scenarios
-            for t in s.trials
-            for e in t.expectations
-            if e.status == "skipped"
+        parts = {
+            "scenarios": scenarios.summary().model_dump(mode="json") if scenarios else None,
+            "adversarial": suite.model_dump(mode="json") if suite else None,
         }
-        for reason in sorted(skipped):
-            render.console.print(f"[yellow]skipped: {escape(reason)}[/]")
-    if not report.passed:
+        if scenarios is None or suite is None:
+            # One report asked for: print it alone.
+            print(json.dumps(next(v for v in parts.values() if v is not None), indent=2))
+        else:
+            print(json.dumps(parts, indent=2))
+    else:
+        if scenarios is not None:
+            _print_scenarios(scenarios)
+        if suite is not None:
+            render.console.print(_adversarial_table(suite))
+            render.console.print(
+                f"adversarial: survived {suite.survived_count}/{len(suite.cases)} cases"
+            )
+    if (scenarios is not None and not scenarios.passed) or (
+        suite is not None and not suite.survived_all
+    ):
         raise typer.Exit(1)

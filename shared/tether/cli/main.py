@@ -14,12 +14,12 @@ from rich.markup import escape
 
 from tether import client, metrics
 from tether.cli import render
-from tether.cli.adversarial import adversarial as adversarial_command
 from tether.cli.dead import dead_app
 from tether.cli.escalations import escalations_app
 from tether.cli.eval import eval_command
 from tether.cli.export import export as export_command
 from tether.cli.feedback import feedback as feedback_command
+from tether.cli.memory import memory_app, threads_app
 from tether.cli.replay import replay as replay_command
 from tether.cli.runs import follow, runs_app
 from tether.cli.shadow import shadow_app
@@ -36,11 +36,12 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(escalations_app, name="escalations")
 app.add_typer(dead_app, name="dead")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(threads_app, name="threads")
+app.add_typer(memory_app, name="memory")
 app.command("stats")(stats_command)
 app.command("feedback")(feedback_command)
 app.command("top")(top_command)
 app.command("eval")(eval_command)
-app.command("adversarial")(adversarial_command)
 app.command("replay")(replay_command)
 runs_app.command("export")(export_command)
 
@@ -154,6 +155,10 @@ def submit(
     max_tool_calls: int = typer.Option(-1, help="Tighten the agent's tool-call budget"),
     max_cost_usd: float = typer.Option(0.0, help="Tighten the agent's cost budget"),
     timeout: float = typer.Option(300.0, help="Seconds to wait with --wait"),
+    thread: str = typer.Option("", "--thread", help="Run it on this conversation thread"),
+    metadata: list[str] = typer.Option(
+        [], "--meta", help="KEY=VALUE for the event's metadata (e.g. customer_id=c-1)"
+    ),
 ) -> None:
     """Publish a task for AGENT; with --wait, show its progress live.
 
@@ -166,7 +171,10 @@ def submit(
     )
     # Chosen here rather than by client.submit: --wait looks the refusal up by event id.
     event_id = event_id or uuid.uuid4().hex
-    run_id = client.submit(agent, input, event_id=event_id, budget=budget)
+    meta = dict(item.split("=", 1) for item in metadata if "=" in item)
+    run_id = client.submit(
+        agent, input, event_id=event_id, budget=budget, metadata=meta, thread_id=thread or None
+    )
     render.console.print(f"submitted {run_id}")
     if wait:
         state = follow(run_id, timeout, event_id=event_id)

@@ -128,6 +128,25 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
     )
     if state is None or wait is None:
         return
+    if decision.verdict == Verdict.reject and wait.kind == EscalationKind.budget_exhausted:
+        limit = wait.budget.limit if wait.budget else None
+        finish(
+            rt,
+            escalation.run_id,
+            None,
+            RunStatus.budget_exhausted,
+            RunError(
+                category=ErrorCategory.budget,
+                message=f"budget exhausted ({wait.reason}); {decision.by} declined to extend "
+                f"it: {decision.reason or 'no reason given'}; the run kept its partial result",
+                limit=limit,
+            ),
+        )
+        return
+    if decision.verdict == Verdict.approve and wait.draft is not None:
+        # A low-confidence draft a human approved is the run's answer.
+        finish(rt, escalation.run_id, None, RunStatus.succeeded, None, result=wait.draft)
+        return
     if decision.verdict == Verdict.reject:
         held = f"{wait.action.tool!r} " if wait.action else ""
         finish(
@@ -153,6 +172,13 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
         update: dict[str, Any] = {"awaiting_human": [w for w in state.awaiting_human if w != wait]}
         if wait.kind == EscalationKind.repeated_failure:
             update["invalid_calls"] = 0
+        if decision.verdict == Verdict.extend and wait.budget is not None:
+            # budgets.lua already raised the limit (tether.escalations.extend_budget).
+            field = f"max_{wait.budget.limit}"
+            raised = wait.budget.max + (decision.extend_by or 0)
+            integral = field in ("max_steps", "max_tool_calls", "max_tokens")
+            value = int(raised) if integral else raised
+            update["limits"] = state.limits.model_copy(update={field: value})
         if decision.verdict == Verdict.approve and wait.action is not None:
             rerun = wait.escalation_id if wait.kind == EscalationKind.unsafe_retry else None
             update["pending_actions"] = [
@@ -161,9 +187,17 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
             ]
         elif decision.verdict == Verdict.answer:
             said = {"human_answer": decision.answer, "by": decision.by}
+            asked = wait.kind == EscalationKind.model_uncertain and wait.action is not None
             update["messages"] = [
                 *state.messages,
+                # The human's answer to ask_human is the tool's result.
                 ChatMessage(
+                    role="tool",
+                    tool_call_id=wait.action.tool_call_id,
+                    content=json.dumps({"answer": decision.answer, "answered_by": decision.by}),
+                )
+                if asked and wait.action is not None
+                else ChatMessage(
                     role="tool",
                     tool_call_id=wait.action.tool_call_id,
                     content=json.dumps({**said, "tool_not_run": True}),
@@ -184,6 +218,11 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
                     "kind": wait.kind,
                     "verdict": decision.verdict,
                     "by": decision.by,
+                    **(
+                        {"limit": decision.limit, "extend_by": decision.extend_by}
+                        if decision.verdict == Verdict.extend
+                        else {}
+                    ),
                 },
             )
         ]

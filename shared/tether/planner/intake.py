@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from tether import metrics
 from tether.agents import get_agent
 from tether.errors import UnknownAgentError, UnknownModelPriceError
-from tether.evaluation import shadow
+from tether.evaluation import harness, shadow
+from tether.memory import threads
 from tether.messages import TaskEvent
 from tether.models.prices import require_prices
 from tether.planner.step import plan
@@ -41,6 +42,12 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     except UnknownAgentError as exc:
         _reject(rt, f"event {event.event_id!r}: {exc}", raw_event)
         return None
+    if harness.is_eval_agent(event.agent):
+        # An evaluation run plays its stored harness document; without one it cannot start.
+        missing = harness.rejection(rt.store.client, run_id_for(event.event_id))
+        if missing is not None:
+            _reject(rt, f"event {event.event_id!r}: {missing}", raw_event)
+            return None
     limits = agent.budget.tightened_by(event.budget)
     try:
         require_prices(agent.model, limits)
@@ -48,17 +55,34 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
         _reject(rt, f"event {event.event_id!r} for agent {agent.name!r}: {exc}", raw_event)
         return None
 
+    primary_run_id = shadow.primary_run(agent, event)
+    # A shadow run reads its primary's thread but takes no place on it (tether.memory.threads).
+    thread_id = event.thread_id if primary_run_id is None else None
+    if thread_id is not None:
+        place = threads.admit(rt, event)
+        if place > 0:
+            # Another run has the thread: this event waits in Redis, holding no worker;
+            # the terminal commit of the run before it hands the thread over.
+            log.info("event_queued_on_thread", event_id=event.event_id, thread_id=thread_id)
+            return None
+    history: list[ChatMessage] = []
+    described: dict[str, Any] | None = None
+    if event.thread_id is not None:
+        history, described = threads.context(rt, agent, event.thread_id)
     state = RunState(
         run_id=run_id_for(event.event_id),
         event_id=event.event_id,
         agent=agent.name,
         agent_version=agent.version,
-        primary_run_id=shadow.primary_run(agent, event),
+        primary_run_id=primary_run_id,
         goal=event.input,
         metadata=event.metadata,
+        thread_id=thread_id,
+        thread_keep=agent.thread_keep() if thread_id is not None else [],
         limits=limits,
         messages=[
             ChatMessage(role="system", content=agent.instructions),
+            *history,
             ChatMessage(role="user", content=event.input),
         ],
     )
@@ -75,6 +99,8 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
             limits=state.limits.model_dump(),
             event_id=event.event_id,
         )
+        if described is not None:
+            rt.store.log(state.run_id, "thread_context", 0, **described)
     else:
         rt.store.log(state.run_id, "duplicate_event", state.step, event_id=event.event_id)
     plan(rt, state.run_id, 0)

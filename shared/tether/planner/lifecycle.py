@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 
 from tether import metrics, sentry, tracing
 from tether.escalations import close_writes
+from tether.memory import threads
 from tether.messages import RunEvent, utcnow
+from tether.planner.outbox import redispatch
 from tether.runtime import Runtime
 from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
 from tether.telemetry import log
@@ -77,12 +79,16 @@ def finish(
         run_id,
         end,
         log=describe,
-        side_writes=lambda ended: close_writes(
-            closing, f"run {run_id} ended {ended.status}", rt.store.run_ttl_s
-        ),
+        side_writes=lambda ended: [
+            *close_writes(closing, f"run {run_id} ended {ended.status}", rt.store.run_ttl_s),
+            # Its turn joins the thread's history and its event leaves the thread's queue.
+            *threads.ending_writes(ended),
+        ],
     )
     if committed is None:
         return None
+    # What the ended run leaves waiting: the next run of its thread, if any.
+    redispatch(rt, committed)
     # Only the winning terminal commit gets here: a run ends, and is counted, once.
     metrics.run_finished(committed)
     tracing.record_run(committed)

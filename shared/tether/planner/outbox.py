@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from tether import escalations
 from tether.errors import UnknownEscalationError
+from tether.memory import threads
 from tether.runtime import Runtime
 from tether.state import EscalationRecord, RunState, RunStatus
 
@@ -27,7 +28,9 @@ def redispatch(rt: Runtime, state: RunState, before: RunState | None = None) -> 
     decision is a run's normal state, however long.
     """
     if state.terminal:
-        return []
+        # An ended run of a thread waits for nothing, but its thread may wait for the
+        # next event's run: the terminal commit took the run's event off the queue.
+        return threads.hand_over(rt, state.thread_id) if state.thread_id is not None else []
     if state.status in _PLANNING:
         if before is None or before.step != state.step or before.status not in _PLANNING:
             rt.send_step(state.run_id, state.step)

@@ -19,6 +19,7 @@ import time
 from tether import keys
 from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
 from tether.leases import Lease
+from tether.memory import threads
 from tether.messages import ErrorCategory
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
@@ -73,6 +74,11 @@ def sweep(
                 "is published again",
             )
             redriven.append(run_id)
+    # Threads whose next run was due but never started (a worker killed between a run's
+    # terminal commit and the hand-over's publish).
+    handed = threads.sweep(rt, time.time() - stalled_after_s, limit)
+    if handed:
+        log.warning("threads_handed_over", sent=handed)
     if redriven:
         log.warning("runs_redriven", count=len(redriven), stalled_after_s=stalled_after_s)
     return redriven

@@ -13,14 +13,15 @@ from tether.errors import (
     ModelError,
     UnknownModelPriceError,
 )
-from tether.evaluation import overrides
 from tether.messages import ErrorCategory, EscalationKind, RunEvent, ToolAction
 from tether.models.base import ModelResponse
 from tether.models.prices import reserved_cost_usd
+from tether.planner import asking
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
 from tether.runtime import Runtime
 from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
+from tether.uncertainty import ASK_HUMAN, parse_stated
 
 
 def escalation_id(*parts: object) -> str:
@@ -56,8 +57,7 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
         rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
         return
     task_context.bind_run(state)
-    # An evaluation run may replace the model (tether.evaluation.overrides); others pay nothing.
-    agent = overrides.agent_for_run(rt.store.client, get_agent(state.agent), state)
+    agent = get_agent(state.agent)
     tools = [t.openai_schema() for t in agent.tools]
 
     estimate = agent.model.estimate_tokens(state.messages, tools)
@@ -79,6 +79,19 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
         run_id, f"model:{step}", steps=1, tokens=estimate, cost_usd=cost_bound
     )
     if not reservation.granted:
+        # An agent that escalates on budget asks a human to extend it instead of ending.
+        wait = asking.budget_wait(
+            rt,
+            agent,
+            run_id,
+            reservation.limit,
+            reservation.reason,
+            escalation_id(run_id, step, "budget", reservation.limit),
+        )
+        if wait is not None:
+            if asking.hold(rt, state, wait, "escalated_budget_exhausted") is None:
+                _lost_commit(rt, run_id, step)
+            return
         finish(
             rt,
             run_id,
@@ -172,13 +185,36 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
     )
     if not response.tool_calls:
         if response.content:
+            result = response.content
+            if agent.confidence_floor is not None:
+                # A final answer below the agent's confidence floor asks a human first.
+                stated = parse_stated(response.content)
+                result = stated.answer
+                if stated.confidence is None or stated.confidence < agent.confidence_floor:
+                    wait = asking.low_confidence_wait(
+                        escalation_id(read.run_id, step, "low_confidence"),
+                        stated.answer,
+                        stated.confidence,
+                        agent.confidence_floor,
+                    )
+                    holding = asking.hold(
+                        rt,
+                        read,
+                        wait,
+                        "escalated_low_confidence",
+                        append=[assistant],
+                        confidence=stated.confidence,
+                    )
+                    if holding is None:
+                        _lost_commit(rt, read.run_id, step)
+                    return holding is not None
             answered = finish(
                 rt,
                 read.run_id,
                 step,
                 RunStatus.succeeded,
                 None,
-                result=response.content,
+                result=result,
                 append=[assistant],
                 advance=True,
                 decision="final_answer",
@@ -242,7 +278,8 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
         for a in actions
         if agent.tool(a.tool).requires_approval
     }
-    waits = [
+    # ask_human calls wait for a human's answer, which becomes their result.
+    waits = asking.question_waits(actions, escalation_id) + [
         HumanWait(
             escalation_id=escalation_id(a.action_id),
             kind=EscalationKind.approval_required,
@@ -291,9 +328,23 @@ def _decide(rt: Runtime, agent: Agent, read: RunState, response: ModelResponse) 
             read.run_id,
             commit,
             log=lambda _: [decision, *auto],
-            tool_calls=(f"tools:{step}", len(actions)),
+            tool_calls=(f"tools:{step}", len([a for a in actions if a.tool != ASK_HUMAN])),
         )
     except BudgetExhaustedError as exc:
+        budget_wait = asking.budget_wait(
+            rt,
+            agent,
+            read.run_id,
+            exc.limit,
+            exc.reason,
+            escalation_id(read.run_id, step, "budget", exc.limit),
+        )
+        if budget_wait is not None:
+            # The turn is dropped: once extended, the model is asked again.
+            holding = asking.hold(rt, read, budget_wait, "escalated_budget_exhausted")
+            if holding is None:
+                _lost_commit(rt, read.run_id, step)
+            return holding is not None
         ended = finish(
             rt,
             read.run_id,

@@ -1,0 +1,263 @@
+"""Webhook notifications of escalations: opened, decided, and still waiting past an age.
+
+A notification is a stream entry (``tether:notifications``) written in the same
+commit as the escalation change it reports (versioned.lua appends), so it is
+never lost and never sent for a change that did not commit, and committing
+never waits for a webhook. The escalation service's background thread
+(``Notifier``) reads the stream as a consumer group and POSTs each entry to
+every configured webhook: a JSON body, signed with HMAC-SHA256 under
+``TETHER_WEBHOOK_SECRET`` (header ``X-Tether-Signature: sha256=<hex>``), retried
+with exponential backoff (tenacity). A delivery is recorded per (escalation,
+event, webhook) once it succeeds, so an entry delivered again after a crash, or
+claimed by another worker, reaches no webhook twice. An entry whose webhooks
+still fail stays pending and is retried later, by this worker or another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, cast
+
+import redis
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+from tether import keys
+from tether.config import Settings
+from tether.messages import Decision, Escalation, utcnow
+from tether.telemetry import log
+from tether.versioned import Append
+
+GROUP = "webhooks"
+SIGNATURE_HEADER = "X-Tether-Signature"
+STREAM_MAXLEN = 100_000
+# How long an entry a worker took may sit undelivered before another worker takes it.
+CLAIM_IDLE_MS = 30_000
+# How long a delivery is remembered (and so deduplicated).
+DELIVERED_TTL_S = 14 * 24 * 3600
+
+OPENED, DECIDED, WAITING = "escalation_opened", "escalation_decided", "escalation_waiting"
+
+
+def body(escalation: Escalation, event: str, decision: Decision | None = None) -> str:
+    return json.dumps(
+        {
+            "event": event,
+            "escalation_id": escalation.escalation_id,
+            "run_id": escalation.run_id,
+            "agent": escalation.agent,
+            "kind": escalation.kind,
+            "reason": escalation.reason,
+            "question": escalation.question,
+            "draft": escalation.draft,
+            "budget": escalation.budget.model_dump(mode="json") if escalation.budget else None,
+            "answers": [str(v) for v in escalation.verdicts()],
+            "decision": decision.model_dump(mode="json") if decision else None,
+            "at": utcnow().isoformat(),
+        },
+        sort_keys=True,
+    )
+
+
+def appends(
+    settings: Settings, escalation: Escalation, event: str, decision: Decision | None = None
+) -> list[Append]:
+    """The notification to write with a commit; none when no webhook is configured."""
+    if not settings.webhooks:
+        return []
+    return [
+        Append(
+            keys.NOTIFICATIONS,
+            {
+                "escalation_id": escalation.escalation_id,
+                "event": event,
+                "body": body(escalation, event, decision),
+            },
+            maxlen=STREAM_MAXLEN,
+        )
+    ]
+
+
+def sign(secret: str, payload: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, payload: bytes, signature: str) -> bool:
+    """What a receiver checks: the signature header matches the body under the secret."""
+    return hmac.compare_digest(sign(secret, payload), signature)
+
+
+def _target(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+# Queues a "still waiting" notification once per escalation: the marker and the entry together.
+_WAITING_SCRIPT = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+    'escalation_id', ARGV[3], 'event', ARGV[4], 'body', ARGV[5])
+  return 1
+end
+return 0
+"""
+
+
+class Notifier:
+    """Delivers the notification stream to the webhooks; one per escalation worker."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_waiting_check = 0.0
+
+    # -- the background thread -----------------------------------------------------
+
+    def start(self) -> Notifier:
+        self._ensure_group()
+        self._thread = threading.Thread(target=self._loop, name="tether-notifier", daemon=True)
+        self._thread.start()
+        log.info("notifier_started", webhooks=len(self.settings.webhooks))
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once(block_ms=1000)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.error("notifier_failed", error=repr(exc))
+                self._ensure_group()  # the stream was deleted (a flushed Redis): start again
+                self._stop.wait(0.2)
+            except Exception as exc:  # the thread must outlive any one failure
+                log.error("notifier_failed", error=repr(exc))
+                self._stop.wait(1.0)
+
+    def _ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(keys.NOTIFICATIONS, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- one pass ------------------------------------------------------------------
+
+    def run_once(self, block_ms: int = 0) -> int:
+        """Queue due "waiting" notifications, then deliver what is pending; how many delivered."""
+        now = time.time()
+        if now - self._last_waiting_check >= self.settings.escalation_waiting_check_s:
+            self._last_waiting_check = now
+            self.queue_waiting(now)
+        entries = self._claim_stale()
+        entries += self._read_new(block_ms)
+        delivered = 0
+        for entry_id, fields in entries:
+            if self.deliver(fields):
+                self.client.xack(keys.NOTIFICATIONS, GROUP, entry_id)
+                self.client.xdel(keys.NOTIFICATIONS, entry_id)
+                delivered += 1
+        return delivered
+
+    def _read_new(self, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        reply: Any = self.client.xreadgroup(
+            GROUP, self.consumer, {keys.NOTIFICATIONS: ">"}, count=20, block=block_ms or None
+        )
+        return [entry for _, stream_entries in reply or [] for entry in stream_entries]
+
+    def _claim_stale(self) -> list[tuple[str, dict[str, str]]]:
+        # Entries a dead (or failing) consumer took and never acknowledged.
+        reply: Any = self.client.xautoclaim(
+            keys.NOTIFICATIONS, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, count=20
+        )
+        return [e for e in reply[1] if e and e[1]]
+
+    def queue_waiting(self, now: float) -> int:
+        """A notification for each escalation pending longer than the configured age, once."""
+        from tether import escalations
+        from tether.errors import UnknownEscalationError
+        from tether.runtime import Runtime
+
+        cutoff = now - self.settings.escalation_waiting_after_s
+        ids = cast(
+            list[str],
+            self.client.zrangebyscore(keys.PENDING_ESCALATIONS, "-inf", cutoff, start=0, num=100),
+        )
+        queued = 0
+        rt: Runtime | None = None
+        for escalation_id in ids:
+            if self.client.exists(keys.notify_waiting(escalation_id)):
+                continue
+            rt = rt or Runtime(self.settings)
+            try:
+                record, _ = escalations.load(rt, escalation_id)
+            except UnknownEscalationError:
+                continue
+            if record.status != "pending":
+                continue
+            queued += int(
+                self.client.eval(
+                    _WAITING_SCRIPT,
+                    2,
+                    keys.notify_waiting(escalation_id),
+                    keys.NOTIFICATIONS,
+                    DELIVERED_TTL_S,
+                    STREAM_MAXLEN,
+                    escalation_id,
+                    WAITING,
+                    body(record.escalation, WAITING),
+                )
+            )
+        return queued
+
+    def deliver(self, fields: dict[str, str]) -> bool:
+        """POST one notification to every webhook not yet reached; True once all have it."""
+        payload = fields["body"].encode()
+        delivery = f"{fields['escalation_id']}:{fields['event']}"
+        ok = True
+        for url in self.settings.webhooks:
+            marker = keys.notified(fields["escalation_id"], fields["event"], _target(url))
+            if self.client.exists(marker):
+                continue  # reached before (a redelivered entry): never twice
+            try:
+                self._post(url, payload, delivery, fields["event"])
+            except Exception as exc:  # kept pending, retried later
+                ok = False
+                log.warning("webhook_failed", url=url, delivery=delivery, error=repr(exc))
+                continue
+            self.client.set(marker, "1", ex=DELIVERED_TTL_S)
+            log.info("webhook_delivered", url=url, delivery=delivery)
+        return ok
+
+    def _post(self, url: str, payload: bytes, delivery: str, event: str) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "tether-notifier",
+            "X-Tether-Event": event,
+            "X-Tether-Delivery": delivery,
+        }
+        if self.settings.webhook_secret:
+            headers[SIGNATURE_HEADER] = sign(self.settings.webhook_secret, payload)
+        for attempt in Retrying(
+            stop=stop_after_attempt(self.settings.webhook_max_attempts),
+            wait=wait_exponential(multiplier=0.2, max=self.settings.webhook_retry_wait_max_s),
+            reraise=True,
+        ):
+            with attempt:
+                request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.settings.webhook_timeout_s) as r:
+                    if r.status >= 300:
+                        raise urllib.error.HTTPError(url, r.status, "not 2xx", r.headers, None)
