@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from tether import escalations, planner
+from tether import escalations, operators, planner
 from tether import feedback as run_feedback
 from tether.errors import EventRejectedError
 from tether.messages import BudgetLimits, Decision, ErrorCategory, TaskEvent, Verdict
@@ -128,9 +128,14 @@ def decide(
     answer: str | None = None,
     limit: str | None = None,
     extend_by: float | None = None,
+    token: str | None = None,
     runtime: Runtime | None = None,
 ) -> Decision:
     """Send a human's decision to the escalation service, after checking it can apply.
+
+    With an operator ``token`` (default: TETHER_OPERATOR_TOKEN), the decision is
+    signed as operator ``by`` (tether.operators); where the escalation service has
+    operators configured, it records only signed decisions.
 
     ``Verdict.extend`` (a budget_exhausted escalation) raises ``limit`` by ``extend_by``:
     the extension is spent here, atomically (budgets.lua), so one past the agent's
@@ -151,6 +156,9 @@ def decide(
             "extend_by": extend_by,
         }
     )
+    token = token or rt.settings.operator_token
+    if token:
+        decision = operators.sign(decision, token)
     escalations.check_decision(record, decision)
     if verdict == Verdict.extend:
         escalations.extend_budget(rt, record, decision)

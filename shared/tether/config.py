@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     )
 
     max_event_bytes: int = 256 * 1024
+    # A run whose conversation grows past this many messages ends `failed`: a
+    # model or tool looping (or an attacker feeding it) cannot grow a run without bound.
+    max_run_messages: int = Field(default=500, ge=2)
+    # Operator credentials for escalation decisions (tether.operators): a JSON file
+    # of {"name": ..., "token_sha256": ...}. Set, every decision must carry a valid
+    # token and is recorded under that operator's name; unset, decisions are taken
+    # as they come, with --by as their free-text author.
+    operators_file: str | None = None
+    # The deciding operator's own token, read by `tether escalations decide` (or --token-file).
+    operator_token: str | None = None
     run_ttl_s: int = 7 * 24 * 3600
 
     # SENTRY_DSN, Sentry's own variable, is read too.

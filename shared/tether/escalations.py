@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from tether import autonomy, keys, metrics, notifications
+from tether import autonomy, keys, metrics, notifications, operators
 from tether.errors import (
     DecisionRefusedError,
     EscalationClosedError,
     StaleStateError,
     UnknownEscalationError,
 )
-from tether.messages import Decision, Escalation, RunEvent, Verdict
+from tether.messages import Decision, Escalation, RunEvent, Verdict, utcnow
 from tether.runtime import Runtime
 from tether.state import EscalationRecord, HumanWait
 from tether.store import log_appends
@@ -82,7 +82,7 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
     automatic = auto_decision(escalation)
     if automatic is not None:
         # A shadow's escalations never wait for a human: decided at once, recorded as such.
-        decide(rt, automatic)
+        decide(rt, automatic, trusted=True)
         return
     log.warning(
         "escalation_pending",
@@ -137,9 +137,31 @@ def extend_budget(rt: Runtime, record: EscalationRecord, decision: Decision) -> 
         )
 
 
-def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
-    """Record a human's decision once and resume the run; a second decision is refused."""
+def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> EscalationRecord | None:
+    """Record a human's decision once and resume the run; a second decision is refused.
+
+    With TETHER_OPERATORS_FILE set, a decision not signed by a configured operator
+    is refused and the refusal logged in the run (tether.operators); ``trusted``
+    is for the decisions this service takes itself (a shadow's).
+    """
     record, version = load(rt, decision.escalation_id)
+    refused = None if trusted else operators.refusal(rt.settings, decision)
+    if refused is not None:
+        log.warning("decision_refused", escalation_id=decision.escalation_id, reason=refused)
+        rt.store.log(
+            record.escalation.run_id,
+            "decision_refused",
+            _step(record.escalation),
+            escalation_id=decision.escalation_id,
+            verdict=decision.verdict,
+            by=decision.by,
+            operator=decision.operator,
+            client_host=decision.client_host,
+            client_pid=decision.client_pid,
+            reason=refused,
+        )
+        rt.store.flush()
+        return None
     if record.decision == decision:
         # Redelivered after the record committed (with its index and log entry):
         # only the resume may not have gone out.
@@ -166,6 +188,12 @@ def decide(rt: Runtime, decision: Decision) -> EscalationRecord | None:
             "at": decision.at.isoformat(),
             "reason": decision.reason,
             "answer": decision.answer,
+            # Who, as verified against TETHER_OPERATORS_FILE (None where none is
+            # configured: then only `by`, free text, names them), and from where.
+            "operator": decision.operator if not trusted and rt.settings.operators_file else None,
+            "client_host": decision.client_host,
+            "client_pid": decision.client_pid,
+            "recorded_at": utcnow().isoformat(),
             **(
                 {"limit": decision.limit or _limit(record), "extend_by": decision.extend_by}
                 if decision.verdict == Verdict.extend

@@ -112,9 +112,13 @@ def _perform(
         )
     try:
         agent = get_agent(action.agent)
-        tool = agent.tool(action.tool)
-    except (UnknownAgentError, InvalidToolCallError) as exc:
+    except UnknownAgentError as exc:
         return _report(rt, action, ok=False, error=str(exc), category=ErrorCategory.tool_permanent)
+    try:
+        tool = agent.tool(action.tool)
+    except InvalidToolCallError:
+        _refuse_forged(rt, action)
+        return None
     if shadow.held_back(agent, tool):
         # The one gate before a tool runs: a shadow's call is simulated or not run at all.
         return _report(rt, action, **shadow.simulate(rt, action, tool))
@@ -131,6 +135,39 @@ def _perform(
         observation = _run(rt, action, tool)
         tracing.record_outcome(span, observation)
     return observation
+
+
+def _refuse_forged(rt: Runtime, action: ToolAction) -> None:
+    """Refuse an action for a tool its agent does not declare; tell no model about it.
+
+    The planner never publishes one (a model's call to an undeclared tool goes
+    back to the model as a validation error), so whoever published this one
+    reached the queue without going through a planner: the executor enforces the
+    agent's tool allowlist as well. The refusal goes to the run's event log
+    (``forged_action_refused``) and to tether:rejected; no observation goes to
+    the planner, so the run carries on with the actions it did decide.
+    """
+    reason = (
+        f"forged action refused: agent {action.agent!r} does not declare tool "
+        f"{action.tool!r} (action {action.action_id} of run {action.run_id})"
+    )
+    log.warning(
+        "forged_action_refused",
+        run_id=action.run_id,
+        action_id=action.action_id,
+        agent=action.agent,
+        tool=action.tool,
+    )
+    rt.store.log(
+        action.run_id,
+        "forged_action_refused",
+        action.step,
+        action_id=action.action_id,
+        agent=action.agent,
+        tool=action.tool,
+    )
+    rt.store.flush()
+    rt.store.reject(reason, action.model_dump(mode="json"))
 
 
 def _unknown_outcome(

@@ -173,6 +173,12 @@ class Decision(Message):
     # For Verdict.extend: which budget limit, and by how much.
     limit: Literal["steps", "tool_calls", "tokens", "cost_usd", "wall_s"] | None = None
     extend_by: float | None = Field(default=None, gt=0)
+    # With operators configured (tether.operators): who signed it, from where, and
+    # the HMAC-SHA256 of the rest under that operator's key.
+    operator: str | None = None
+    client_host: str | None = None
+    client_pid: int | None = None
+    signature: str | None = None
 
     def extension_id(self) -> str:
         """Who extended what by how much: a redelivery matches it, another operator does not."""

@@ -96,13 +96,19 @@ class RunStore:
 
     # run state -----------------------------------------------------------------
 
-    def create(self, event: TaskEvent, state: RunState) -> tuple[RunState, bool]:
-        """Create the run for ``event`` unless it exists; returns (state, created)."""
+    def create(
+        self, event: TaskEvent, state: RunState, log: Sequence[RunEvent] = ()
+    ) -> tuple[RunState, bool]:
+        """Create the run for ``event`` unless it exists; returns (state, created).
+
+        ``log`` (its ``run_started`` entry) is written by the creating commit itself.
+        """
+        appends = [a for entry in log for a in log_appends(entry)]
 
         def build(pipe: Pipeline) -> None:
             self.budgets.add_open(pipe, state.run_id, state.limits)
             pipe.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
-            self._add_cas(pipe, state, 0)
+            self._add_cas(pipe, state, 0, appends)
 
         version, current = parse_cas(self.batch.run(build)[-1])
         if version < 0:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import getpass
 import json
+from pathlib import Path
 
 import typer
 from pydantic import TypeAdapter
 from rich.markup import escape
 from rich.table import Table
 
-from tether import client, escalations
+from tether import client, escalations, operators
 from tether.cli import render
 from tether.messages import Escalation, Verdict
 from tether.runtime import get_runtime
@@ -18,10 +19,22 @@ from tether.runtime import get_runtime
 escalations_app = typer.Typer(help="Decide what waits for a human.", no_args_is_help=True)
 
 BY = typer.Option("", "--by", help="Who decides (default: your user name)")
+TOKEN_FILE = typer.Option(
+    None,
+    "--token-file",
+    help="File holding your operator token (default: TETHER_OPERATOR_TOKEN)",
+    exists=True,
+    dir_okay=False,
+)
 
 
 def _who(by: str) -> str:
     return by or getpass.getuser()
+
+
+def _token(token_file: Path | None) -> str | None:
+    """The operator token that signs the decision: --token-file, else the setting."""
+    return token_file.read_text().strip() if token_file is not None else None
 
 
 @escalations_app.command("list")
@@ -70,9 +83,20 @@ def show(escalation_id: str) -> None:
 
 
 @escalations_app.command()
-def approve(escalation_id: str, by: str = BY, reason: str = typer.Option("", help="Why")) -> None:
+def approve(
+    escalation_id: str,
+    by: str = BY,
+    reason: str = typer.Option("", help="Why"),
+    token_file: Path | None = TOKEN_FILE,
+) -> None:
     """Let the held action run; the run resumes."""
-    client.decide(escalation_id, Verdict.approve, by=_who(by), reason=reason or None)
+    client.decide(
+        escalation_id,
+        Verdict.approve,
+        by=_who(by),
+        reason=reason or None,
+        token=_token(token_file),
+    )
     render.console.print(f"approved {escalation_id} as {_who(by)}")
 
 
@@ -81,16 +105,23 @@ def reject(
     escalation_id: str,
     reason: str = typer.Option(..., help="Why (recorded in the run)"),
     by: str = BY,
+    token_file: Path | None = TOKEN_FILE,
 ) -> None:
     """Refuse the held action; the run ends `rejected` with its partial result."""
-    client.decide(escalation_id, Verdict.reject, by=_who(by), reason=reason)
+    client.decide(
+        escalation_id, Verdict.reject, by=_who(by), reason=reason, token=_token(token_file)
+    )
     render.console.print(f"rejected {escalation_id} as {_who(by)}")
 
 
 @escalations_app.command()
-def answer(escalation_id: str, text: str, by: str = BY) -> None:
+def answer(
+    escalation_id: str, text: str, by: str = BY, token_file: Path | None = TOKEN_FILE
+) -> None:
     """Answer instead of running the action; the model gets the answer and goes on."""
-    client.decide(escalation_id, Verdict.answer, by=_who(by), answer=text)
+    client.decide(
+        escalation_id, Verdict.answer, by=_who(by), answer=text, token=_token(token_file)
+    )
     render.console.print(f"answered {escalation_id} as {_who(by)}")
 
 
@@ -103,6 +134,7 @@ def extend(
     by_amount: float = typer.Option(..., "--by", help="How much to add to the limit"),
     by: str = typer.Option("", "--by-who", help="Who decides (default: your user name)"),
     reason: str = typer.Option("", help="Why"),
+    token_file: Path | None = TOKEN_FILE,
 ) -> None:
     """Extend the budget limit a budget_exhausted run hit, within the agent's ceiling."""
     from tether.errors import DecisionRefusedError
@@ -115,6 +147,7 @@ def extend(
             reason=reason or None,
             limit=limit or None,
             extend_by=by_amount,
+            token=_token(token_file),
         )
     except DecisionRefusedError as exc:
         render.console.print(f"[red]refused:[/] {exc}")
@@ -122,6 +155,19 @@ def extend(
     render.console.print(
         f"extended max_{decision.limit} of {escalation_id} by {by_amount:g} as {_who(by)}"
     )
+
+
+@escalations_app.command("operator-key")
+def operator_key(name: str) -> None:
+    """Print a new token for operator NAME and the line for TETHER_OPERATORS_FILE.
+
+    Give the token to the operator (TETHER_OPERATOR_TOKEN or --token-file) and add
+    the line to the file's "operators" list; the file holds no token, but whoever
+    reads it can sign decisions, so keep it as secret as the tokens.
+    """
+    token, key = operators.new_token()
+    render.console.print(f"token (give it to {escape(name)}, once): {token}")
+    render.console.print(json.dumps({"name": name, "key_sha256": key}), markup=False)
 
 
 @escalations_app.command("policy")

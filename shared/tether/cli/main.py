@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from tether import client, metrics
+from tether import health as health_check
 from tether.cli import render
 from tether.cli.dead import dead_app
 from tether.cli.escalations import escalations_app
@@ -143,6 +144,28 @@ def worker(
         # Set before the worker imports prometheus_client, which reads it at import.
         metrics.prepare_multiproc_dir(service, settings.metrics_port)
     os.execv(sys.executable, argv)
+
+
+@app.command()
+def health(
+    service: str = typer.Argument(..., help="planner | executor | escalation"),
+    any_host: bool = typer.Option(
+        False, "--any-host", help="Accept a worker of SERVICE on any host, not only this one"
+    ),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for Redis and for the ping"),
+) -> None:
+    """Exit 0 if a SERVICE worker on this host answers a ping and Redis answers; 1 otherwise.
+
+    For container healthchecks and Kubernetes probes; prints the reason when unhealthy.
+    """
+    problems, nodes = health_check.check(
+        service, get_settings(), host=None if any_host else "", timeout_s=timeout
+    )
+    if problems:
+        for problem in problems:
+            render.console.print(f"[red]unhealthy:[/] {escape(problem)}")
+        raise typer.Exit(1)
+    render.console.print(f"healthy: {', '.join(nodes)}")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from tether.agents import get_agent
 from tether.errors import UnknownAgentError, UnknownModelPriceError
 from tether.evaluation import harness, shadow
 from tether.memory import threads
-from tether.messages import TaskEvent
+from tether.messages import RunEvent, TaskEvent
 from tether.models.prices import require_prices
 from tether.planner.step import plan
 from tether.runtime import Runtime
@@ -86,21 +86,28 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
             ChatMessage(role="user", content=event.input),
         ],
     )
-    state, created = rt.store.create(event, state)
+    started = [
+        RunEvent(
+            run_id=state.run_id,
+            kind="run_started",
+            step=0,
+            data={
+                "agent": agent.name,
+                "agent_version": state.agent_version,
+                "goal": event.input,
+                "limits": state.limits.model_dump(),
+                "event_id": event.event_id,
+            },
+        )
+    ]
+    if described is not None:
+        started.append(
+            RunEvent(run_id=state.run_id, kind="thread_context", step=0, data=described)
+        )
+    # The run and the entries that describe its start are one commit.
+    state, created = rt.store.create(event, state, log=started)
     if created:
         metrics.run_started(state)  # a redelivered or republished event creates nothing
-        rt.store.log(
-            state.run_id,
-            "run_started",
-            0,
-            agent=agent.name,
-            agent_version=state.agent_version,
-            goal=event.input,
-            limits=state.limits.model_dump(),
-            event_id=event.event_id,
-        )
-        if described is not None:
-            rt.store.log(state.run_id, "thread_context", 0, **described)
     else:
         rt.store.log(state.run_id, "duplicate_event", state.step, event_id=event.event_id)
     plan(rt, state.run_id, 0)

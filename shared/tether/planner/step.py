@@ -57,6 +57,21 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
         rt.store.log(run_id, "duplicate_step", step, current_step=state.step, status=state.status)
         return
     task_context.bind_run(state)
+    cap = rt.settings.max_run_messages
+    if len(state.messages) > cap:
+        finish(
+            rt,
+            run_id,
+            step,
+            RunStatus.failed,
+            RunError(
+                category=ErrorCategory.policy_denied,
+                message=f"the run holds {len(state.messages)} messages, more than "
+                f"TETHER_MAX_RUN_MESSAGES ({cap}): it was ended before the next model call; "
+                "raise the setting if such long runs are expected",
+            ),
+        )
+        return
     agent = get_agent(state.agent)
     tools = [t.openai_schema() for t in agent.tools]
 

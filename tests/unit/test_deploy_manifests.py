@@ -1,0 +1,355 @@
+"""docker-compose.yml and deploy/k8s checked against their schemas and against the code.
+
+No network and no container engine: the compose specification's JSON schema and
+KEDA's CRD schema are vendored in tests/schemas (see its README), Kubernetes'
+schemas come with the kubernetes-validate package. Every `tether ...` command
+named in a file is parsed by the real CLI, and every TETHER_* variable is
+checked against the Settings fields, so a renamed option or setting fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import typer
+import yaml
+
+from tether import celery_app
+from tether.cli.main import app
+from tether.config import Settings
+from tether.devstack import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "tests" / "schemas"
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+EXAMPLE_ENV = ROOT / "deploy" / "config" / "example.env"
+KUBERNETES_VERSION = "1.30.0"
+QUEUE_OF_SERVICE = {
+    "planner": celery_app.PLAN_QUEUE,
+    "executor": celery_app.TOOLS_QUEUE,
+    "escalation": celery_app.ESCALATIONS_QUEUE,
+}
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (path.name, doc)
+        for path in K8S
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc is not None
+    ]
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc["kind"] not in ("Deployment", "StatefulSet"):
+        return []
+    containers: list[dict[str, Any]] = doc["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in _k8s_docs() if doc["kind"] == kind}
+
+
+def _configmap() -> dict[str, str]:
+    data: dict[str, str] = _by_kind("ConfigMap")["tether-config"]["data"]
+    return data
+
+
+# --- schemas -----------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(_compose())]
+    assert errors == []
+
+
+def test_compose_schema_check_catches_a_misspelt_key() -> None:
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    broken = _compose()
+    broken["services"]["planner"]["healtcheck"] = broken["services"]["planner"].pop("healthcheck")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema, cls=jsonschema.Draft201909Validator)
+
+
+@pytest.mark.parametrize(
+    ("name", "doc"), _k8s_docs(), ids=lambda v: v if isinstance(v, str) else v["kind"]
+)
+def test_manifest_matches_its_schema(name: str, doc: dict[str, Any]) -> None:
+    if doc["apiVersion"].startswith("keda.sh/"):
+        keda = json.loads((SCHEMAS / "keda-v2.json").read_text())
+        schema = {**keda["definitions"][doc["kind"]], "definitions": keda["definitions"]}
+        jsonschema.validate(doc, schema)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_schema_check_catches_an_unknown_field() -> None:
+    deployment = _by_kind("Deployment")["tether-planner"]
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+# --- commands and settings against the code ----------------------------------
+
+
+# Typer carries its own click; its usage errors derive from this.
+CliRefused = typer.TyperException
+
+
+def _parse_tether(argv: list[str]) -> None:
+    """Parse ``argv`` with the real `tether` CLI (no command runs); raise if it is refused."""
+    assert argv[0] == "tether", argv
+    command: Any = typer.main.get_command(app)
+    ctx = command.make_context("tether", list(argv[1:]))
+    while hasattr(command, "resolve_command"):
+        protected = getattr(ctx, "protected_args", None) or getattr(ctx, "_protected_args", [])
+        name, sub, rest = command.resolve_command(ctx, [*protected, *ctx.args])
+        assert sub is not None and name is not None, argv
+        command = sub
+        ctx = command.make_context(name, rest, parent=ctx)
+    if ctx.info_name in ("worker", "health"):
+        assert ctx.params["service"] in SERVICES, argv
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    found: list[tuple[str, list[str]]] = []
+    for name, service in _compose()["services"].items():
+        if "command" in service:
+            found.append((f"compose {name}", service["command"]))
+        test = service.get("healthcheck", {}).get("test")
+        if test and test[0] == "CMD":
+            found.append((f"compose {name} healthcheck", test[1:]))
+    for file, doc in _k8s_docs():
+        for container in _containers(doc):
+            found.append((f"{file} {container['name']}", container["command"]))
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if "exec" in container.get(probe, {}):
+                    found.append((f"{file} {probe}", container[probe]["exec"]["command"]))
+    return found
+
+
+def test_every_command_is_one_the_code_accepts() -> None:
+    commands = _commands()
+    assert any(argv[:2] == ["tether", "health"] for _, argv in commands)
+    from celery.bin.celery import celery
+
+    for where, argv in commands:
+        if argv[0] == "tether":
+            try:
+                _parse_tether(argv)
+            except CliRefused as exc:
+                pytest.fail(f"{where}: {argv} is refused by the CLI: {exc}")
+        elif argv[0] == "celery":
+            assert argv[1] in celery.commands, f"{where}: no `celery {argv[1]}`"
+        elif argv[0] in ("python", "sh", "redis-cli"):
+            continue
+        else:
+            pytest.fail(f"{where}: unexpected program {argv[0]}")
+
+
+def test_the_command_check_catches_an_unknown_option_or_service() -> None:
+    with pytest.raises(CliRefused):
+        _parse_tether(["tether", "worker", "planner", "--concurency", "2"])
+    with pytest.raises(AssertionError):
+        _parse_tether(["tether", "health", "planer"])
+
+
+def _setting_names() -> set[str]:
+    names: set[str] = set()
+    for field, info in Settings.model_fields.items():
+        names.add(f"TETHER_{field.upper()}")
+        alias = info.validation_alias
+        if alias is not None and hasattr(alias, "choices"):
+            names.update(str(choice) for choice in alias.choices)
+    return names
+
+
+def _named_variables() -> dict[str, str]:
+    """Every TETHER_* variable the deploy files set, with where."""
+    named: dict[str, str] = {}
+    compose = _compose()
+    for name, service in compose["services"].items():
+        for key in service.get("environment", {}):
+            named.setdefault(key, f"compose {name}")
+    for file, doc in _k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            for key in doc["data"]:
+                named.setdefault(key, file)
+        for container in _containers(doc):
+            for env in container.get("env", []):
+                named.setdefault(env["name"], f"{file} {container['name']}")
+    for line in EXAMPLE_ENV.read_text().splitlines():
+        match = re.match(r"#?\s*(TETHER_[A-Z0-9_]+)=", line)
+        if match:
+            named.setdefault(match.group(1), "example.env")
+    for file in K8S:  # settings named in comments (`kubectl create secret ... TETHER_X=`)
+        for key in re.findall(r"\b(TETHER_[A-Z0-9_]+)=", file.read_text()):
+            named.setdefault(key, file.name)
+    return {key: where for key, where in named.items() if key.startswith("TETHER_")}
+
+
+def test_every_setting_named_is_one_the_code_reads() -> None:
+    known = _setting_names()
+    unknown = {key: where for key, where in _named_variables().items() if key not in known}
+    assert unknown == {}
+
+
+def _env_values(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> Settings:
+    for key in list(_setting_names()):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in values.items():
+        # Compose interpolation and Kubernetes' $(VAR) expansion, with a stand-in.
+        value = re.sub(r"\$\{[^}]*\}|\$\([A-Z_]+\)", "x", value)
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_configmap_and_example_env_values_are_valid_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _env_values(monkeypatch, _configmap())
+    assert settings.task_time_limit_s == int(_configmap()["TETHER_TASK_TIME_LIMIT_S"])
+    example: dict[str, str] = {}
+    for line in EXAMPLE_ENV.read_text().splitlines():
+        if line.startswith("TETHER_"):
+            key, value = line.split("=", 1)
+            example[key] = value.strip("'")
+    _env_values(monkeypatch, example)
+    _env_values(monkeypatch, _compose()["x-tether"]["environment"])
+
+
+# --- what the issue asks of compose ------------------------------------------
+
+
+def _seconds(text: str) -> int:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", text)
+    assert match, text
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def test_compose_redis_is_durable_refuses_eviction_and_needs_a_password() -> None:
+    redis = _compose()["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert "user default off" in command and "--aclfile" in command
+    assert "${TETHER_REDIS_PASSWORD:?" in redis["environment"]["REDIS_PASSWORD"]
+    assert "ports" not in redis
+
+
+def test_compose_services_are_healthchecked_scalable_and_loopback_only() -> None:
+    compose = _compose()
+    limit = int(compose["x-tether"]["environment"]["TETHER_TASK_TIME_LIMIT_S"])
+    for name in SERVICES:
+        service = compose["services"][name]
+        assert service["command"] == ["tether", "worker", name]
+        assert service["healthcheck"]["test"] == ["CMD", "tether", "health", name]
+        # --scale needs neither a fixed container name nor a published port.
+        assert "container_name" not in service and "ports" not in service
+        assert _seconds(service["stop_grace_period"]) > limit
+        assert "tether:${TETHER_REDIS_PASSWORD" in service["environment"]["TETHER_REDIS_URL"]
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith(("127.0.0.1:", "${FLOWER_BIND:-127.0.0.1}:")), (name, port)
+    flower = compose["services"]["flower"]
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
+
+
+# --- what the issue asks of Kubernetes ---------------------------------------
+
+
+def test_deployments_have_probes_requests_grace_and_a_disruption_budget() -> None:
+    limit = int(_configmap()["TETHER_TASK_TIME_LIMIT_S"])
+    deployments = _by_kind("Deployment")
+    budgets = _by_kind("PodDisruptionBudget")
+    for service in SERVICES:
+        deployment = deployments[f"tether-{service}"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] > limit
+        (container,) = pod["containers"]
+        assert container["command"] == ["tether", "worker", service]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"] == ["tether", "health", service]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert budgets[f"tether-{service}"]["spec"]["selector"]["matchLabels"] == labels
+        assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_each_service_scales_on_its_own_queue() -> None:
+    scaled = _by_kind("ScaledObject")
+    auth = _by_kind("TriggerAuthentication")
+    for service in SERVICES:
+        spec = scaled[f"tether-{service}"]["spec"]
+        assert spec["scaleTargetRef"]["name"] == f"tether-{service}"
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "redis"
+        assert trigger["metadata"]["listName"] == QUEUE_OF_SERVICE[service]
+        assert trigger["authenticationRef"]["name"] in auth
+
+
+def test_only_the_services_reach_redis() -> None:
+    (policy,) = _by_kind("NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
+    allowed = policy["spec"]["ingress"][0]["from"]
+    label = {"tether.dev/redis-client": "true"}
+    assert {"podSelector": {"matchLabels": label}} in allowed
+    clients = {
+        doc["metadata"]["name"]
+        for _, doc in _k8s_docs()
+        if doc["kind"] == "Deployment"
+        and doc["spec"]["template"]["metadata"]["labels"].get("tether.dev/redis-client") == "true"
+    }
+    assert clients == {f"tether-{s}" for s in SERVICES} | {"tether-flower"}
+
+
+# --- the image ---------------------------------------------------------------
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_image_installs_every_dependency_from_the_hashed_lock() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = (ROOT / "deploy" / "requirements.lock").read_text()
+    pinned = {
+        _canonical(m.group(1)): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", lock, re.M)
+    }
+    for requirement in project["dependencies"]:
+        name = _canonical(re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0])
+        assert name in pinned, f"{name} is not in deploy/requirements.lock: regenerate it"
+    # Every pin carries a hash (pip refuses the whole file otherwise).
+    assert lock.count("--hash=sha256:") >= len(pinned)
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "--require-hashes -r deploy/requirements.lock" in dockerfile
+    assert "pip install --no-deps ." in dockerfile
+    assert re.search(r"^USER 10001$", dockerfile, re.M)
+    assert dockerfile.count("\nFROM ") + dockerfile.startswith("FROM ") >= 2
+
+
+def test_health_knows_the_same_services_as_the_workers() -> None:
+    from tether import health
+
+    assert health.SERVICES == SERVICES

@@ -1,0 +1,45 @@
+"""TETHER_MAX_RUN_MESSAGES: a run's conversation cannot grow without bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_planner_fencing import calculator_event, observation_for
+from tether import planner
+from tether.agents import load_agent_modules
+from tether.config import Settings
+from tether.messages import ErrorCategory
+from tether.runtime import Runtime
+from tether.state import RunStatus
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _agents() -> None:
+    load_agent_modules(["tests.agents"])
+
+
+def test_a_run_past_the_message_cap_ends_failed_before_the_next_model_call(
+    redis_url: str,
+) -> None:
+    rt = Runtime(Settings(redis_url=redis_url, max_run_messages=3))
+    run_id = planner.start(rt, calculator_event("evt-cap"))
+    assert run_id is not None
+    state = rt.store.load(run_id)
+    assert len(state.messages) <= 3 and state.status == RunStatus.waiting_tools
+    planner.observe(rt, observation_for(state.pending_actions[0], 5))
+
+    ended = rt.store.load(run_id)
+    assert ended.status == RunStatus.failed
+    assert ended.error is not None
+    assert ended.error.category == ErrorCategory.policy_denied
+    assert "TETHER_MAX_RUN_MESSAGES (3)" in ended.error.message
+    # No model call was made for the step it refused.
+    assert rt.store.budgets.usage(run_id).steps == 1
+
+
+def test_the_default_cap_leaves_ordinary_runs_alone(redis_url: str) -> None:
+    rt = Runtime(Settings(redis_url=redis_url))
+    run_id = planner.start(rt, calculator_event("evt-nocap"))
+    assert run_id is not None
+    planner.observe(rt, observation_for(rt.store.load(run_id).pending_actions[0], 5))
+    assert rt.store.load(run_id).status == RunStatus.succeeded
