@@ -12,7 +12,7 @@ from rich.table import Table
 
 from tether.budgets import BudgetUsage
 from tether.messages import RunEvent
-from tether.state import EscalationRecord, RunState
+from tether.state import RunState
 
 console = Console()
 
@@ -151,21 +151,6 @@ def trace_table(run_id: str, events: list[RunEvent]) -> Table:
             event.kind,
             escape(describe_event(event)),
         )
-    return table
-
-
-def escalations_table(records: list[EscalationRecord]) -> Table:
-    table = Table(title="escalations")
-    for column in ("id", "run", "kind", "status", "reason"):
-        table.add_column(column, overflow="fold")
-    for record in records:
-        e = record.escalation
-        status = (
-            record.status
-            if record.decision is None
-            else f"{record.decision.verdict} by {record.decision.by}"
-        )
-        table.add_row(e.escalation_id, e.run_id, e.kind, status, _clip(e.reason, 80))
     return table
 
 

@@ -1,14 +1,13 @@
-"""Re-driving runs whose next message was lost.
+"""Re-driving runs whose next message was lost: the backstop behind the transport.
 
-acks_late and reject-on-worker-lost cover a message from the moment a worker
-has recorded it as unacknowledged. Before that there is a window: kombu's
-Redis transport pops a message (BRPOP) and only then records it, so a worker
-killed, or a broker restarted, in between loses the message, and the run it
-belonged to waits for ever. The committed state says what comes next and every
-handler is safe to repeat, so a run with no commit for ``stalled_after_s`` gets
-that published again (outbox.redispatch); a run waiting for a human only
-where one of its messages is missing. One planner process at a time sweeps,
-under a lease.
+tether.transport keeps every message a worker takes, and gives a dead worker's
+messages back within seconds; what it cannot see is a message lost with Redis
+itself (a server restarted without its data). The committed state says what
+comes next and every handler is safe to repeat, so a run with no commit for
+``stalled_after_s`` gets that published again (outbox.redispatch); a run
+waiting for a human only where one of its messages is missing. A run waiting
+in a backlog, or whose tool calls a live executor holds, is not stalled. One
+planner process at a time sweeps, under a lease.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ def _busy(rt: Runtime, state: RunState, backlog: _BacklogProbe) -> str | None:
     a lease (a tool may run longer than the stall threshold).
     """
     if state.status == RunStatus.waiting_human:
-        return None  # its waits are checked one by one (_redrive_waits)
+        return None  # the outbox checks its waits one by one
     if state.status in (RunStatus.queued, RunStatus.running):
         queue = PLAN_QUEUE
     elif state.pending_actions:
