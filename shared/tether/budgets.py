@@ -59,12 +59,23 @@ class Budgets:
         self._batch.run(lambda pipe: self.add_open(pipe, run_id, limits, started_at=started_at))
 
     def add_open(
-        self, pipe: Pipeline, run_id: str, limits: BudgetLimits, *, started_at: float | None = None
+        self,
+        pipe: Pipeline,
+        run_id: str,
+        limits: BudgetLimits,
+        *,
+        started_at: float | None = None,
+        spent: BudgetUsage | None = None,
     ) -> None:
-        """Queue ``open`` on a pipeline, to go out with other commands in one round trip."""
+        """Queue ``open`` on a pipeline, to go out with other commands in one round trip.
+
+        ``spent``: tokens and cost spent for the run before it existed (a thread's summary).
+        """
         fields: list[str] = ["started_at", repr(started_at or time.time())]
         for name, value in limits.model_dump().items():
             fields += [name, "" if value is None else repr(value)]
+        if spent is not None:
+            fields += ["tokens", str(spent.tokens), "cost_usd", repr(float(spent.cost_usd))]
         pipe.eval(_OPEN_SCRIPT, 1, keys.budget(run_id), *fields)
 
     def _run(

@@ -14,6 +14,7 @@ from typing import Any
 from tether import escalations, operators, planner
 from tether import feedback as run_feedback
 from tether.errors import EventRejectedError
+from tether.memory import threads
 from tether.messages import BudgetLimits, Decision, ErrorCategory, TaskEvent, Verdict
 from tether.runtime import Runtime, get_runtime
 from tether.state import EscalationRecord, Feedback, RunError, RunState, RunStatus
@@ -43,6 +44,7 @@ def submit(
         budget=BudgetLimits.model_validate(budget) if isinstance(budget, dict) else budget,
         metadata=metadata or {},
         thread_id=thread_id,
+        thread_seq=threads.next_seq(rt, thread_id) if thread_id is not None else None,
     )
     rt.publish_event(event)
     return run_id_for(event.event_id)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # worker died or its hard time limit stopped it) becomes one dead letter.
     max_deliveries: int = 5
     reconcile_interval_s: float = 15.0
+    # An event on a thread waits this long after its publish for one published before
+    # it (a lower thread_seq) that has not reached intake; then it goes ahead
+    # (tether.memory.threads). The reconciler's interval is added to the wait.
+    thread_gap_s: float = Field(default=5.0, ge=0)
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
     # Celery task events, for Flower; off, each message costs less CPU (see bench/).

@@ -98,10 +98,12 @@ THREADS = f"{PREFIX}:threads"
 # Threads with events queued or a run going, by their last change: where the reconciler
 # looks for a hand-over from one run to the next that went missing.
 THREADS_BUSY = f"{PREFIX}:threads:busy"
+# Threads whose next event waits for one published before it, by when the wait ends.
+THREADS_GAPS = f"{PREFIX}:threads:gaps"
 
 
 def thread_queue(thread_id: str) -> str:
-    """List of event ids in the order they arrived at intake; the head is the thread's run."""
+    """List of event ids in publish order; the head is the thread's run or its next."""
     return f"{PREFIX}:thread:{thread_id}:queue"
 
 
@@ -113,6 +115,17 @@ def thread_events(thread_id: str) -> str:
 def thread_order(thread_id: str) -> str:
     """Sorted set event id -> publish time of the events queued on the thread."""
     return f"{PREFIX}:thread:{thread_id}:order"
+
+
+def thread_seq(thread_id: str) -> str:
+    """Hash: ``published`` (publishers' counter), ``started`` (highest sequence number
+    given its run) and ``running`` (the event id given the thread last)."""
+    return f"{PREFIX}:thread:{thread_id}:seq"
+
+
+def thread_skipped(thread_id: str) -> str:
+    """Sorted set of sequence numbers whose events intake rejected: no one waits for them."""
+    return f"{PREFIX}:thread:{thread_id}:skipped"
 
 
 def thread_turns(thread_id: str) -> str:
@@ -132,6 +145,12 @@ MEMORY_AGENTS = f"{PREFIX}:memory:agents"
 def memory(agent: str, subject: str) -> str:
     """Hash key -> item JSON: what ``agent`` remembers about ``subject``."""
     return f"{PREFIX}:memory:{agent}:{subject}"
+
+
+def memory_runs(agent: str, subject: str) -> str:
+    """Sorted set of the runs of ``agent`` about ``subject`` (by start): where copies of
+    what it remembers may be, for forgetting."""
+    return f"{PREFIX}:memory-runs:{agent}:{subject}"
 
 
 def notified(escalation_id: str, event: str, target: str) -> str:

@@ -59,10 +59,14 @@ class TaskEvent(Message):
     budget: BudgetLimits | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     # A conversation in the upstream system: runs on one thread see its history and
-    # run one at a time, in the order their events arrive at intake (tether.memory.threads).
+    # run one at a time, in publish order (tether.memory.threads).
     thread_id: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"^[^\s*?\[\]]+$"
     )
+    # The event's place in its thread's publish order, taken from the thread's counter
+    # (``HINCRBY tether:thread:<id>:seq published 1``; tether.client.submit does it).
+    # Without one, events on a thread go in the order of their publish times.
+    thread_seq: int | None = Field(default=None, ge=1)
 
 
 class ToolAction(Message):

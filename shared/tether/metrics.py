@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from tether import keys
+from tether.budgets import BudgetUsage
 from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
 from tether.messages import Observation, ToolAction
 from tether.state import RunState, RunStatus
@@ -147,6 +148,12 @@ def step_committed(
     TOKENS.labels(state.agent, state.agent_version, model).inc(tokens)
     COST.labels(state.agent, state.agent_version, model).inc(cost_usd)
     MODEL_LATENCY.labels(state.agent, model).observe(latency_s)
+
+
+def model_spent(state: RunState, model: str, spent: BudgetUsage) -> None:
+    """A model call outside the run's steps (a thread's summary at intake)."""
+    TOKENS.labels(state.agent, state.agent_version, model).inc(spent.tokens)
+    COST.labels(state.agent, state.agent_version, model).inc(spent.cost_usd)
 
 
 def tool_result_stored(action: ToolAction, observation: Observation) -> None:

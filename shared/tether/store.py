@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from tether import keys
 from tether.batch import Build, WriteBatch
-from tether.budgets import Budgets
+from tether.budgets import Budgets, BudgetUsage
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.redact import get_redactor
@@ -97,17 +97,28 @@ class RunStore:
     # run state -----------------------------------------------------------------
 
     def create(
-        self, event: TaskEvent, state: RunState, log: Sequence[RunEvent] = ()
+        self,
+        event: TaskEvent,
+        state: RunState,
+        log: Sequence[RunEvent] = (),
+        spent: BudgetUsage | None = None,
+        indexes: Sequence[tuple[str, int]] = (),
     ) -> tuple[RunState, bool]:
         """Create the run for ``event`` unless it exists; returns (state, created).
 
-        ``log`` (its ``run_started`` entry) is written by the creating commit itself.
+        ``log`` (its ``run_started`` entry) is written by the creating commit itself;
+        ``spent`` is what its budget opens with (see Budgets.add_open); the run joins
+        each of ``indexes`` (sorted set key, its TTL in seconds).
         """
         appends = [a for entry in log for a in log_appends(entry)]
+        created_at = state.created_at.timestamp()
 
         def build(pipe: Pipeline) -> None:
-            self.budgets.add_open(pipe, state.run_id, state.limits)
-            pipe.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
+            self.budgets.add_open(pipe, state.run_id, state.limits, spent=spent)
+            pipe.zadd(keys.RUN_INDEX, {state.run_id: created_at}, nx=True)
+            for index, ttl_s in indexes:
+                pipe.zadd(index, {state.run_id: created_at}, nx=True)
+                pipe.expire(index, ttl_s)
             self._add_cas(pipe, state, 0, appends)
 
         version, current = parse_cas(self.batch.run(build)[-1])

@@ -27,13 +27,18 @@ from tether.runtime import Runtime
 from tether.state import RunError, RunState, RunStatus
 from tether.store import run_id_for
 
+# How long the workers let an event wait for one published before it.
+GAP_S = 6.0
+
 
 @pytest.fixture(scope="module")
 def mstack(ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """Its own Redis and workers, loading the memory test agents (the suite's ledger folder)."""
     logs = Path(tmp_path_factory.mktemp("memory-logs"))
     with DevStack(
-        agent_modules=["tests.memory_agents"], log_dir=logs, env={"LEDGER_DIR": str(ledger_dir)}
+        agent_modules=["tests.memory_agents"],
+        log_dir=logs,
+        env={"LEDGER_DIR": str(ledger_dir), "TETHER_THREAD_GAP_S": str(GAP_S)},
     ) as running:
         yield running
 
@@ -85,14 +90,9 @@ def test_five_events_on_one_thread_run_in_order_while_threads_run_in_parallel(
                 client.submit("threaded", f"slow {thread} {i}", thread_id=thread, runtime=mrt)
             )
 
-    # The first event takes each idle thread; the other four are published at once while
-    # it runs, and go in publish order. (Of events published at the same moment to an idle
-    # thread, the first to arrive runs first: see tether.memory.threads.)
-    submit(0)
-    deadline = time.monotonic() + 10
-    while not all(mrt.store.get(r[0]) for r in runs.values()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for i in range(1, 5):
+    # All five at once, to idle threads: they run in publish order whichever reaches
+    # intake first (two planner processes take them in parallel).
+    for i in range(5):
         submit(i)
     states = {t: [done(mrt, r, 60) for r in ids] for t, ids in runs.items()}
     spans: dict[str, list[tuple[float, float]]] = {a: [], b: []}
@@ -110,6 +110,63 @@ def test_five_events_on_one_thread_run_in_order_while_threads_run_in_parallel(
     # The two threads overlapped in time.
     assert spans[a][0][0] < spans[b][-1][1] and spans[b][0][0] < spans[a][-1][1]
     assert mrt.store.client.llen(keys.thread_queue(a)) == 0
+
+
+def test_an_event_ahead_of_an_earlier_one_waits_for_it_its_rejection_or_the_gap(
+    mrt: Runtime,
+) -> None:
+    thread = f"s-{uuid.uuid4().hex[:8]}"
+    numbers = [threads.next_seq(mrt, thread) for _ in range(6)]
+    assert numbers == [1, 2, 3, 4, 5, 6]
+
+    def publish(seq: int, agent: str = "threaded") -> str:
+        event = TaskEvent(
+            event_id=f"{thread}-{seq}",
+            agent=agent,
+            input=f"hello {seq}",
+            thread_id=thread,
+            thread_seq=seq,
+        )
+        published = time.time()
+        mrt.publish_event(event)
+        published_at[seq] = published
+        return run_id_for(event.event_id)
+
+    published_at: dict[int, float] = {}
+    # The second reaches intake first: it waits for the first, holding no worker.
+    second = publish(2)
+    time.sleep(1.0)
+    assert mrt.store.get(second) is None
+    assert threads.queued(mrt, thread) == [f"{thread}-2"]
+    first = publish(1)
+    one, two = done(mrt, first), done(mrt, second)
+    assert one.status == two.status == RunStatus.succeeded
+    assert one.finished_at is not None and two.created_at >= one.finished_at
+    assert answer(two)["earlier"] == [one.result]
+    # The fourth waits for the third; the third is rejected at intake: no more waiting.
+    fourth = publish(4)
+    time.sleep(0.5)
+    assert mrt.store.get(fourth) is None
+    publish(3, agent="nobody-by-this-name")
+    four = done(mrt, fourth)
+    assert four.created_at.timestamp() < published_at[4] + GAP_S
+    assert any(f"{thread}-3" in r["reason"] for r in mrt.store.rejected(10))
+    # The fifth never comes (its publisher died after taking its number): the sixth
+    # waits out the gap, then the reconciler lets it go ahead.
+    sixth = publish(6)
+    time.sleep(1.0)
+    assert mrt.store.get(sixth) is None
+    deadline = time.monotonic() + GAP_S + 20
+    while mrt.store.get(sixth) is None and time.monotonic() < deadline:
+        reconcile.sweep(mrt, stalled_after_s=300)
+        time.sleep(0.5)
+    six = done(mrt, sixth)
+    assert six.status == RunStatus.succeeded
+    assert six.created_at.timestamp() >= published_at[6] + GAP_S
+    assert [t.event_id for t in threads.turns(mrt, thread)] == [
+        f"{thread}-{i}" for i in (1, 2, 4, 6)
+    ]
+    assert mrt.store.client.zscore(keys.THREADS_GAPS, thread) is None
 
 
 def test_cancelled_run_releases_the_thread(mrt: Runtime) -> None:
@@ -219,6 +276,24 @@ def test_the_window_trims_and_summarises_as_configured(mrt: Runtime) -> None:
         else:
             assert entry["summarised"] == older and entry["dropped"] == []
             assert "SUMMARY" in str(answer(states[-1])["summary"])
+            # The summary call is the run's spending too.
+            summary_tokens = int(entry["summary_tokens"])  # type: ignore[call-overload]
+            assert summary_tokens > 0
+            step_tokens = sum(
+                int(e.data["input_tokens"]) + int(e.data["output_tokens"])
+                for _, e in mrt.store.trace(ids[-1])
+                if e.kind == "model_call"
+            )
+            usage = mrt.store.budgets.usage(ids[-1])
+            assert usage.tokens == step_tokens + summary_tokens
+            # A run that could not afford the summary call does not make it.
+            poor = client.submit(
+                agent, "one more", thread_id=thread, budget={"max_tokens": 60}, runtime=mrt
+            )
+            done(mrt, poor)
+            skipped = context_entry(mrt, poor)
+            assert "max_tokens=60" in str(skipped["summary_skipped"])
+            assert "summary_tokens" not in skipped and skipped["summarised"] == []
 
 
 def test_fit_keeps_the_newest_turns_whole() -> None:
@@ -270,6 +345,11 @@ def test_forget_leaves_no_key_behind(mrt: Runtime, mstack: DevStack) -> None:
         for i in range(2)
     ]
     states = [done(mrt, r) for r in ids]
+    # A run on no thread that only reads the memories holds copies of them too.
+    reader = done(
+        mrt, client.submit("memo", "recall k", metadata={"customer_id": who}, runtime=mrt)
+    )
+    assert "v1" in str(reader.result)
     assert thread_keys(mrt, thread) and thread_keys(mrt, who)
     env = {**os.environ, "TETHER_REDIS_URL": mstack.redis_url}
     shown = subprocess.run(
@@ -299,14 +379,16 @@ def test_forget_leaves_no_key_behind(mrt: Runtime, mstack: DevStack) -> None:
         assert mrt.store.client.zscore(keys.RUN_INDEX, state.run_id) is None
     assert mrt.store.client.zscore(keys.THREADS, thread) is None
     out = subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", "memory", "forget", who],
+        [sys.executable, "-m", "tether.cli.main", "memory", "forget", who, "--runs"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert keys.memory("memo", who) in out
+    assert keys.memory("memo", who) in out and keys.memory_runs("memo", who) in out
+    assert reader.run_id in out
     assert thread_keys(mrt, who) == []
+    assert thread_keys(mrt, reader.run_id) == []
     # Nothing holds the subject any more, in any key's name or value.
     for key in mrt.store.client.scan_iter(count=1000):
         if mrt.store.client.type(key) == "string":

@@ -102,7 +102,7 @@ def forget_memory(
     subject: str,
     agent: str = typer.Option("", help="Only this agent's memory"),
     runs: bool = typer.Option(
-        False, "--runs", help="Also remove the ended runs that wrote the memories"
+        False, "--runs", help="Also remove the ended runs about SUBJECT (they hold copies)"
     ),
 ) -> None:
     """Remove what agents remember about SUBJECT."""

@@ -64,6 +64,8 @@ def start_shadows(rt: Runtime, event: TaskEvent, primary_run_id: str) -> list[st
             update={
                 "event_id": shadow_event_id(candidate.name, event.event_id),
                 "agent": candidate.name,
+                # A shadow takes no place on its primary's thread.
+                "thread_seq": None,
                 "metadata": {
                     **event.metadata,
                     SHADOW_METADATA: {

@@ -2,21 +2,23 @@
 
 What is removed, precisely:
 
-- a thread (``forget_thread``): its history (turns), queue, queued events, run index and
-  its entries in the threads indexes; and every run of the thread, with everything kept
+- a thread (``forget_thread``): its history (turns), queue, queued events, publish-order
+  counter, run index and its entries in the threads indexes; and every run of the thread, with everything kept
   under the run: its state (which holds the conversation), event log, budget and
   reservation keys, the stored results, leases and in-flight markers of its tool
   actions, its escalations, and its entries in the run and escalation indexes;
 - a subject (``forget_subject``): the memory hash of each agent (or the one named)
-  for that subject; with ``runs=True`` also every run that wrote one of the remaining
-  items, as above.
+  for that subject and its index of the runs about that subject; with ``runs=True``
+  also every ended run that wrote one of the items or was about the subject (its
+  event named it: it may hold recalled copies), as above.
 
 What remains: the lifecycle stream ``tether:events`` (run id, entry kind and step only,
 no content), dead letters in ``tether:dead`` (message bodies; `tether dead list` shows
 them), Prometheus counters (numbers, no content) and traces or logs already shipped
-elsewhere. Without ``runs=True`` the runs that wrote a subject's memories keep their
-copies of it (their event logs' ``memory_write`` entries) until they expire,
-TETHER_RUN_TTL_S after they ended; the report names them.
+elsewhere. Without ``runs=True`` the runs about a subject keep their copies of its
+memories (``memory_write`` log entries, recalled items in their conversation) until they
+expire, TETHER_RUN_TTL_S after they ended; the report names them, and the runs still
+going, which ``runs=True`` keeps too.
 """
 
 from __future__ import annotations
@@ -119,19 +121,22 @@ def forget_thread(rt: Runtime, thread_id: str) -> Forgotten:
         keys.thread_queue(thread_id),
         keys.thread_events(thread_id),
         keys.thread_order(thread_id),
+        keys.thread_seq(thread_id),
+        keys.thread_skipped(thread_id),
     ]
+    indexes = [keys.THREADS, keys.THREADS_BUSY, keys.THREADS_GAPS]
     pipe = client.pipeline(transaction=True)
     for key in thread_keys:
         pipe.exists(key)
     pipe.delete(*thread_keys)
-    pipe.zrem(keys.THREADS, thread_id)
-    pipe.zrem(keys.THREADS_BUSY, thread_id)
-    *present, _, in_index, in_busy = pipe.execute()
+    for index in indexes:
+        pipe.zrem(index, thread_id)
+    replies = pipe.execute()
+    present, in_indexes = replies[: len(thread_keys)], replies[len(thread_keys) + 1 :]
     report.keys += [k for k, p in zip(thread_keys, present, strict=True) if p]
-    if in_index:
-        report.index_entries.append(f"{keys.THREADS} {thread_id}")
-    if in_busy:
-        report.index_entries.append(f"{keys.THREADS_BUSY} {thread_id}")
+    report.index_entries += [
+        f"{index} {thread_id}" for index, found in zip(indexes, in_indexes, strict=True) if found
+    ]
     return report
 
 
@@ -141,19 +146,20 @@ def forget_subject(
     """Remove what agents remember about ``subject`` (one agent with ``agent``)."""
     client = rt.store.client
     report = Forgotten()
-    writers: set[str] = set()
+    holders: set[str] = set()
     for name in [agent] if agent else longterm.agents(client):
-        key = keys.memory(name, subject)
-        found = longterm.items(client, name, subject)
-        writers |= {item.run_id for item in found}
-        if client.delete(key):
-            report.keys.append(key)
-    ended = [r for r in sorted(writers) if _ended_or_gone(rt.store.get(r))]
+        holders |= {item.run_id for item in longterm.items(client, name, subject)}
+        holders |= set(longterm.runs_about(client, name, subject))
+        for key in (keys.memory(name, subject), keys.memory_runs(name, subject)):
+            if client.delete(key):
+                report.keys.append(key)
+    existing = sorted(r for r in holders if rt.store.get(r) is not None)
     if runs:
-        purge_runs(rt, [r for r in ended if rt.store.get(r) is not None], report)
-        report.kept_runs = sorted(writers - set(ended))
+        ended = [r for r in existing if _ended_or_gone(rt.store.get(r))]
+        purge_runs(rt, ended, report)
+        report.kept_runs = sorted(set(existing) - set(ended))
     else:
-        report.kept_runs = [r for r in sorted(writers) if rt.store.get(r) is not None]
+        report.kept_runs = existing
     return report
 
 

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,9 @@ from tether.errors import TetherError
 from tether.messages import RunEvent, utcnow
 from tether.store import LIFECYCLE_MAXLEN, log_appends
 from tether.tools import Tool, ToolContext, tool
+
+if TYPE_CHECKING:
+    from tether.agents import Agent
 
 REMEMBER_SCRIPT = files("tether.memory").joinpath("remember.lua").read_text()
 assert LIFECYCLE_MAXLEN == 100_000  # remember.lua caps the lifecycle stream the same way
@@ -66,6 +69,24 @@ def subject_of(metadata: dict[str, Any], config: MemoryConfig) -> str:
             "things about in this run; carry on without memory"
         )
     return str(subject)
+
+
+def run_index(agent: Agent, metadata: dict[str, Any], run_ttl_s: int) -> list[tuple[str, int]]:
+    """The subject index a run of ``agent`` joins at its creation (none without memory).
+
+    It lives as long as what it points at may: the memory (its TTL from the last write)
+    or a run (TETHER_RUN_TTL_S after it ends), counted from the newest run.
+    """
+    if agent.memory is None:
+        return []
+    subject = metadata.get(agent.memory.subject_key)
+    if subject is None or str(subject).strip() == "":
+        return []
+    return [(keys.memory_runs(agent.name, str(subject)), agent.memory.ttl_s + run_ttl_s)]
+
+
+def runs_about(client: Any, agent: str, subject: str) -> list[str]:
+    return cast(list[str], client.zrange(keys.memory_runs(agent, subject), 0, -1))
 
 
 def items(client: Any, agent: str, subject: str) -> list[MemoryItem]:

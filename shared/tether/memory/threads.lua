@@ -1,28 +1,66 @@
 -- Admitting an event to its thread, atomically with the check that a run is going.
--- KEYS[1]: the thread's queue (list of event ids, in order of arrival at intake)
+-- KEYS[1]: the thread's queue (list of event ids); its head is the thread's run or next
 -- KEYS[2]: the thread's queued events (hash event id -> event JSON)
 -- KEYS[3]: the event's run (hash): if it exists the event was admitted and started before
--- KEYS[4]: the threads index (sorted set), KEYS[5]: the busy threads (sorted set)
+-- KEYS[4]: the threads index, KEYS[5]: the busy threads (sorted sets)
 -- KEYS[6]: the queued events' publish times (sorted set event id -> publish time)
+-- KEYS[7]: the thread's sequence (hash: published, started, running)
+-- KEYS[8]: sequence numbers of events intake rejected (sorted set seq -> seq)
+-- KEYS[9]: threads whose head waits for an earlier event (sorted set thread -> due time)
 -- ARGV[1]: event id, ARGV[2]: event JSON, ARGV[3]: now, ARGV[4]: thread id,
--- ARGV[5]: when the event was published
--- The head (place 0) is the thread's run: a new event never goes before it. Among the
--- events waiting behind it, one published earlier goes before one published later,
--- whichever intake admitted first.
--- Returns the event's place in the queue: 0 means its run is the thread's to start now;
--- -1 when its run already exists (a redelivered or republished event).
+-- ARGV[5]: when the event was published, ARGV[6]: its thread_seq ('' if none),
+-- ARGV[7]: seconds a head waits for a missing earlier sequence number
+-- A head that has been given its run is never passed. Behind it, an event goes before
+-- every waiting one that is later: by thread_seq when both have one, else by publish time.
+-- Returns the event's place: 0 means its run is the thread's to start now; -1 when its
+-- run already exists; -2 when it is the head but an earlier sequence number has not
+-- arrived yet (its turn comes when that one does, is rejected, or the wait is over).
+local seq = tonumber(ARGV[6])
+-- A copy of an event published again with a number of its own (a resubmission by
+-- event id): no event will come with that number, so no one waits for it.
+local function nobody_has(number)
+  if number then
+    redis.call('ZADD', KEYS[8], number, number)
+  end
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then
+  nobody_has(seq)
   return -1
 end
+local running = redis.call('HGET', KEYS[7], 'running')
+
+local function seq_of(event_id)
+  local raw = redis.call('HGET', KEYS[2], event_id)
+  if not raw then return nil end
+  local value = cjson.decode(raw).thread_seq
+  if type(value) ~= 'number' then return nil end
+  return value
+end
+
 local at = redis.call('LPOS', KEYS[1], ARGV[1])
+if at and seq ~= seq_of(ARGV[1]) then
+  nobody_has(seq)
+  seq = seq_of(ARGV[1])
+end
 if not at then
   local published = tonumber(ARGV[5])
-  local waiting = redis.call('LRANGE', KEYS[1], 1, -1)
-  for i, other in ipairs(waiting) do
-    local when = tonumber(redis.call('ZSCORE', KEYS[6], other) or '0')
-    if when > published then
+  local queue = redis.call('LRANGE', KEYS[1], 0, -1)
+  local first = 1
+  if queue[1] ~= nil and queue[1] == running then
+    first = 2
+  end
+  for i = first, #queue do
+    local other = queue[i]
+    local other_seq = seq_of(other)
+    local later
+    if seq and other_seq then
+      later = other_seq > seq
+    else
+      later = tonumber(redis.call('ZSCORE', KEYS[6], other) or '0') > published
+    end
+    if later then
       redis.call('LINSERT', KEYS[1], 'BEFORE', other, ARGV[1])
-      at = i
+      at = i - 1
       break
     end
   end
@@ -34,4 +72,28 @@ if not at then
 end
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[4])
-return at
+if at > 0 or running == ARGV[1] then
+  return at
+end
+
+if seq then
+  local started = tonumber(redis.call('HGET', KEYS[7], 'started') or '0')
+  local expected = started + 1
+  while expected < seq and redis.call('ZSCORE', KEYS[8], expected) do
+    expected = expected + 1
+  end
+  if seq > expected then
+    local due = tonumber(redis.call('ZSCORE', KEYS[6], ARGV[1])) + tonumber(ARGV[7])
+    if tonumber(ARGV[3]) < due then
+      redis.call('ZADD', KEYS[9], due, ARGV[4])
+      return -2
+    end
+  end
+  if seq > started then
+    redis.call('HSET', KEYS[7], 'started', seq)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', math.max(seq, started))
+end
+redis.call('HSET', KEYS[7], 'running', ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[4])
+return 0

@@ -3,12 +3,17 @@
 An event naming a ``thread_id`` is admitted at intake by one script (threads.lua):
 its id joins the thread's queue unless it is there already, and only the event at
 the head of the queue gets a run. The others wait in Redis, holding no worker and no
-greenlet. The order is that of arrival at intake, corrected by publish time: the
-first event to arrive at an idle thread takes it; an event arriving while the thread
-is taken goes behind its run and before every waiting event published after it
-(Runtime._send stamps the publish time; an event without the stamp counts as
-published when it arrived). So of events published at once, only the first to arrive
-can run ahead of one published before it.
+greenlet.
+
+The order is publish order. A publisher takes each event's place from the thread's
+counter (``next_seq``, one HINCRBY; ``client.submit`` does it), so events published at
+the same instant from anywhere still have one order, whichever reaches intake first.
+An event whose predecessor has not reached intake yet waits for it, as the head too:
+for ``TETHER_THREAD_GAP_S`` after its publish, then (the reconciler's ``sweep``) it goes
+ahead, because its predecessor may never come (a publisher that died between taking
+its number and publishing). A predecessor rejected at intake is skipped at once
+(``skip``). Events without a number (publishers of their own that do not take one)
+go in the order of their publish times (Runtime._send stamps it).
 
 When the head's run ends, whatever its status, the terminal commit itself
 (``lifecycle.finish`` side writes) appends the run's turn to the thread's history
@@ -26,10 +31,12 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast
 
 from tether import keys
+from tether.budgets import BudgetUsage
 from tether.errors import ModelError
 from tether.memory.window import KeptCall, Turn, fit
-from tether.messages import TaskEvent
+from tether.messages import BudgetLimits, TaskEvent
 from tether.metrics import PUBLISHED_AT_HEADER
+from tether.models.prices import reserved_cost_usd
 from tether.state import ChatMessage, RunState
 from tether.store import run_id_for
 from tether.versioned import SideWrite
@@ -41,30 +48,54 @@ if TYPE_CHECKING:
 ADMIT_SCRIPT = files("tether.memory").joinpath("threads.lua").read_text()
 # Turns kept per thread; older ones leave the history for good.
 MAX_TURNS = 200
+# What admit says of an event besides its place in the queue.
 STARTS_NOW = 0
 ALREADY_STARTED = -1
+WAITS_FOR_EARLIER = -2
 
 
 def admit(rt: Runtime, event: TaskEvent) -> int:
-    """Queue ``event`` on its thread; returns its place (0: start it now, -1: run exists)."""
+    """Queue ``event`` on its thread; returns its place in the queue, STARTS_NOW,
+    ALREADY_STARTED, or WAITS_FOR_EARLIER (it is next but one published before it is
+    still on its way)."""
     assert event.thread_id is not None
     thread_id = event.thread_id
     place = rt.store.client.eval(
         ADMIT_SCRIPT,
-        6,
+        9,
         keys.thread_queue(thread_id),
         keys.thread_events(thread_id),
         keys.run(run_id_for(event.event_id)),
         keys.THREADS,
         keys.THREADS_BUSY,
         keys.thread_order(thread_id),
+        keys.thread_seq(thread_id),
+        keys.thread_skipped(thread_id),
+        keys.THREADS_GAPS,
         event.event_id,
         event.model_dump_json(),
         time.time(),
         thread_id,
         _published_at(),
+        event.thread_seq or "",
+        rt.settings.thread_gap_s,
     )
     return int(cast(int, place))
+
+
+def next_seq(rt: Runtime, thread_id: str) -> int:
+    """The thread's next place in publish order, for the event about to be published."""
+    return int(rt.store.client.hincrby(keys.thread_seq(thread_id), "published", 1))
+
+
+def skip(rt: Runtime, event: TaskEvent) -> list[str]:
+    """An event intake rejected: the thread no longer waits for its number."""
+    if event.thread_id is None or event.thread_seq is None:
+        return []
+    rt.store.client.zadd(
+        keys.thread_skipped(event.thread_id), {str(event.thread_seq): event.thread_seq}
+    )
+    return hand_over(rt, event.thread_id)
 
 
 def _published_at() -> float:
@@ -165,7 +196,8 @@ return 0
 
 
 def sweep(rt: Runtime, idle_since: float, limit: int = 1000) -> list[str]:
-    """Re-publish the hand-overs of busy threads idle since ``idle_since`` (reconciler)."""
+    """Re-publish the hand-overs of busy threads idle since ``idle_since``, and of heads
+    whose wait for an earlier event is over (reconciler)."""
     client = rt.store.client
     sent: list[str] = []
     busy = cast(
@@ -176,6 +208,12 @@ def sweep(rt: Runtime, idle_since: float, limit: int = 1000) -> list[str]:
             continue  # nothing queued: the thread is idle, not stalled
         client.zadd(keys.THREADS_BUSY, {thread_id: time.time()}, xx=True)
         sent += hand_over(rt, thread_id)
+    waited = cast(
+        list[str], client.zrangebyscore(keys.THREADS_GAPS, "-inf", time.time(), start=0, num=limit)
+    )
+    for thread_id in waited:
+        if client.zrem(keys.THREADS_GAPS, thread_id):
+            sent += hand_over(rt, thread_id)
     return sent
 
 
@@ -206,9 +244,12 @@ SUMMARY_INSTRUCTIONS = (
 )
 
 
-def context(rt: Runtime, agent: Agent, thread_id: str) -> tuple[list[ChatMessage], dict[str, Any]]:
+def context(
+    rt: Runtime, agent: Agent, thread_id: str, limits: BudgetLimits
+) -> tuple[list[ChatMessage], dict[str, Any]]:
     """The thread's history as chat messages, fitted into the agent's window, and what was
-    done to fit it (the run's ``thread_context`` log entry)."""
+    done to fit it (the run's ``thread_context`` log entry; a summary's tokens and cost,
+    which the run's budget opens with already spent)."""
     history = turns(rt, thread_id)
     fitted = fit(history, agent.thread_window_tokens)
     messages: list[ChatMessage] = []
@@ -226,21 +267,27 @@ def context(rt: Runtime, agent: Agent, thread_id: str) -> tuple[list[ChatMessage
             ChatMessage(role="system", content=SUMMARY_INSTRUCTIONS),
             ChatMessage(role="user", content="\n\n".join(t.text() for _, t in fitted.dropped)),
         ]
-        try:
-            response = agent.model.complete(request, [])
-        except ModelError as exc:
-            described["summary_error"] = str(exc)
+        over = _over_budget(agent, request, limits)
+        if over is not None:
+            described["summary_skipped"] = over
         else:
-            if response.content:
-                messages.append(
-                    ChatMessage(
-                        role="system",
-                        content=f"Summary of earlier turns in this thread: {response.content}",
-                    )
-                )
-                described["summarised"] = described["dropped"]
-                described["dropped"] = []
+            try:
+                response = agent.model.complete(request, [])
+            except ModelError as exc:
+                described["summary_error"] = str(exc)
+            else:
+                described["summary_model"] = response.model
                 described["summary_tokens"] = response.total_tokens
+                described["summary_cost_usd"] = response.cost_usd
+                if response.content:
+                    messages.append(
+                        ChatMessage(
+                            role="system",
+                            content=f"Summary of earlier turns in this thread: {response.content}",
+                        )
+                    )
+                    described["summarised"] = described["dropped"]
+                    described["dropped"] = []
     for index, turn in fitted.included:
         messages += turn.messages(index)
     if messages:
@@ -250,3 +297,24 @@ def context(rt: Runtime, agent: Agent, thread_id: str) -> tuple[list[ChatMessage
             ChatMessage(role="system", content=HISTORY_ENDS),
         ]
     return messages, described
+
+
+def _over_budget(agent: Agent, request: list[ChatMessage], limits: BudgetLimits) -> str | None:
+    """Why the summary call could not be afforded by a run with ``limits``, if it could not:
+    the same bounds a step reserves before its call."""
+    tokens = agent.model.estimate_tokens(request, [])
+    if limits.max_tokens is not None and tokens > limits.max_tokens:
+        return f"the summary call may use {tokens} tokens, over max_tokens={limits.max_tokens}"
+    cost = reserved_cost_usd(agent.model, tokens, limits)
+    if limits.max_cost_usd is not None and cost > limits.max_cost_usd:
+        return f"the summary call may cost ${cost:.6f}, over max_cost_usd={limits.max_cost_usd}"
+    return None
+
+
+def spent(described: dict[str, Any] | None) -> BudgetUsage | None:
+    """What fitting the history spent (a summary), for the run's budget to open with."""
+    if not described or "summary_tokens" not in described:
+        return None
+    return BudgetUsage(
+        tokens=int(described["summary_tokens"]), cost_usd=float(described["summary_cost_usd"])
+    )

@@ -11,7 +11,7 @@ from tether import metrics
 from tether.agents import get_agent
 from tether.errors import UnknownAgentError, UnknownModelPriceError
 from tether.evaluation import harness, shadow
-from tether.memory import threads
+from tether.memory import longterm, threads
 from tether.messages import RunEvent, TaskEvent
 from tether.models.prices import require_prices
 from tether.planner.step import plan
@@ -40,19 +40,19 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     try:
         agent = get_agent(event.agent)
     except UnknownAgentError as exc:
-        _reject(rt, f"event {event.event_id!r}: {exc}", raw_event)
+        _reject(rt, f"event {event.event_id!r}: {exc}", raw_event, event)
         return None
     if harness.is_eval_agent(event.agent):
         # An evaluation run plays its stored harness document; without one it cannot start.
         missing = harness.rejection(rt.store.client, run_id_for(event.event_id))
         if missing is not None:
-            _reject(rt, f"event {event.event_id!r}: {missing}", raw_event)
+            _reject(rt, f"event {event.event_id!r}: {missing}", raw_event, event)
             return None
     limits = agent.budget.tightened_by(event.budget)
     try:
         require_prices(agent.model, limits)
     except UnknownModelPriceError as exc:
-        _reject(rt, f"event {event.event_id!r} for agent {agent.name!r}: {exc}", raw_event)
+        _reject(rt, f"event {event.event_id!r} for agent {agent.name!r}: {exc}", raw_event, event)
         return None
 
     primary_run_id = shadow.primary_run(agent, event)
@@ -65,10 +65,18 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
             # the terminal commit of the run before it hands the thread over.
             log.info("event_queued_on_thread", event_id=event.event_id, thread_id=thread_id)
             return None
+        if place == threads.WAITS_FOR_EARLIER:
+            log.info(
+                "event_waits_for_earlier_on_thread",
+                event_id=event.event_id,
+                thread_id=thread_id,
+                thread_seq=event.thread_seq,
+            )
+            return None
     history: list[ChatMessage] = []
     described: dict[str, Any] | None = None
     if event.thread_id is not None:
-        history, described = threads.context(rt, agent, event.thread_id)
+        history, described = threads.context(rt, agent, event.thread_id, limits)
     state = RunState(
         run_id=run_id_for(event.event_id),
         event_id=event.event_id,
@@ -101,13 +109,20 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
         )
     ]
     if described is not None:
-        started.append(
-            RunEvent(run_id=state.run_id, kind="thread_context", step=0, data=described)
-        )
+        started.append(RunEvent(run_id=state.run_id, kind="thread_context", step=0, data=described))
     # The run and the entries that describe its start are one commit.
-    state, created = rt.store.create(event, state, log=started)
+    summary = threads.spent(described)
+    state, created = rt.store.create(
+        event,
+        state,
+        log=started,
+        spent=summary,
+        indexes=longterm.run_index(agent, event.metadata, rt.settings.run_ttl_s),
+    )
     if created:
         metrics.run_started(state)  # a redelivered or republished event creates nothing
+        if summary is not None and described is not None:
+            metrics.model_spent(state, described["summary_model"], summary)
     else:
         rt.store.log(state.run_id, "duplicate_event", state.step, event_id=event.event_id)
     plan(rt, state.run_id, 0)
@@ -117,9 +132,12 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     return state.run_id
 
 
-def _reject(rt: Runtime, reason: str, raw_event: Any) -> None:
+def _reject(rt: Runtime, reason: str, raw_event: Any, event: TaskEvent | None = None) -> None:
     rt.store.reject(reason, raw_event)
     log.warning("event_rejected", reason=reason)
+    if event is not None:
+        # Events published after it on its thread need not wait for it.
+        threads.skip(rt, event)
 
 
 def short(exc: ValidationError) -> str:
