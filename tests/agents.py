@@ -223,6 +223,17 @@ def _tool_then_answer(tool_name: str, arguments: dict[str, object]) -> ScriptedM
     return ScriptedModel(script, label=tool_name)
 
 
+@tool
+def repeat(text: str, times: int) -> str:
+    return text * times
+
+
+repeater = Agent(
+    name="repeater",
+    instructions="Repeat it.",
+    model=_tool_then_answer("repeat", {"text": "ab", "times": 150_000}),
+    tools=[repeat],
+)
 flaky = Agent(
     name="flaky",
     instructions="Look it up.",

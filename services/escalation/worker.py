@@ -6,12 +6,13 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from tether import celery_app, escalations
+from tether import celery_app, escalations, operators
 from tether.messages import Decision, Escalation
 from tether.notifications import Notifier
 from tether.service import TASK_OPTIONS, parse, runtime, service_app
 
 app = service_app("escalation")
+operators.check(runtime().settings)
 _notifier: list[Notifier] = []
 
 

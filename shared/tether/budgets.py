@@ -181,11 +181,13 @@ class Budgets:
         by: float,
         ceiling: float | None,
         extender: str,
+        check: bool = False,
     ) -> Reservation:
         """Raise one limit by ``by``, at most to ``ceiling``, once per escalation.
 
         Atomic in budgets.lua: two operators (or a redelivered decision) extending the
         same escalation spend one extension; the same ``extender`` again gets 'duplicate'.
+        ``check``: what the answer would be, spending nothing.
         """
         args = [
             keys.budget(run_id),
@@ -196,6 +198,7 @@ class Budgets:
             repr(float(by)) if limit == "cost_usd" or not float(by).is_integer() else int(by),
             "" if ceiling is None else repr(ceiling),
             extender,
+            "check" if check else "spend",
         ]
         (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
         return self.reservation(reply)

@@ -140,8 +140,9 @@ def decide(
     operators configured, it records only signed decisions.
 
     ``Verdict.extend`` (a budget_exhausted escalation) raises ``limit`` by ``extend_by``:
-    the extension is spent here, atomically (budgets.lua), so one past the agent's
-    ceiling, or a second one for the same escalation, raises DecisionRefusedError.
+    one past the agent's ceiling, or a second one for the same escalation, raises
+    DecisionRefusedError here; the escalation service spends it (budgets.lua, once per
+    escalation) only after it has verified who decided.
     """
     rt = runtime or get_runtime()
     record, _ = escalations.load(rt, escalation_id)
@@ -163,7 +164,7 @@ def decide(
         decision = operators.sign(decision, token)
     escalations.check_decision(record, decision)
     if verdict == Verdict.extend:
-        escalations.extend_budget(rt, record, decision)
+        escalations.extend_budget(rt, record, decision, check=True)
     # A decision names only its escalation: its run's trace comes from the record.
     rt.send_decision(decision, run_id=record.escalation.run_id)
     return decision

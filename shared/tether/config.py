@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     )
 
     max_event_bytes: int = 256 * 1024
+    # A tool's output kept in the run's state, result store and event log is cut to
+    # this many bytes of JSON (tether.executor): a tool (or whoever feeds it) cannot
+    # grow a run's state, and every model call after it, without bound.
+    max_tool_output_bytes: int = Field(default=64 * 1024, ge=1024)
     # A run whose conversation grows past this many messages ends `failed`: a
     # model or tool looping (or an attacker feeding it) cannot grow a run without bound.
     max_run_messages: int = Field(default=500, ge=2)

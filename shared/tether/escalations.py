@@ -115,8 +115,11 @@ def check_decision(record: EscalationRecord, decision: Decision) -> None:
             )
 
 
-def extend_budget(rt: Runtime, record: EscalationRecord, decision: Decision) -> None:
-    """Spend a budget extension in budgets.lua, once per escalation and within its ceiling.
+def extend_budget(
+    rt: Runtime, record: EscalationRecord, decision: Decision, *, check: bool = False
+) -> None:
+    """Spend a budget extension in budgets.lua, once per escalation and within its ceiling
+    (``check``: only say whether it would be spent).
 
     Raises DecisionRefusedError past the ceiling, or when someone else extended it first;
     the same decision again (a redelivery, a retried command) is harmless.
@@ -130,6 +133,7 @@ def extend_budget(rt: Runtime, record: EscalationRecord, decision: Decision) -> 
         by=decision.extend_by,
         ceiling=budget.ceiling,
         extender=decision.extension_id(),
+        check=check,
     )
     if not granted.granted:
         raise DecisionRefusedError(

@@ -10,6 +10,7 @@ mid-call, and asks a human instead of running the side effect again.
 
 from __future__ import annotations
 
+import json
 import time
 from importlib.resources import files
 from typing import Any
@@ -237,9 +238,29 @@ def _run(rt: Runtime, action: ToolAction, tool: Tool) -> Observation:
             "error": f"tool {tool.name!r} failed: {message}",
         }
     else:
-        outcome = {"ok": True, "output": output}
+        outcome = {"ok": True, "output": capped(output, rt.settings.max_tool_output_bytes)}
     attempts = int(retrying.statistics.get("attempt_number", 1))
     return _report(rt, action, started=started, attempts=attempts, **outcome)
+
+
+def capped(output: Any, cap: int) -> Any:
+    """``output``, or where its JSON is over ``cap`` bytes, its head and a note saying so.
+
+    The call did happen (it may have had effects), so the outcome stays a success:
+    an error would invite the model to make the call again.
+    """
+    text = json.dumps(output, default=str)
+    size = len(text.encode())
+    if size <= cap:
+        return output
+    head = text.encode()[: cap - 512].decode(errors="ignore")
+    return {
+        "truncated": (
+            f"the tool's output was {size} bytes of JSON, over the {cap} kept "
+            "(TETHER_MAX_TOOL_OUTPUT_BYTES); its first part follows: ask for less"
+        ),
+        "head": head,
+    }
 
 
 def _timed_out(tool: Tool, exc: BaseException) -> str:

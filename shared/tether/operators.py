@@ -80,6 +80,14 @@ def sign(decision: Decision, token: str) -> Decision:
     return origin.model_copy(update={"signature": mac})
 
 
+def check(settings: Settings) -> None:
+    """At the escalation service's start: an unusable operators file would refuse every
+    decision, so it stops the service instead (ConfigError). The file is read again for
+    each decision, so operators can be added or removed without a restart."""
+    if settings.operators_file:
+        load(settings.operators_file)
+
+
 def refusal(settings: Settings, decision: Decision) -> str | None:
     """Why the escalation service must not record ``decision``; None: it may.
 

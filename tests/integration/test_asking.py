@@ -154,10 +154,14 @@ def test_two_operators_extending_at_once_spend_one_extension(stack_runtime: Runt
     for t in threads:
         t.join()
 
-    assert sorted(outcomes) == ["ok"] + ["refused"] * 5
+    # Each client only checks that its extension could be spent; the escalation service
+    # spends one, after checking who decided, and refuses the others.
+    assert len(outcomes) == 6 and "ok" in outcomes
     state = wait_status(rt, run_id, "succeeded")
     assert rt.store.budgets.limit(run_id, "steps") == 4
     assert state.limits.max_steps == 4
+    decided = [ev for _, ev in rt.store.trace(run_id) if ev.kind == "escalation_decided"]
+    assert len(decided) == 1
     # The budget script directly, racing threads on one escalation: one extension spent.
     results: list[bool] = []
     barrier2 = threading.Barrier(8)

@@ -34,7 +34,8 @@ def operator_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[D
         json.dumps({"operators": [{"name": "alice", "key_sha256": key}]})
     )
     env = {"TETHER_OPERATORS_FILE": str(root / "operators.json"), "LEDGER_DIR": str(root)}
-    with DevStack(agent_modules=["tests.agents"], log_dir=root, env=env) as stack:
+    modules = ["tests.agents", "tests.escalation_agents"]
+    with DevStack(agent_modules=modules, log_dir=root, env=env) as stack:
         yield stack, token
 
 
@@ -84,3 +85,22 @@ def test_decisions_need_an_operator_credential(
     assert isinstance(decided["client_pid"], int) and decided["client_pid"] != os.getpid()
     assert decided["at"] and decided["recorded_at"]
     assert token not in json.dumps(decided)
+
+
+def test_an_unsigned_extension_spends_nothing(operator_stack: tuple[DevStack, str]) -> None:
+    stack, token = operator_stack
+    rt = Runtime(Settings(redis_url=stack.redis_url))
+    run_id = client.submit("budgeted", "add 3 times", runtime=rt)
+    escalation_id = pending_escalation(rt, run_id).escalation.escalation_id
+    assert rt.store.budgets.limit(run_id, "steps") == 2
+    # Its client checks the extension could be spent, and sends it unsigned.
+    client.decide(escalation_id, Verdict.extend, by="mallory", extend_by=2, runtime=rt)
+    wait_for(lambda: len(_events(rt, run_id, "decision_refused")) == 1, 20, "a refusal")
+    # Refused before anything was spent: the escalation's one extension is still there.
+    assert rt.store.budgets.limit(run_id, "steps") == 2
+    client.decide(escalation_id, Verdict.extend, by="alice", extend_by=2, token=token, runtime=rt)
+    state = client.wait(run_id, timeout_s=30, runtime=rt)
+    assert state.status == "succeeded", state.error
+    assert rt.store.budgets.limit(run_id, "steps") == 4
+    (decided,) = _events(rt, run_id, "escalation_decided")
+    assert decided["operator"] == "alice" and decided["extend_by"] == 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tether import operators
 from tether.config import Settings
 from tether.errors import ConfigError
 
@@ -69,3 +72,24 @@ def test_the_cli_reports_bad_settings_in_one_line_and_exits_2() -> None:
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         assert "TETHER_TASK_TIME_LIMIT_S (100) is not above" in done.stdout, command
         assert "Traceback" not in done.stdout + done.stderr, command
+
+
+def test_the_escalation_service_refuses_to_start_on_an_unusable_operators_file(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "operators.json"
+    broken.write_text('{"operators": [{"name": "alice"}]}')
+    env = dict(os.environ, TETHER_OPERATORS_FILE=str(broken), COLUMNS="300")
+    done = subprocess.run(
+        [sys.executable, "-m", "tether.cli.main", "worker", "escalation"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"TETHER_OPERATORS_FILE {str(broken)!r} is unreadable" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    # Read for each decision, it may change while the service runs; a good one passes.
+    broken.write_text(json.dumps({"operators": [{"name": "alice", "key_sha256": "ab" * 32}]}))
+    operators.check(Settings(operators_file=str(broken)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from tether import client, metrics
+from tether import client, metrics, operators
 from tether import health as health_check
 from tether.cli import render
 from tether.cli.dead import dead_app
@@ -110,6 +110,8 @@ def worker(
             f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
         )
     settings = get_settings()
+    if service == "escalation":
+        operators.check(settings)
     planner = service == "planner"
     queue = {
         "planner": "tether.plan",
