@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from tether.config import Settings
+from tether.config import Settings, tls_url
 
 PLAN_QUEUE = "tether.plan"
 TOOLS_QUEUE = "tether.tools"
@@ -42,11 +45,28 @@ def direct_route(queue: str) -> dict[str, str]:
     return {"queue": queue, "exchange": "", "routing_key": queue}
 
 
+def broker_ssl(url: str) -> dict[str, Any]:
+    """kombu's TLS options for a rediss:// broker URL: the server's certificate verified.
+
+    Given a rediss:// URL and no options, kombu connects without checking the
+    certificate; the URL's own ssl_* query (as Settings leaves it, with the
+    TETHER_REDIS_TLS_* files in it) is what it gets instead.
+    """
+    _, found = tls_url(url, {})
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if found.get(name):
+            options[name] = found[name]
+    return options
+
+
 def create_app(settings: Settings, name: str = "tether") -> Celery:
     broker = settings.broker_url or settings.redis_url
     app = Celery(name, broker=broker)
     if broker.split("://", 1)[0] in ("redis", "rediss"):
         app.conf.broker_transport = "tether.transport:RedisTransport"
+    if broker.startswith("rediss://"):
+        app.conf.broker_use_ssl = broker_ssl(broker)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -6,6 +6,7 @@ import json
 import re
 from functools import lru_cache
 from typing import Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,14 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
+    # TLS for a rediss:// URL (state store and broker alike): the CA that signed
+    # Redis's certificate, and this client's certificate and key where Redis asks
+    # for one (tls-auth-clients). They are added to the URLs' query as redis-py
+    # and kombu read it (ssl_ca_certs, ssl_certfile, ssl_keyfile), unless the URL
+    # names its own; the server's certificate and host name are always verified.
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
     agent_modules: list[str] = Field(
         default_factory=list,
         description="Python modules that declare agents; workers import them at start",
@@ -182,9 +191,40 @@ class Settings(BaseSettings):
                     f"TETHER_REDACT_PATTERNS has {pattern!r}, which is no regular expression "
                     f"({exc}); fix or remove it"
                 )
+        problems += self._fold_tls()
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
         return self
+
+    def _fold_tls(self) -> list[str]:
+        """Put the TLS files into the rediss:// URLs; what is wrong with them, as problems."""
+        problems: list[str] = []
+        tls = {
+            "ssl_ca_certs": ("TETHER_REDIS_TLS_CA_FILE", self.redis_tls_ca_file),
+            "ssl_certfile": ("TETHER_REDIS_TLS_CERT_FILE", self.redis_tls_cert_file),
+            "ssl_keyfile": ("TETHER_REDIS_TLS_KEY_FILE", self.redis_tls_key_file),
+        }
+        urls = [("TETHER_REDIS_URL", self.redis_url)]
+        if self.broker_url:
+            urls.append(("TETHER_BROKER_URL", self.broker_url))
+        if not any(url.startswith("rediss://") for _, url in urls):
+            named = [name for name, value in tls.values() if value]
+            if named:
+                problems.append(
+                    f"{', '.join(named)} set, but no Redis URL is rediss:// (TLS): the "
+                    "connections would go in plain text; use rediss://"
+                )
+            return problems
+        for setting, url in urls:
+            if not url.startswith("rediss://"):
+                continue
+            folded, found = tls_url(url, {query: value for query, (_, value) in tls.items()})
+            problems += tls_problems(setting, found)
+            if setting == "TETHER_REDIS_URL":
+                self.redis_url = folded
+            else:
+                self.broker_url = folded
+        return problems
 
     @property
     def model_retry_schedule_s(self) -> float:
@@ -193,6 +233,54 @@ class Settings(BaseSettings):
             self.model_max_attempts * self.model_timeout_s
             + (self.model_max_attempts - 1) * self.model_retry_wait_max_s
         )
+
+
+def tls_url(url: str, files: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """``url`` with the TLS ``files`` (query name -> path) it does not name itself added.
+
+    Returns the URL and its TLS query parameters, ssl_cert_reqs included.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for name, path in files.items():
+        if path and name not in query:
+            query[name] = path
+    query.setdefault("ssl_cert_reqs", "required")
+    folded = urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+    return folded, {k: v for k, v in query.items() if k.startswith("ssl_")}
+
+
+def tls_problems(setting: str, tls: dict[str, str]) -> list[str]:
+    """What is wrong with a rediss:// URL's TLS parameters (from tls_url)."""
+    problems: list[str] = []
+    if tls.get("ssl_cert_reqs", "required").lower() != "required":
+        problems.append(
+            f"{setting} has ssl_cert_reqs={tls['ssl_cert_reqs']}: Tether verifies Redis's "
+            "certificate; drop it, and name the CA that signed that certificate "
+            "(TETHER_REDIS_TLS_CA_FILE)"
+        )
+    if tls.get("ssl_keyfile") and not tls.get("ssl_certfile"):
+        problems.append(
+            f"{setting}: a client key (TETHER_REDIS_TLS_KEY_FILE) without its certificate "
+            "(TETHER_REDIS_TLS_CERT_FILE)"
+        )
+    for name, what in (
+        ("ssl_ca_certs", "CA file (TETHER_REDIS_TLS_CA_FILE)"),
+        ("ssl_certfile", "client certificate (TETHER_REDIS_TLS_CERT_FILE)"),
+        ("ssl_keyfile", "client key (TETHER_REDIS_TLS_KEY_FILE)"),
+    ):
+        path = tls.get(name)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as file:
+                file.read(1)
+        except OSError as exc:
+            problems.append(
+                f"{setting}: the Redis TLS {what} {path} cannot be read "
+                f"({exc.strerror or exc}); fix the path or its permissions"
+            )
+    return problems
 
 
 @lru_cache(maxsize=1)

@@ -39,11 +39,14 @@ class DevStack:
         flower_port: int | None = None,
         redis: RedisServer | None = None,
         metrics_ports: dict[str, int] | None = None,
+        service_urls: dict[str, str] | None = None,
     ) -> None:
         """Use the Redis at ``redis_url``, else start ``redis`` (default: a new RedisServer).
 
         ``metrics_ports`` gives a service its own /metrics port (TETHER_METRICS_PORT):
-        services on one host cannot share one.
+        services on one host cannot share one. ``service_urls`` gives a service its
+        own TETHER_REDIS_URL, e.g. its own Redis ACL user; ``redis_url`` is then
+        what this process (and any service not named) uses.
         """
         self.redis = None if redis_url else (redis or RedisServer())
         self._redis_url = redis_url
@@ -53,6 +56,7 @@ class DevStack:
         self.log_dir = log_dir
         self.flower_port = flower_port
         self.metrics_ports = dict(metrics_ports or {})
+        self.service_urls = dict(service_urls or {})
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.flower: subprocess.Popen[bytes] | None = None
 
@@ -88,6 +92,8 @@ class DevStack:
         env = self.env()
         if service in self.metrics_ports:
             env["TETHER_METRICS_PORT"] = str(self.metrics_ports[service])
+        if service in self.service_urls:
+            env["TETHER_REDIS_URL"] = self.service_urls[service]
         process = subprocess.Popen(
             [sys.executable, "-m", "tether.cli.main", "worker", service],
             env=env,
@@ -157,7 +163,9 @@ class DevStack:
         processes = [p for p in (*self.workers.values(), self.flower) if p is not None]
         for process in processes:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                # The main process only, as Kubernetes does: it lets its pool
+                # finish the tasks in hand, where SIGTERM kills a pool process mid-task.
+                os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for process in processes:
             try:

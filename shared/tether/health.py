@@ -26,9 +26,7 @@ def node_pattern(service: str, host: str | None) -> str:
 
 def matching_nodes(replies: Iterable[dict[str, object]], pattern: str) -> list[str]:
     """Node names in Celery ping replies ([{node: {"ok": "pong"}}, ...]) that match ``pattern``."""
-    return sorted(
-        node for reply in replies for node in reply if fnmatch.fnmatchcase(node, pattern)
-    )
+    return sorted(node for reply in replies for node in reply if fnmatch.fnmatchcase(node, pattern))
 
 
 def check(

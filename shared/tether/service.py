@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_shutting_down
 from pydantic import BaseModel, ValidationError
 
 from tether import deadletters, metrics, task_context, time_limits, tracing
@@ -17,7 +17,7 @@ from tether.messages import ErrorCategory
 from tether.runtime import Runtime, get_runtime
 from tether.store import connect
 from tether.telemetry import configure, log
-from tether.transport import deliveries
+from tether.transport import deliveries, stop_consuming
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -92,6 +92,12 @@ def service_app(service: str) -> Celery:
             # Figures read from Redis are served by one service, or they would be summed.
             redis_state = connect(rt.settings.redis_url) if service == "escalation" else None
             metrics.serve(rt.settings.metrics_port, redis_state=redis_state)
+
+    @worker_shutting_down.connect(weak=False)
+    def _stop_consuming(**_: Any) -> None:
+        # Sent from the SIGTERM handler: Celery then finishes the tasks it runs,
+        # but would go on taking messages meanwhile and hold them unstarted.
+        stop_consuming()
 
     return rt.celery
 

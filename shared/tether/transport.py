@@ -17,6 +17,10 @@ for the delivery cap.
 The move needs a single source list, so it is used when a channel consumes one
 of Tether's queues alone, with one priority step (every Tether service does);
 otherwise the channel falls back to kombu's BRPOP.
+
+Once its worker starts shutting down (``stop_consuming``), a consumer moves no
+more messages, and puts what its last move brought straight back on its queue:
+Celery would hold it, unstarted, until every running task had finished.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.resources import files
 from queue import Empty
 from typing import Any, cast
@@ -50,6 +55,35 @@ DELIVERIES_HEADER = "tether_deliveries"
 LANDED_QUEUES = "tether."
 
 CLAIM_SCRIPT = files("tether").joinpath("consumers.lua").read_text()
+
+# Put a landed message back at the head of its queue, unless someone already did.
+RETURN_SCRIPT = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
+"""
+
+_stopping = threading.Event()
+_consuming: weakref.WeakSet[ReliableChannel] = weakref.WeakSet()
+
+
+def stop_consuming() -> None:
+    """Take no more messages in this process, and give back what has landed.
+
+    Its worker is shutting down. Called from a signal handler, so the Redis
+    commands go to a thread: the interrupted code may hold the client's lock.
+    """
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    threading.Thread(target=_give_back_landed, daemon=True, name="tether-stop").start()
+
+
+def _give_back_landed() -> None:
+    # What a failure leaves goes back when the channel closes, or by recovery.
+    for channel in list(_consuming):
+        with suppress(redis.RedisError):
+            channel.give_back_landed()
 
 
 def deliveries(headers: dict[str, Any] | None) -> int:
@@ -154,6 +188,8 @@ class ReliableChannel(kombu_redis.Channel):
             self._landing_source = None
             super()._brpop_start(timeout)
             return
+        if _stopping.is_set():
+            return
         self._start_heartbeat(sources[0])
         assert self.consumer_id is not None
         self._landing_source = sources[0]
@@ -180,8 +216,13 @@ class ReliableChannel(kombu_redis.Channel):
                 raise
             if item is None:
                 raise Empty()
-            queue = bytes_to_str(source).rsplit(self.sep, 1)[0]
             self._landed = item
+            if _stopping.is_set():
+                # Back to the head of its queue at once, as it was: another worker
+                # takes it now, and no delivery is counted for a message never run.
+                self._return_landed(source)
+                raise Empty()
+            queue = bytes_to_str(source).rsplit(self.sep, 1)[0]
             try:
                 self.connection._deliver(loads(bytes_to_str(item)), queue)
             except BaseException:
@@ -203,12 +244,23 @@ class ReliableChannel(kombu_redis.Channel):
         landed = self.take_landed()
         if landed is None or self.consumer_id is None:
             return
+        landing = keys.consumer_landing(self.consumer_id)
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            pipe.lrem(keys.consumer_landing(self.consumer_id), 1, landed)  # type: ignore[arg-type]
-            if queue is not None:
-                pipe.rpush(queue, landed)
-            pipe.execute()
+            if queue is None:
+                client.lrem(landing, 1, landed)  # type: ignore[arg-type]
+            else:
+                client.eval(RETURN_SCRIPT, 2, landing, queue, landed)
+
+    def give_back_landed(self) -> None:
+        """Put every message on this consumer's landing list back on its queue."""
+        if self._owner_pid != os.getpid() or self.consumer_id is None:
+            return
+        landing = keys.consumer_landing(self.consumer_id)
+        with self.conn_or_acquire() as client:
+            source = client.hget(keys.CONSUMERS, self.consumer_id)
+            if source is not None:
+                while client.lmove(landing, bytes_to_str(source), "LEFT", "RIGHT") is not None:
+                    pass
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
@@ -226,6 +278,7 @@ class ReliableChannel(kombu_redis.Channel):
         self.consumer_id = uuid.uuid4().hex
         self._owner_pid = os.getpid()
         self._stopped = threading.Event()
+        _consuming.add(self)
         self._beat(source)
         self._heartbeat = threading.Thread(
             target=self._beat_forever, args=(source,), daemon=True, name="tether-consumer"

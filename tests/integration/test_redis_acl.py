@@ -1,16 +1,21 @@
 """The Redis ACL that docker-compose.yml and deploy/k8s/redis.yaml set up lets Tether work.
 
-The ACL line is read from docker-compose.yml itself, so narrowing it there
-(dropping a command the workers need) fails here: a real redis-server with that
-ACL file and the default user off, real workers logged in as "tether", one run
-end to end, and `tether health`.
+The Redis container's own start script is run here, taken from
+docker-compose.yml (tests/unit/test_deploy_manifests.py checks that k8s runs
+the same one on the same deploy/redis/users.acl): it writes the ACL file out
+with the passwords from the environment and starts a real redis-server on it.
+Then real workers, each logged in as its own user, take one run end to end,
+and `tether health` passes as each of them. Narrowing a user's rights below
+what its service does fails here (and in test_redis_tls.py, over TLS).
 """
 
 from __future__ import annotations
 
-import re
+import os
 import secrets
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,59 +30,96 @@ from tether.redis_server import find_redis_server, free_port
 from tether.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
+USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")
+SERVICES = ("planner", "executor", "escalation")
 
 
-def _acl_line(password: str) -> str:
+def _start_script(data: Path, port: int) -> str:
+    """docker-compose.yml's Redis command, its paths moved into ``data``."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    script = compose["services"]["redis"]["command"][-1]
-    template = re.search(r"printf '([^']*)'", script)
-    assert template, script
-    k8s = (ROOT / "deploy" / "k8s" / "redis.yaml").read_text()
-    assert template.group(1) in k8s, "compose and k8s grant Redis different ACLs"
-    return template.group(1).replace("\\n", "\n").replace("%s", password)
+    script = str(compose["services"]["redis"]["command"][-1]).replace("$$", "$")
+    script = script.replace("/etc/redis/users.acl", str(ROOT / "deploy" / "redis" / "users.acl"))
+    script = script.replace("/tmp/users.acl", str(data / "users.acl"))
+    script = script.replace("exec redis-server", f"exec {find_redis_server()}")
+    # Later options win: a free port on loopback, files in ``data``, nothing saved.
+    return script + f" --port {port} --bind 127.0.0.1 --dir {data} --save ''"
 
 
 @pytest.fixture(scope="module")
-def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def passwords() -> dict[str, str]:
+    return {user: secrets.token_hex(16) for user in USERS}
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory, passwords: dict[str, str]) -> Iterator[int]:
+    if shutil.which("awk") is None:
+        pytest.skip("no awk here to run the Redis container's start script with")
     data = Path(tmp_path_factory.mktemp("acl-redis"))
-    password = secrets.token_hex(16)
-    (data / "users.acl").write_text(_acl_line(password))
     port = free_port()
+    env = {**os.environ, **{f"REDIS_{u.upper()}_PASSWORD": p for u, p in passwords.items()}}
     process = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
-         "--aclfile", str(data / "users.acl")],
+        ["sh", "-c", _start_script(data, port)],
+        env=env,
+        cwd=data,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"redis://tether:{password}@127.0.0.1:{port}/0"
+    probe = redis.Redis(
+        port=port, username="monitor", password=passwords["monitor"], socket_connect_timeout=0.2
+    )
     try:
-        probe = redis.Redis.from_url(url, socket_connect_timeout=0.2)
-        for _ in range(100):
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, "the Redis start script failed"
             try:
                 probe.ping()
                 break
             except redis.ConnectionError:
-                subprocess.run(["sleep", "0.1"], check=False)
-        yield url
+                assert time.monotonic() < deadline, "redis-server did not answer"
+                time.sleep(0.1)
+        yield port
     finally:
         process.terminate()
         process.wait(10)
 
 
+def test_the_start_script_refuses_a_missing_password(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    env["REDIS_PLANNER_PASSWORD"] = "x"
+    done = subprocess.run(
+        ["sh", "-c", _start_script(tmp_path, free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "REDIS_EXECUTOR_PASSWORD is not set" in done.stderr
+
+
 def test_a_run_goes_through_redis_with_the_deploy_acl(
-    acl_redis: str, tmp_path: Path
+    acl_redis: int, passwords: dict[str, str], tmp_path: Path
 ) -> None:
-    anonymous = redis.Redis.from_url(acl_redis.replace("tether:", "default:", 1))
+    def url(user: str) -> str:
+        return f"redis://{user}:{passwords[user]}@127.0.0.1:{acl_redis}/0"
+
     with pytest.raises(redis.AuthenticationError):
-        anonymous.ping()
-    user = redis.Redis.from_url(acl_redis)
+        redis.Redis(port=acl_redis, username="default", password="x").ping()
     with pytest.raises(redis.ResponseError):
-        user.flushall()
-    with DevStack(redis_url=acl_redis, agent_modules=["tests.agents"], log_dir=tmp_path) as stack:
+        redis.Redis.from_url(url("operator")).flushall()
+    with DevStack(
+        redis_url=url("operator"),
+        service_urls={service: url(service) for service in SERVICES},
+        agent_modules=["tests.agents"],
+        log_dir=tmp_path,
+    ) as stack:
         runtime = Runtime(Settings(redis_url=stack.redis_url))
         run_id = client.submit("calculator", "What is 2 + 3?", runtime=runtime)
         state = client.wait(run_id, timeout_s=60, runtime=runtime)
         assert state.status == "succeeded", state.error
-        problems, nodes = health.check("planner", runtime.settings, timeout_s=5)
-        assert problems == [] and nodes
+        for service in SERVICES:
+            problems, nodes = health.check(service, Settings(redis_url=url(service)), timeout_s=5)
+            assert problems == [] and nodes, (service, problems)
+    monitor = redis.Redis.from_url(url("monitor"))
+    assert monitor.llen("tether.plan") == 0

@@ -93,3 +93,105 @@ def test_the_escalation_service_refuses_to_start_on_an_unusable_operators_file(
     # Read for each decision, it may change while the service runs; a good one passes.
     broken.write_text(json.dumps({"operators": [{"name": "alice", "key_sha256": "ab" * 32}]}))
     operators.check(Settings(operators_file=str(broken)))
+
+
+# --- Redis TLS -----------------------------------------------------------------
+
+
+def _tls_files(tmp_path: Path) -> dict[str, str]:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-----BEGIN-----\n")
+    return {
+        "redis_tls_ca_file": str(tmp_path / "ca.pem"),
+        "redis_tls_cert_file": str(tmp_path / "client.pem"),
+        "redis_tls_key_file": str(tmp_path / "client.key"),
+    }
+
+
+def test_the_tls_files_go_into_every_rediss_url_with_verification(tmp_path: Path) -> None:
+    from tether.celery_app import create_app
+
+    files = _tls_files(tmp_path)
+    (tmp_path / "broker-ca.pem").write_text("-----BEGIN-----\n")
+    broker_ca = tmp_path / "broker-ca.pem"
+    settings = Settings(
+        redis_url="rediss://planner:pw@redis:6380/0",
+        broker_url=f"rediss://planner:pw@broker:6380/0?ssl_ca_certs={broker_ca}",
+        **files,  # type: ignore[arg-type]
+    )
+    # A CA the URL names itself is kept.
+    assert f"ssl_ca_certs={broker_ca}&" in str(settings.broker_url)
+    assert settings.redis_url == (
+        f"rediss://planner:pw@redis:6380/0?ssl_ca_certs={files['redis_tls_ca_file']}"
+        f"&ssl_certfile={files['redis_tls_cert_file']}"
+        f"&ssl_keyfile={files['redis_tls_key_file']}&ssl_cert_reqs=required"
+    )
+    broker_ca.unlink()
+    with pytest.raises(ConfigError, match="TETHER_BROKER_URL: the Redis TLS CA file"):
+        Settings(broker_url=settings.broker_url, redis_url=settings.redis_url)
+    # Settings made again from a folded URL fold nothing twice.
+    assert Settings(redis_url=settings.redis_url, **files).redis_url == settings.redis_url  # type: ignore[arg-type]
+
+    import ssl
+
+    app = create_app(Settings(redis_url=settings.redis_url))
+    assert app.conf.broker_use_ssl == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": files["redis_tls_ca_file"],
+        "ssl_certfile": files["redis_tls_cert_file"],
+        "ssl_keyfile": files["redis_tls_key_file"],
+    }
+    assert not create_app(Settings(redis_url="redis://127.0.0.1:6379/0")).conf.broker_use_ssl
+
+
+def test_a_plain_url_keeps_its_query_and_gets_no_tls() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:6379/0")
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (
+            {"redis_tls_ca_file": "/nonexistent/ca.pem"},
+            "CA file (TETHER_REDIS_TLS_CA_FILE) /nonexistent/ca.pem cannot be read",
+        ),
+        (
+            {"redis_tls_cert_file": "/nonexistent/c.pem"},
+            "client certificate (TETHER_REDIS_TLS_CERT_FILE)",
+        ),
+        ({"redis_url": "rediss://h:6380/0?ssl_cert_reqs=none"}, "ssl_cert_reqs=none"),
+        (
+            {"redis_tls_key_file": "/etc/hostname"},
+            "a client key (TETHER_REDIS_TLS_KEY_FILE) without",
+        ),
+    ],
+)
+def test_unusable_tls_settings_are_refused_at_start(overrides: dict[str, str], named: str) -> None:
+    values = {"redis_url": "rediss://h:6380/0", **overrides}
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        Settings(**values)  # type: ignore[arg-type]
+
+
+def test_tls_files_with_a_plain_url_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no Redis URL is rediss://"):
+        Settings(redis_url="redis://h:6379/0", **_tls_files(tmp_path))  # type: ignore[arg-type]
+
+
+def test_an_unreadable_ca_file_stops_a_worker_with_one_clear_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tether.cli.main", "health", "planner"],
+        env={
+            **os.environ,
+            "TETHER_REDIS_URL": "rediss://planner:pw@127.0.0.1:9/0",
+            "TETHER_REDIS_TLS_CA_FILE": str(tmp_path / "missing-ca.pem"),
+            "COLUMNS": "300",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "missing-ca.pem cannot be read" in done.stdout
+    assert "Traceback" not in done.stderr

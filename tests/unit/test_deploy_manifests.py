@@ -249,9 +249,72 @@ def test_compose_redis_is_durable_refuses_eviction_and_needs_a_password() -> Non
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
-    assert "user default off" in command and "--aclfile" in command
-    assert "${TETHER_REDIS_PASSWORD:?" in redis["environment"]["REDIS_PASSWORD"]
+    assert "--aclfile /tmp/users.acl" in command
+    assert "./deploy/redis/users.acl:/etc/redis/users.acl:ro" in redis["volumes"]
+    for user in ACL_USERS:
+        variable = f"REDIS_{user.upper()}_PASSWORD"
+        assert f"${{{variable}:?" in redis["environment"][variable]
     assert "ports" not in redis
+
+
+ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
+ACL_USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")
+
+
+def _acl_users() -> dict[str, str]:
+    """User name -> its rule, from deploy/redis/users.acl."""
+    rules = {}
+    for line in ACL_FILE.read_text().splitlines():
+        if line.startswith("user "):
+            name, rule = line[len("user ") :].split(" ", 1)
+            rules[name] = rule
+    return rules
+
+
+def test_compose_and_kubernetes_set_up_the_same_redis_acl() -> None:
+    configmap = _by_kind("ConfigMap")["tether-redis-acl"]["data"]["users.acl"]
+    assert configmap == ACL_FILE.read_text(), "deploy/k8s/redis.yaml's ACL differs from users.acl"
+    compose_script = str(_compose()["services"]["redis"]["command"][-1]).replace("$$", "$")
+    (redis,) = _by_kind("StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"]
+    assert compose_script == redis["command"][-1]
+    mounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
+    assert mounts["acl"] == "/etc/redis"
+    k8s_env = {env["name"] for env in redis["env"]}
+    compose_env = set(_compose()["services"]["redis"]["environment"])
+    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", " ".join(_acl_users().values())))
+    assert placeholders == compose_env == k8s_env - {"REDISCLI_AUTH"}
+
+
+def test_the_acl_has_a_user_per_service_and_no_catch_all() -> None:
+    rules = _acl_users()
+    assert rules.pop("default") == "off"
+    assert set(rules) == set(ACL_USERS)
+    for name, rule in rules.items():
+        words = rule.split()
+        assert words[:2] == ["on", f">${{REDIS_{name.upper()}_PASSWORD}}"], name
+        assert "-@all" in words and "resetkeys" in words and "resetchannels" in words, name
+        assert not {"~*", "&*", "allkeys", "allchannels", "allcommands", "+@all"} & set(words)
+        assert not [w for w in words if w.startswith("+@")], f"{name} is granted a category"
+        for command in ("flushall", "flushdb", "keys", "config", "debug", "acl", "shutdown"):
+            assert f"+{command}" not in words, (name, command)
+
+
+def test_each_service_logs_in_to_redis_as_its_own_user() -> None:
+    compose = _compose()
+    for name in SERVICES:
+        url = compose["services"][name]["environment"]["TETHER_REDIS_URL"]
+        assert url.startswith(f"redis://{name}:${{REDIS_{name.upper()}_PASSWORD:?"), url
+        (container,) = _containers(_by_kind("Deployment")[f"tether-{name}"])
+        env = {e["name"]: e for e in container["env"]}
+        assert env["TETHER_REDIS_URL"]["value"].startswith(f"redis://{name}:$(REDIS_PASSWORD)@")
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tether-redis",
+            "key": name,
+        }
+    flower = compose["services"]["flower"]["environment"]["CELERY_BROKER_URL"]
+    assert flower.startswith("redis://flower:")
+    (auth,) = _by_kind("TriggerAuthentication").values()
+    assert {ref["name"] for ref in auth["spec"]["secretTargetRef"]} == {"tether-redis-monitor"}
 
 
 def test_compose_services_are_healthchecked_scalable_and_loopback_only() -> None:
@@ -264,7 +327,6 @@ def test_compose_services_are_healthchecked_scalable_and_loopback_only() -> None
         # --scale needs neither a fixed container name nor a published port.
         assert "container_name" not in service and "ports" not in service
         assert _seconds(service["stop_grace_period"]) > limit
-        assert "tether:${TETHER_REDIS_PASSWORD" in service["environment"]["TETHER_REDIS_URL"]
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith(("127.0.0.1:", "${FLOWER_BIND:-127.0.0.1}:")), (name, port)
