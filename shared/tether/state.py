@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from tether.messages import (
     BudgetLimits,
@@ -176,6 +176,10 @@ class RunState(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     version: int = 0
+    # The messages and completed actions the run store holds for this version, as it
+    # read or wrote them (tether.store): both only grow, so a commit appends what came
+    # after instead of writing them all again. None: not known (a state built anew).
+    _stored: tuple[list[ChatMessage], list[Observation]] | None = PrivateAttr(default=None)
 
     @property
     def terminal(self) -> bool:

@@ -17,14 +17,15 @@
 -- ARGV[8+2F .. 7+2F+R]: the member each required set must hold
 -- then, per append: maxlen (0: uncapped), P, and P field/value pairs
 -- then, per side write: its command (ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, and for
--- thread queues and histories RPUSH, LREM, LTRIM), N, and N arguments
+-- thread queues, histories and a run's appended lists RPUSH, LREM, LTRIM, DEL), N, and
+-- N arguments
 -- Returns {new_version}; {-1, current_version, current_doc} when another
 -- writer committed first, so the loser can decide again without another read;
 -- {-2, member} when a required member is missing (a budget reservation that
 -- was refused in the same pipeline), and nothing is written.
 local allowed = {
   ZADD = true, ZREM = true, HSET = true, HDEL = true, HINCRBY = true, EXPIRE = true,
-  RPUSH = true, LREM = true, LTRIM = true,
+  RPUSH = true, LREM = true, LTRIM = true, DEL = true,
 }
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then

@@ -77,7 +77,8 @@ class Append:
 class SideWrite:
     """An index or key update that goes in only if the commit it rides with wins."""
 
-    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM or LTRIM (versioned.lua allows no others)
+    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM, LTRIM or DEL (versioned.lua
+    # allows no others)
     command: str
     key: str
     args: tuple[str | int | float, ...]

@@ -417,3 +417,100 @@ def test_reject_and_rejected(store: RunStore) -> None:
 def test_reject_truncates_huge_payloads(store: RunStore) -> None:
     store.reject("too big", {"input": "x" * 10_000})
     assert len(store.rejected()[0]["payload"]) == 4096
+
+
+# appended lists ---------------------------------------------------------------------
+
+
+def _tool_turn(state: RunState, i: int) -> RunState:
+    observation = Observation(
+        action_id=f"{state.run_id}:{i}:0",
+        run_id=state.run_id,
+        step=i,
+        tool="blob",
+        tool_call_id=f"call_{i}",
+        ok=True,
+        output="x" * 4096,
+    )
+    return state.model_copy(
+        update={
+            "step": state.step + 1,
+            "messages": [
+                *state.messages,
+                ChatMessage(role="tool", tool_call_id=f"call_{i}", content="x" * 4096),
+            ],
+            "completed_actions": [*state.completed_actions, observation],
+        }
+    )
+
+
+def test_a_commit_appends_messages_and_keeps_the_document_small(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-lists")
+    state, _ = store.create(event, _state(event))
+    sizes = []
+    for i in range(20):
+        state = store.update(state.run_id, lambda s, i=i: _tool_turn(s, i)) or state
+        sizes.append(len(client.hget(keys.run(state.run_id), "doc") or ""))
+    assert sizes[-1] == pytest.approx(sizes[0], abs=16)  # the step counter's digits
+    assert client.llen(keys.run_messages(state.run_id)) == 21
+    assert client.llen(keys.run_completed(state.run_id)) == 20
+    fresh = RunStore(client, run_ttl_s=3600).load(state.run_id)
+    assert fresh.messages == state.messages
+    assert fresh.completed_actions == state.completed_actions
+    assert fresh.version == state.version
+
+
+def test_a_change_that_is_not_an_append_writes_the_list_anew(store: RunStore) -> None:
+    event = _event("evt-rewrite")
+    state, _ = store.create(event, _state(event))
+    state = store.update(state.run_id, lambda s: _tool_turn(s, 0)) or state
+    replaced = [ChatMessage(role="user", content="only this")]
+    store.commit(state.model_copy(update={"messages": replaced}))
+    assert RunStore(store.client, run_ttl_s=3600).load(state.run_id).messages == replaced
+
+
+def test_a_reader_ignores_entries_appended_after_the_document_it_read(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-between")
+    state, _ = store.create(event, _state(event))
+    # As if a commit's append landed between a reader's document and its lists.
+    client.rpush(keys.run_messages(state.run_id), ChatMessage(role="user").model_dump_json())
+    assert RunStore(client, run_ttl_s=3600).load(state.run_id).messages == state.messages
+
+
+def test_a_state_stored_whole_in_its_document_still_loads_and_commits(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-legacy")
+    legacy = _state(event, version=0)
+    client.hset(
+        keys.run(legacy.run_id),
+        mapping={"doc": legacy.model_dump_json(), "version": 1, "status": "queued"},
+    )
+    loaded = store.load(legacy.run_id)
+    assert loaded.messages == legacy.messages
+    store.update(legacy.run_id, lambda s: _tool_turn(s, 0))
+    again = RunStore(client, run_ttl_s=3600).load(legacy.run_id)
+    assert [m.role for m in again.messages] == ["user", "tool"]
+    assert len(again.completed_actions) == 1
+
+
+def test_trace_gives_each_model_call_its_whole_input(store: RunStore) -> None:
+    run_id = "run_trace_inputs"
+    said = [{"role": "user", "content": "hi"}]
+    answer = {"role": "assistant", "content": None}
+    tool = {"role": "tool", "content": "4"}
+    store.log(run_id, "model_call", 0, messages_from=0, messages=said)
+    store.log(run_id, "decision", 0)
+    last = store.log(run_id, "model_call", 1, messages_from=1, messages=[answer, tool])
+    entries = store.trace(run_id)
+    calls = [e for _, e in entries if e.kind == "model_call"]
+    assert [c.data["messages"] for c in calls] == [said, [*said, answer, tool]]
+    assert "messages_from" not in calls[1].data
+    # Read from a later entry on, the input is still made whole from what came before.
+    after = store.trace(run_id, entries[1][0])
+    assert [e.data["messages"] for _, e in after] == [[*said, answer, tool]]
+    assert after[0][1].step == last.step
