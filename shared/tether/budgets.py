@@ -18,10 +18,10 @@ from pydantic import BaseModel
 from redis.client import Pipeline
 
 from tether import keys
-from tether.batch import WriteBatch
+from tether.batch import Script, WriteBatch
 from tether.messages import BudgetLimits
 
-_SCRIPT = files("tether").joinpath("budgets.lua").read_text()
+_SCRIPT = Script(files("tether").joinpath("budgets.lua").read_text())
 
 
 class BudgetUsage(BaseModel):
@@ -41,12 +41,12 @@ class Reservation(BaseModel):
 
 
 # Sets each field only if it is not set yet, all fields in one atomic step.
-_OPEN_SCRIPT = """
+_OPEN_SCRIPT = Script("""
 for i = 1, #ARGV, 2 do
   redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return 1
-"""
+""")
 
 
 class Budgets:
@@ -65,7 +65,7 @@ class Budgets:
         fields: list[str] = ["started_at", repr(started_at or time.time())]
         for name, value in limits.model_dump().items():
             fields += [name, "" if value is None else repr(value)]
-        pipe.eval(_OPEN_SCRIPT, 1, keys.budget(run_id), *fields)
+        _OPEN_SCRIPT.add(pipe, 1, keys.budget(run_id), *fields)
 
     def _run(
         self,
@@ -79,7 +79,7 @@ class Budgets:
         cost_usd: float,
     ) -> Reservation:
         args = self._args(op, run_id, reservation_id, steps, tool_calls, tokens, cost_usd)
-        (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
         return self.reservation(reply)
 
     def add_reserve(
@@ -87,7 +87,7 @@ class Budgets:
     ) -> None:
         """Queue ``reserve`` on a pipeline; hand its reply to ``reservation``."""
         args = self._args("reserve", run_id, reservation_id, 0, tool_calls, 0, 0.0)
-        pipe.eval(_SCRIPT, 2, *args)
+        _SCRIPT.add(pipe, 2, *args)
 
     @staticmethod
     def granted_marker(reservation_id: str) -> str:
@@ -149,7 +149,7 @@ class Budgets:
         needs no reply), and always before the next reservation.
         """
         args = self._args("settle", run_id, reservation_id, 0, 0, tokens, cost_usd)
-        if self._batch.defer("eval", _SCRIPT, 2, *args):
+        if self._batch.defer("evalsha", _SCRIPT.sha, 2, *args):
             return
         self._run(
             "settle",
@@ -186,7 +186,7 @@ class Budgets:
             "" if ceiling is None else repr(ceiling),
             extender,
         ]
-        (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
         return self.reservation(reply)
 
     def limit(self, run_id: str, limit: str) -> float | None:

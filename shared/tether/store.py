@@ -16,7 +16,7 @@ from redis.client import Pipeline
 from redis.retry import Retry
 
 from tether import keys
-from tether.batch import Build, WriteBatch
+from tether.batch import Build, Script, WriteBatch
 from tether.budgets import Budgets
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
@@ -24,13 +24,15 @@ from tether.redact import get_redactor
 from tether.state import ChatMessage, RunState, RunStatus
 from tether.versioned import (
     REQUIREMENT_MISSING,
+    SCRIPT,
     Append,
     SideWrite,
     VersionedDocs,
     cas_call,
     parse_cas,
 )
-from tether.versioned import SCRIPT as CAS_SCRIPT
+
+CAS_SCRIPT = Script(SCRIPT)
 
 LIFECYCLE_MAXLEN = 100_000
 # Run states this process last read or committed, kept to start the next update from.
@@ -329,7 +331,7 @@ class RunStore:
             # Outside the script, so a commit that loses still touches the run: that
             # only delays its next stall check. Finished runs leave at their next check.
             pipe.zadd(keys.ACTIVE_RUNS, {run_id: time.time()})
-        pipe.eval(CAS_SCRIPT, len(cas_keys), *cas_keys, *args)  # its reply comes last
+        CAS_SCRIPT.add(pipe, len(cas_keys), *cas_keys, *args)  # its reply comes last
 
     def _moved_on(self, state: RunState) -> bool:
         (version,) = self.batch.run(lambda pipe: pipe.hget(keys.run(state.run_id), "version"))

@@ -514,3 +514,26 @@ def test_trace_gives_each_model_call_its_whole_input(store: RunStore) -> None:
     after = store.trace(run_id, entries[1][0])
     assert [e.data["messages"] for _, e in after] == [[*said, answer, tool]]
     assert after[0][1].step == last.step
+
+
+def test_scripts_go_by_sha_and_come_back_to_a_redis_that_lost_them(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-noscript")
+    state, _ = store.create(event, _state(event))
+    store.begin_task()
+    try:
+        assert store.budgets.reserve(state.run_id, "model:0", tokens=100).granted
+        store.budgets.settle(state.run_id, "model:0", tokens=-40, cost_usd=0.0)  # held back
+        client.script_flush()  # as a restarted Redis, or a failover to a replica
+        committed = store.update(
+            state.run_id,
+            lambda s: s.model_copy(update={"step": 1}),
+            tool_calls=("tools:0", 1),
+        )
+    finally:
+        store.end_task()
+    assert committed is not None and committed.version == state.version + 1
+    usage = store.budgets.usage(state.run_id)
+    assert (usage.tokens, usage.tool_calls) == (60, 1)
+    assert store.load(state.run_id).step == 1
