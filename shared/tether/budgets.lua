@@ -1,7 +1,8 @@
 -- Atomic budget reservation and settlement for one run.
 -- KEYS[1]: the run's budget hash (max_* limits, started_at, used counters)
 -- KEYS[2]: the set of reservation ids already applied (makes retries harmless)
--- ARGV[1]: 'reserve' or 'settle'
+-- ARGV[1]: 'reserve', 'settle', or 'check' (a reservation of nothing: the wall-time
+-- check of an action, which charges nothing twice and so keeps no marker)
 -- ARGV[2]: reservation id
 -- ARGV[3..6]: steps, tool_calls, tokens, cost_usd (deltas; settle may be negative)
 -- ARGV[7]: now, in seconds since the epoch
@@ -45,12 +46,13 @@ local delta = {
 }
 local now = tonumber(ARGV[7])
 local marker = op .. ':' .. rid
+local marked = op ~= 'check'
 
-if redis.call('SISMEMBER', KEYS[2], marker) == 1 then
+if marked and redis.call('SISMEMBER', KEYS[2], marker) == 1 then
   return {1, 'duplicate'}
 end
 
-if op == 'reserve' then
+if op == 'reserve' or op == 'check' then
   -- One read of every limit and counter. Every open budget holds started_at: without
   -- it there is no run (it never started here or has expired); refuse, and leave no
   -- stray keys behind it.
@@ -87,6 +89,7 @@ if op == 'reserve' then
         or string.format('%d', used + want)
     end
   end
+  if not marked then return {1, 'ok'} end
   if #write > 2 then redis.call(unpack(write)) end
   redis.call('SADD', KEYS[2], marker)
   return {1, 'ok'}

@@ -89,6 +89,10 @@ class Budgets:
         args = self._args("reserve", run_id, reservation_id, 0, tool_calls, 0, 0.0)
         _SCRIPT.add(pipe, 2, *args)
 
+    def add_check(self, pipe: Pipeline, run_id: str) -> None:
+        """Queue a check of the run's wall time alone; hand its reply to ``reservation``."""
+        _SCRIPT.add(pipe, 2, *self._args("check", run_id, "", 0, 0, 0, 0.0))
+
     @staticmethod
     def granted_marker(reservation_id: str) -> str:
         """What budgets.lua leaves in the run's reservations set once it grants one."""
