@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Self
@@ -171,6 +172,16 @@ class EscalationRecord(BaseModel):
     decision: Decision | None = None
 
 
+@dataclass(frozen=True)
+class StoredLists:
+    """A run's messages and completed actions as the run store holds them."""
+
+    messages: list[ChatMessage]
+    completed: list[Observation]
+    # Bumped whenever the store writes a list anew instead of appending; -1: not known.
+    generation: int
+
+
 class RunState(BaseModel):
     schema_version: Literal[1] = 1
     run_id: str
@@ -203,10 +214,10 @@ class RunState(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     version: int = 0
-    # The messages and completed actions the run store holds for this version, as it
-    # read or wrote them (tether.store): both only grow, so a commit appends what came
-    # after instead of writing them all again. None: not known (a state built anew).
-    _stored: tuple[list[ChatMessage], list[Observation]] | None = PrivateAttr(default=None)
+    # What the run store holds of its messages and completed actions at this version
+    # (tether.store): both only grow, so a commit appends what came after instead of
+    # writing them all again. None: not known (a state built anew).
+    _stored: StoredLists | None = PrivateAttr(default=None)
 
     @property
     def terminal(self) -> bool:

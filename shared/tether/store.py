@@ -21,11 +21,12 @@ from tether.budgets import Budgets
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.redact import get_redactor
-from tether.state import ChatMessage, RunState, RunStatus
+from tether.state import ChatMessage, RunState, RunStatus, StoredLists
 from tether.versioned import (
     REQUIREMENT_MISSING,
     SCRIPT,
     Append,
+    Lost,
     SideWrite,
     VersionedDocs,
     cas_call,
@@ -41,8 +42,9 @@ StreamEntries = list[tuple[str, dict[str, str]]]
 _RUN_NAMESPACE = uuid.UUID("6f1c1d1e-7a43-4c35-9a4e-1f3b8f0b2a10")
 _MESSAGES = TypeAdapter(list[ChatMessage])
 _OBSERVATIONS = TypeAdapter(list[Observation])
-# Hash fields beside the run's document: how many of its appended lists' entries it counts.
-_LISTED = ["messages", "completed"]
+# Hash fields beside the run's document: how many of its lists' entries it counts, and
+# how often a list was written anew rather than appended to.
+_LISTED = ["messages", "completed", "generation"]
 
 
 def connect(url: str) -> redis.Redis:
@@ -121,12 +123,14 @@ class RunStore:
         def build(pipe: Pipeline) -> None:
             self.budgets.add_open(pipe, state.run_id, state.limits)
             pipe.zadd(keys.RUN_INDEX, {state.run_id: state.created_at.timestamp()}, nx=True)
-            self._add_cas(pipe, state, 0, appends)
+            generation[:] = [self._add_cas(pipe, state, 0, appends)]
 
+        generation: list[int] = []
         version, _ = parse_cas(self.batch.run(build)[-1])
         if version < 0:
             return self.load(state.run_id), False
-        return self._remember(self._stored(state.model_copy(update={"version": version}))), True
+        created = state.model_copy(update={"version": version})
+        return self._remember(_stored(created, generation[0])), True
 
     def get(self, run_id: str) -> RunState | None:
         """The run's latest state; inside a task that committed it, that commit.
@@ -149,7 +153,7 @@ class RunStore:
         if doc is None:
             return None
         state = RunState.model_validate_json(doc).model_copy(update={"version": int(version or 0)})
-        n_messages, n_completed = listed
+        n_messages, n_completed, generation = listed
         if n_messages is not None:
             state = state.model_copy(
                 update={
@@ -159,9 +163,9 @@ class RunStore:
                     ),
                 }
             )
-            return self._remember(self._stored(state))
+            return self._remember(_stored(state, int(generation or 0)))
         # Written before the lists existed: the document holds all, the lists nothing yet.
-        state._stored = ([], [])
+        state._stored = StoredLists([], [], 0)
         return self._remember(state)
 
     def load(self, run_id: str) -> RunState:
@@ -274,17 +278,21 @@ class RunStore:
         def build(pipe: Pipeline) -> None:
             if tool_calls is not None:
                 self.budgets.add_reserve(pipe, run_id, tool_calls[0], tool_calls=tool_calls[1])
-            self._add_cas(pipe, updated, state.version, appends, require, side_writes)
+            generation[:] = [
+                self._add_cas(pipe, updated, state.version, appends, require, side_writes)
+            ]
 
+        generation: list[int] = []
         replies = self.batch.run(build)
-        version, _ = parse_cas(replies[-1])
+        version, lost = parse_cas(replies[-1])
         if version == REQUIREMENT_MISSING:
             refused = Budgets.reservation(replies[0])
             raise BudgetExhaustedError(run_id, refused.reason, refused.limit)
         if version < 0:
-            # The winner's document came back, but not its lists: the caller loads it.
-            return None, None
-        committed = self._remember(self._stored(updated.model_copy(update={"version": version})))
+            return None, self._winner(state, lost)
+        committed = self._remember(
+            _stored(updated.model_copy(update={"version": version}), generation[0])
+        )
         commits: dict[str, RunState] | None = getattr(self._task, "commits", None)
         if commits is not None:
             commits[committed.run_id] = committed
@@ -298,8 +306,11 @@ class RunStore:
         appends: Sequence[Append] = (),
         require: Sequence[tuple[str, str]] = (),
         side_writes: Sequence[SideWrite] = (),
-    ) -> None:
+    ) -> int:
+        """Queue the commit of ``state``; returns the generation of the lists it writes."""
         run_id = state.run_id
+        lists, generation = _list_writes(state, expected_version)
+        stored = state._stored
         expire = (
             [
                 keys.run(run_id),
@@ -325,23 +336,57 @@ class RunStore:
             ttl_s=self.run_ttl_s,
             appends=appends,
             require=require,
-            side_writes=[*side_writes, *_list_writes(state, expected_version)],
+            side_writes=[*side_writes, *lists],
+            # A commit that loses gets what was appended since, to catch up without a read.
+            tails=(
+                [
+                    (keys.run_messages(run_id), len(stored.messages)),
+                    (keys.run_completed(run_id), len(stored.completed)),
+                ]
+                if stored is not None
+                else []
+            ),
         )
         if not state.terminal:
             # Outside the script, so a commit that loses still touches the run: that
             # only delays its next stall check. Finished runs leave at their next check.
             pipe.zadd(keys.ACTIVE_RUNS, {run_id: time.time()})
         CAS_SCRIPT.add(pipe, len(cas_keys), *cas_keys, *args)  # its reply comes last
+        return generation
 
     def _moved_on(self, state: RunState) -> bool:
         (version,) = self.batch.run(lambda pipe: pipe.hget(keys.run(state.run_id), "version"))
         return int(version or 0) != state.version
 
-    @staticmethod
-    def _stored(state: RunState) -> RunState:
-        """``state``, marked as holding what the store holds of its lists."""
-        state._stored = (state.messages, state.completed_actions)
-        return state
+    def _winner(self, loser: RunState, lost: Lost | None) -> RunState | None:
+        """The state that won over ``loser``, from the losing commit's reply: the winner's
+        document, and ``loser``'s lists with what was appended since. None when that
+        cannot be told without a read (the lists were written anew, or it is not known
+        what the loser held)."""
+        stored = loser._stored
+        if (
+            lost is None
+            or stored is None
+            or stored.generation < 0
+            or lost.generation != stored.generation
+            or len(lost.tails) != 2
+        ):
+            return None
+        current = RunState.model_validate_json(lost.doc)
+        if current.messages or current.completed_actions:
+            return None  # written before the lists existed: its document holds them
+        messages, completed = lost.tails
+        winner = current.model_copy(
+            update={
+                "messages": [*stored.messages, *_MESSAGES.validate_json(_array(messages))],
+                "completed_actions": [
+                    *stored.completed,
+                    *_OBSERVATIONS.validate_json(_array(completed)),
+                ],
+                "version": lost.version,
+            }
+        )
+        return self._remember(_stored(winner, lost.generation))
 
     def _remember(self, state: RunState) -> RunState:
         with self._known_lock:
@@ -514,25 +559,42 @@ def _array(entries: list[str]) -> str:
     return "[" + ",".join(entries) + "]"
 
 
-def _list_writes(state: RunState, expected_version: int) -> list[SideWrite]:
-    """What brings the run's message and action lists from what is stored to ``state``'s."""
+def _stored(state: RunState, generation: int) -> RunState:
+    """``state``, marked as holding what the store holds of its lists."""
+    state._stored = StoredLists(state.messages, state.completed_actions, generation)
+    return state
+
+
+def _list_writes(state: RunState, expected_version: int) -> tuple[list[SideWrite], int]:
+    """What brings the run's message and action lists from what is stored to ``state``'s,
+    and the generation of the lists it leaves."""
     stored = state._stored
     if stored is None and expected_version == 0:
-        stored = ([], [])  # a new run: nothing is stored yet
+        stored = StoredLists([], [], 0)  # a new run: nothing is stored yet
     writes: list[SideWrite] = []
     lists: tuple[tuple[str, Sequence[ChatMessage | Observation], Sequence[Any] | None], ...] = (
-        (keys.run_messages(state.run_id), state.messages, stored[0] if stored else None),
-        (keys.run_completed(state.run_id), state.completed_actions, stored[1] if stored else None),
+        (keys.run_messages(state.run_id), state.messages, stored.messages if stored else None),
+        (
+            keys.run_completed(state.run_id),
+            state.completed_actions,
+            stored.completed if stored else None,
+        ),
     )
+    rewritten = False
     for key, items, before in lists:
         added = _appended(items, before)
         if added is None:
             # Not an append to what is stored, or what is stored is not known: write anew.
             writes.append(SideWrite("DEL", key, ()))
-            added = items
+            added, rewritten = items, True
         if added:
             writes.append(SideWrite("RPUSH", key, tuple(i.model_dump_json() for i in added)))
-    return writes
+    generation = stored.generation if stored is not None else -1
+    if rewritten:
+        # A loser that holds the old entries must not take the new ones for an append.
+        writes.append(SideWrite("HINCRBY", keys.run(state.run_id), ("generation", 1)))
+        generation = generation + 1 if generation >= 0 else -1
+    return writes, generation
 
 
 def _appended(items: Sequence[Any], before: Sequence[Any] | None) -> Sequence[Any] | None:

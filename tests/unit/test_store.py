@@ -537,3 +537,39 @@ def test_scripts_go_by_sha_and_come_back_to_a_redis_that_lost_them(
     usage = store.budgets.usage(state.run_id)
     assert (usage.tokens, usage.tool_calls) == (60, 1)
     assert store.load(state.run_id).step == 1
+
+
+def test_a_stale_commit_catches_up_from_its_reply_without_a_read(
+    store: RunStore, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = _event("evt-stale")
+    state, _ = store.create(event, _state(event))
+    other = RunStore(client, run_ttl_s=3600)  # another planner process
+    other.load(state.run_id)
+    for i in range(3):
+        other.update(state.run_id, lambda s, i=i: _tool_turn(s, i))
+
+    def no_read(run_id: str) -> None:
+        raise AssertionError("read the run again")
+
+    monkeypatch.setattr(store, "get", no_read)
+    # This store still holds the state it created: its first commit loses, and the reply
+    # hands it what the other process appended, so the second commit goes through.
+    committed = store.update(state.run_id, lambda s: _tool_turn(s, 3))
+    monkeypatch.undo()
+    assert committed is not None and committed.step == 4
+    assert [m.tool_call_id for m in committed.messages[1:]] == [f"call_{i}" for i in range(4)]
+    assert RunStore(client, run_ttl_s=3600).load(state.run_id).messages == committed.messages
+
+
+def test_a_stale_commit_after_a_list_was_written_anew_reads_it_again(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-stale-rewrite")
+    state, _ = store.create(event, _state(event))
+    other = RunStore(client, run_ttl_s=3600)
+    replaced = [ChatMessage(role="user", content="only this")]
+    other.update(state.run_id, lambda s: s.model_copy(update={"messages": replaced}))
+    committed = store.update(state.run_id, lambda s: _tool_turn(s, 0))
+    assert committed is not None
+    assert [m.content for m in committed.messages] == ["only this", "x" * 4096]
