@@ -5,6 +5,8 @@
   step = one model call + one tool call + the observation back.
 - ``bench_remote``: the same script served by a local OpenAI-compatible server
   with 1 s latency (bench.model_server), reached through the real openai client.
+- ``bench_long``: like ``bench_stepper``, but its tool returns 4 KB each call: a long
+  run whose state grows, for the long-run measurement (bench.longrun).
 - ``bench_idler``: calls a tool that needs approval, so its run waits in
   ``waiting_human``: an idle run, for the cost of state.
 - ``bench_surveyor``: one long tool call, then a slow answer: what the
@@ -36,6 +38,12 @@ def noop(i: int) -> int:
     return i
 
 
+@tool
+def blob(i: int) -> str:
+    """Return 4 KB of text, at once."""
+    return f"{i:08d}" * 512
+
+
 @tool(requires_approval=True)
 def approved_noop(i: int) -> int:
     """Return the number it was given, once a human approves."""
@@ -64,6 +72,23 @@ stepper = Agent(
     instructions="Call noop as many times as the task says, then answer.",
     model=ScriptedModel(stepper_script, label="bench"),
     tools=[noop],
+    budget=BENCH_BUDGET,
+)
+
+
+def long_script(messages: list[ChatMessage]) -> ModelResponse:
+    """Call blob until the input's steps=N are done, then answer."""
+    done = sum(1 for m in messages if m.role == "assistant")
+    if done < steps_asked(messages):
+        return tool_call("blob", {"i": done})
+    return text(f"done after {done} tool steps")
+
+
+long = Agent(
+    name="bench_long",
+    instructions="Call blob as many times as the task says, then answer.",
+    model=ScriptedModel(long_script, label="bench-long"),
+    tools=[blob],
     budget=BENCH_BUDGET,
 )
 

@@ -16,6 +16,8 @@ TARGET_RATIO = 1.3
 TARGET_IN_FLIGHT = 2000
 TARGET_P99_S = 0.100
 TARGET_IDLE_BYTES = 20 * 1024
+TARGET_CPU_RATIO = 1.3
+TARGET_LONG_RATIO = 1.2
 
 
 @dataclass
@@ -49,7 +51,17 @@ class Plan:
     settle_s: float = 4.0
     model_latency_s: float = 1.0
     idle_runs: int = 2000
-    sections: tuple[str, ...] = ("overhead", "throughput", "state", "inflight", "recovery")
+    long_steps: int = 60  # tool steps of the long run, each tool output 4 KB
+    long_runs: int = 3
+    long_window: int = 5  # steps at each end of the long run whose median is compared
+    sections: tuple[str, ...] = (
+        "overhead",
+        "longrun",
+        "throughput",
+        "state",
+        "inflight",
+        "recovery",
+    )
 
 
 QUICK = dict(
@@ -60,6 +72,7 @@ QUICK = dict(
     window_s=4.0,
     settle_s=3.0,
     idle_runs=500,
+    long_runs=1,
 )
 
 
@@ -68,6 +81,7 @@ class Results:
     meta: dict[str, Any] = field(default_factory=dict)
     overhead: dict[str, Any] = field(default_factory=dict)
     throughput: list[dict[str, Any]] = field(default_factory=list)
+    long_run: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     inflight: dict[str, Any] = field(default_factory=dict)
     recovery: dict[str, Any] = field(default_factory=dict)

@@ -227,10 +227,11 @@ class CpuMeter:
         self._t0 = time.perf_counter()
         return self
 
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds each group used since start()."""
+        return {name: self._tree_cpu(name) - self._start.get(name, 0.0) for name in self.groups}
+
     def stop(self) -> dict[str, float]:
         """Each group's share of one core over the interval (1.0 = one core busy)."""
         elapsed = max(1e-9, time.perf_counter() - self._t0)
-        return {
-            name: round((self._tree_cpu(name) - self._start.get(name, 0.0)) / elapsed, 3)
-            for name in self.groups
-        }
+        return {name: round(used / elapsed, 3) for name, used in self.seconds().items()}

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.inflight import parse_config
-from bench.plan import TARGET_IDLE_BYTES, TARGET_IN_FLIGHT, TARGET_RATIO, Results
+from bench.plan import (
+    TARGET_CPU_RATIO,
+    TARGET_IDLE_BYTES,
+    TARGET_IN_FLIGHT,
+    TARGET_LONG_RATIO,
+    TARGET_RATIO,
+    Results,
+)
 from bench.throughput import scaling_ceiling
 
 
@@ -59,6 +66,33 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 prev(lambda b: f"{b.overhead['ratio']:.2f}x"),
             )
         )
+    if o and "cpu_ratio" in o:
+        rows.append(
+            (
+                "CPU per step, Tether / bare (workers and Redis), ms",
+                f"{o['tether_cpu_ms_per_step']:.2f} / "
+                f"{o['bare_cpu_ms_per_step']:.2f} = {o['cpu_ratio']:.2f}x",
+                f"<= {TARGET_CPU_RATIO}x",
+                _met(o["cpu_ratio"] <= TARGET_CPU_RATIO),
+                prev(lambda b: f"{b.overhead['cpu_ratio']:.2f}x"),
+            )
+        )
+    lr = res.long_run
+    if lr:
+        for what, ratio, first, last, unit in (
+            ("time", "ratio", "step_1_ms", "step_n_ms", "ms"),
+            ("bytes sent to Redis", "bytes_ratio", "step_1_bytes", "step_n_bytes", "B"),
+        ):
+            rows.append(
+                (
+                    f"Long run ({lr['steps']} steps, 4 KB tool outputs), {what}, step "
+                    f"{lr['steps']} / step 1",
+                    f"{lr[last]:,.2f} / {lr[first]:,.2f} {unit} = {lr[ratio]:.2f}x",
+                    f"<= {TARGET_LONG_RATIO}x",
+                    _met(lr[ratio] <= TARGET_LONG_RATIO),
+                    prev(_long_ratio(ratio)),
+                )
+            )
     base = next((r for r in res.throughput if r["processes_per_service"] == 1), None)
     for row in res.throughput:
         c = row["processes_per_service"]
@@ -163,6 +197,10 @@ def label(config: str) -> str:
 
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def _long_ratio(name: str) -> Callable[[Results], str]:
+    return lambda b: f"{b.long_run[name]:.2f}x"
 
 
 def print_table(rows: list[tuple[str, str, str, str, str]], with_before: bool) -> str:

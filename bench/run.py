@@ -5,7 +5,9 @@ starts on a free port, with real Celery worker processes:
 
 1. per-step overhead: one run at a time, an N-step agent (scripted model with
    zero latency, a no-op tool) against chains of 2N+1 bare Celery hops
-   (bench.bare), interleaved, same Redis, same worker settings;
+   (bench.bare), interleaved, same Redis, same worker settings, in time and in
+   CPU; and a 60-step run with 4 KB tool outputs, its last steps against its
+   first (bench.longrun);
 2. throughput: many runs at once with 1, 2 and 4 worker processes per service,
    and the CPU each part of the system used;
 3. runs in flight: runs whose model takes 1 s (bench.model_server, reached by
@@ -39,6 +41,7 @@ import redis
 
 from bench.driver import Driver, log
 from bench.inflight import run_inflight
+from bench.longrun import measure_long_run
 from bench.overhead import measure_overhead, start_stack
 from bench.plan import QUICK, Plan, Results
 from bench.recovery import measure as measure_recovery
@@ -55,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 2 minutes")
     parser.add_argument(
-        "--only", default="", help="comma-separated: overhead,throughput,state,inflight,recovery"
+        "--only",
+        default="",
+        help="comma-separated: overhead,longrun,throughput,state,inflight,recovery",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default bench/results)"
@@ -106,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
         res.meta["redis"] = str(redis.Redis.from_url(url).info("server")["redis_version"])
         driver = Driver(url)
-        if {"overhead", "throughput", "state"} & set(plan.sections):
+        if {"overhead", "longrun", "throughput", "state"} & set(plan.sections):
             order = sorted(plan.concurrencies, key=lambda c: c != 2)  # the default first
             for c in order:
                 workers = start_stack(url, c, args.logs)
                 try:
                     if c == 2 and "overhead" in plan.sections:
-                        measure_overhead(plan, driver, res)
+                        measure_overhead(plan, driver, workers, res)
+                    if c == 2 and "longrun" in plan.sections:
+                        measure_long_run(plan, driver, res)
                     if "throughput" in plan.sections:
                         measure_throughput(plan, driver, workers, c, res, commands=c == 2)
                     if c == 2 and "state" in plan.sections:

@@ -45,6 +45,8 @@ def measure_state(plan: Plan, driver: Driver, res: Results) -> None:
     escalation_ids = cast(list[str], r.zrange(keys.PENDING_ESCALATIONS, 0, -1))
     per_key = {
         "run_state": usage([keys.run(i) for i in ids]),
+        "messages": usage([keys.run_messages(i) for i in ids]),
+        "completed": usage([keys.run_completed(i) for i in ids]),
         "budget": usage([keys.budget(i) for i in ids]),
         "reservations": usage([keys.reservations(i) for i in ids]),
         "escalation": usage([keys.escalation(e) for e in escalation_ids]),

@@ -10,14 +10,31 @@ nothing that comes after a held-back write can overtake it. Outside a task
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 Build = Callable[[Pipeline], Any]
+# Every Script, by SHA1: what a Redis that lost its script cache is sent again.
+_SCRIPTS: dict[str, str] = {}
+
+
+class Script:
+    """A Lua script sent by its SHA1 (EVALSHA), so its text does not cross the wire
+    with every call; WriteBatch loads it where Redis does not have it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+        _SCRIPTS[self.sha] = text
+
+    def add(self, pipe: Pipeline, numkeys: int, *args: Any) -> None:
+        pipe.evalsha(self.sha, numkeys, *args)
 
 
 class WriteBatch:
@@ -71,8 +88,27 @@ class WriteBatch:
         if held:
             self._local.held = []  # sent once, even if the round trip fails
         build(pipe)
+        sent = list(pipe.command_stack)
         replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            replies = self._load_scripts(sent, replies)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return list(replies[len(held) :])
+
+    def _load_scripts(self, sent: list[Any], replies: list[Any]) -> list[Any]:
+        """Load every script (a restarted Redis has none) and send again the calls
+        that found theirs missing: those did nothing, so each still runs once, in order."""
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        pipe = self.client.pipeline(transaction=False)
+        for text in _SCRIPTS.values():
+            pipe.script_load(text)
+        for i in missing:
+            args, options = sent[i]
+            pipe.execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        again = pipe.execute(raise_on_error=False)[len(_SCRIPTS) :]
+        replies = list(replies)
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+        return replies

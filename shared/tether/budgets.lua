@@ -1,7 +1,8 @@
 -- Atomic budget reservation and settlement for one run.
 -- KEYS[1]: the run's budget hash (max_* limits, started_at, used counters)
 -- KEYS[2]: the set of reservation ids already applied (makes retries harmless)
--- ARGV[1]: 'reserve' or 'settle'
+-- ARGV[1]: 'reserve', 'settle', or 'check' (a reservation of nothing: the wall-time
+-- check of an action, which charges nothing twice and so keeps no marker)
 -- ARGV[2]: reservation id
 -- ARGV[3..6]: steps, tool_calls, tokens, cost_usd (deltas; settle may be negative)
 -- ARGV[7]: now, in seconds since the epoch
@@ -48,41 +49,53 @@ local delta = {
 }
 local now = tonumber(ARGV[7])
 local marker = op .. ':' .. rid
+local marked = op ~= 'check'
 
-if redis.call('SISMEMBER', KEYS[2], marker) == 1 then
+if marked and redis.call('SISMEMBER', KEYS[2], marker) == 1 then
   return {1, 'duplicate'}
 end
 
-if op == 'reserve' then
-  -- No limits means no run: it never started here or has expired. Refuse, and
-  -- leave no stray keys behind it.
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    return {0, 'no budget is open for this run: it is unknown or has expired', ''}
-  end
-  -- One read of every limit and counter.
+if op == 'reserve' or op == 'check' then
+  -- One read of every limit and counter. Every open budget holds started_at: without
+  -- it there is no run (it never started here or has expired); refuse, and leave no
+  -- stray keys behind it.
   local h = redis.call('HMGET', KEYS[1], 'max_wall_s', 'started_at',
     'max_steps', 'max_tool_calls', 'max_tokens', 'max_cost_usd',
     'steps', 'tool_calls', 'tokens', 'cost_usd')
+  if h[2] == false then
+    return {0, 'no budget is open for this run: it is unknown or has expired', ''}
+  end
   local function limit(v)
     if v == false or v == '' then return nil end
     return tonumber(v)
   end
   local wall = limit(h[1])
-  local started = tonumber(h[2] or now)
+  local started = tonumber(h[2])
   if wall ~= nil and now - started > wall then
     return {0, string.format('wall time %.1fs is over max_wall_s=%s', now - started, wall), 'wall_s'}
   end
+  -- Counters are written back in one HSET from the values just read, not one
+  -- HINCRBY each: a reservation is the commonest script a step runs.
+  local write = {'HSET', KEYS[1]}
   for i, field in ipairs(axes) do
     local max = limit(h[2 + i])
     local want = delta[field]
-    if max ~= nil and want > 0 then
-      local used = tonumber(h[6 + i] or '0')
-      if used + want > max then
-        return {0, string.format('%s: %s used + %s requested exceeds max_%s=%s',
-          field, tostring(used), tostring(want), field, tostring(max)), field}
-      end
+    local used = tonumber(h[6 + i] or '0')
+    if max ~= nil and want > 0 and used + want > max then
+      return {0, string.format('%s: %s used + %s requested exceeds max_%s=%s',
+        field, tostring(used), tostring(want), field, tostring(max)), field}
+    end
+    if want ~= 0 then
+      write[#write + 1] = field
+      -- %.17g keeps every bit of a float, as HINCRBYFLOAT does.
+      write[#write + 1] = field == 'cost_usd' and string.format('%.17g', used + want)
+        or string.format('%d', used + want)
     end
   end
+  if not marked then return {1, 'ok'} end
+  if #write > 2 then redis.call(unpack(write)) end
+  redis.call('SADD', KEYS[2], marker)
+  return {1, 'ok'}
 end
 
 for _, field in ipairs({'steps', 'tool_calls', 'tokens'}) do

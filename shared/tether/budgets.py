@@ -18,10 +18,10 @@ from pydantic import BaseModel
 from redis.client import Pipeline
 
 from tether import keys
-from tether.batch import WriteBatch
+from tether.batch import Script, WriteBatch
 from tether.messages import BudgetLimits
 
-_SCRIPT = files("tether").joinpath("budgets.lua").read_text()
+_SCRIPT = Script(files("tether").joinpath("budgets.lua").read_text())
 
 
 class BudgetUsage(BaseModel):
@@ -41,12 +41,12 @@ class Reservation(BaseModel):
 
 
 # Sets each field only if it is not set yet, all fields in one atomic step.
-_OPEN_SCRIPT = """
+_OPEN_SCRIPT = Script("""
 for i = 1, #ARGV, 2 do
   redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return 1
-"""
+""")
 
 
 class Budgets:
@@ -76,7 +76,7 @@ class Budgets:
             fields += [name, "" if value is None else repr(value)]
         if spent is not None:
             fields += ["tokens", str(spent.tokens), "cost_usd", repr(float(spent.cost_usd))]
-        pipe.eval(_OPEN_SCRIPT, 1, keys.budget(run_id), *fields)
+        _OPEN_SCRIPT.add(pipe, 1, keys.budget(run_id), *fields)
 
     def _run(
         self,
@@ -90,7 +90,7 @@ class Budgets:
         cost_usd: float,
     ) -> Reservation:
         args = self._args(op, run_id, reservation_id, steps, tool_calls, tokens, cost_usd)
-        (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
         return self.reservation(reply)
 
     def add_reserve(
@@ -98,7 +98,11 @@ class Budgets:
     ) -> None:
         """Queue ``reserve`` on a pipeline; hand its reply to ``reservation``."""
         args = self._args("reserve", run_id, reservation_id, 0, tool_calls, 0, 0.0)
-        pipe.eval(_SCRIPT, 2, *args)
+        _SCRIPT.add(pipe, 2, *args)
+
+    def add_check(self, pipe: Pipeline, run_id: str) -> None:
+        """Queue a check of the run's wall time alone; hand its reply to ``reservation``."""
+        _SCRIPT.add(pipe, 2, *self._args("check", run_id, "", 0, 0, 0, 0.0))
 
     @staticmethod
     def granted_marker(reservation_id: str) -> str:
@@ -160,7 +164,7 @@ class Budgets:
         needs no reply), and always before the next reservation.
         """
         args = self._args("settle", run_id, reservation_id, 0, 0, tokens, cost_usd)
-        if self._batch.defer("eval", _SCRIPT, 2, *args):
+        if self._batch.defer("evalsha", _SCRIPT.sha, 2, *args):
             return
         self._run(
             "settle",
@@ -200,7 +204,7 @@ class Budgets:
             extender,
             "check" if check else "spend",
         ]
-        (reply,) = self._batch.run(lambda pipe: pipe.eval(_SCRIPT, 2, *args))
+        (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
         return self.reservation(reply)
 
     def limit(self, run_id: str, limit: str) -> float | None:

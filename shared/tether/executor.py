@@ -56,8 +56,8 @@ def execute(rt: Runtime, action: ToolAction) -> None:
 
     def open_action(pipe: Pipeline) -> None:
         lease.add_acquire(pipe)
-        # Idempotent per action, so reserving before the checks below costs nothing.
-        rt.store.budgets.add_reserve(pipe, action.run_id, f"exec:{action.action_id}")
+        # Charges nothing, so it is harmless before the checks below.
+        rt.store.budgets.add_check(pipe, action.run_id)
 
     # Lease, wall-time check, run status and any stored result: one round trip.
     status, stored, (leased, reserved) = rt.store.action_state(
@@ -75,7 +75,14 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         raise ActionInFlightError(action.action_id, max(0.2, left_ms / 1000 + 0.2))
     try:
         observation = _perform(rt, action, status, stored, rt.store.budgets.reservation(reserved))
-    finally:
+    except BaseException:
+        lease.release(rt.store.batch)
+        raise
+    if observation is not None and observation.needs_human is None:
+        # Its result is stored: a delivery that finds the lease still held sends that
+        # result, as one that took the lease would, so the lease is left to lapse.
+        lease.stop_renewing()
+    else:
         lease.release(rt.store.batch)
     if observation is not None:
         rt.send_observation(observation)

@@ -30,6 +30,16 @@ def run_log(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:log"
 
 
+def run_messages(run_id: str) -> str:
+    """List of the run's messages (ChatMessage JSON), appended by its commits."""
+    return f"{PREFIX}:run:{run_id}:messages"
+
+
+def run_completed(run_id: str) -> str:
+    """List of the run's completed actions (Observation JSON), appended by its commits."""
+    return f"{PREFIX}:run:{run_id}:completed"
+
+
 def budget(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:budget"
 

@@ -22,7 +22,9 @@ from redis.client import Pipeline
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from tether.batch import WriteBatch
+from tether.batch import Script, WriteBatch
+
+_RELEASE = Script(Lock.LUA_RELEASE_SCRIPT)
 
 
 class Lease:
@@ -66,9 +68,7 @@ class Lease:
     def release(self, batch: WriteBatch | None = None) -> None:
         """Give the lease back; with ``batch``, along with its next round trip."""
         self.stop_renewing()
-        if batch is not None and batch.defer(
-            "eval", Lock.LUA_RELEASE_SCRIPT, 1, self.key, self._token
-        ):
+        if batch is not None and batch.defer("evalsha", _RELEASE.sha, 1, self.key, self._token):
             return
         # If it lapsed (Redis unreachable past its ttl) there is nothing left to free.
         with contextlib.suppress(LockError):

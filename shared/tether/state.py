@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from tether.messages import (
     BudgetLimits,
@@ -65,6 +68,24 @@ class ChatMessage(BaseModel):
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # The sizes of its to_openai() JSON, measured once: each model call of a long run
+    # measures every message the run holds, and a message does not change.
+    _sizes: tuple[int, int] | None = PrivateAttr(default=None)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied._sizes = None
+        return copied
+
+    def openai_sizes(self) -> tuple[int, int]:
+        """len() of ``json.dumps(self.to_openai())``: in UTF-8 bytes of it written with
+        ensure_ascii=False, and in characters of it written as json.dumps does by default."""
+        if self._sizes is None:
+            message = self.to_openai()
+            utf8 = len(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+            self._sizes = (utf8, len(json.dumps(message)))
+        return self._sizes
 
     def to_openai(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -80,6 +101,13 @@ class ChatMessage(BaseModel):
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
         return message
+
+
+def openai_json_size(messages: Sequence[ChatMessage], *, utf8: bool) -> int:
+    """len() of ``json.dumps([m.to_openai() for m in messages])`` without writing it:
+    in UTF-8 bytes (ensure_ascii=False) if ``utf8``, else in characters (the default)."""
+    sizes = [m.openai_sizes()[0 if utf8 else 1] for m in messages]
+    return 2 + sum(sizes) + 2 * max(0, len(sizes) - 1)  # "[", "]" and ", " between
 
 
 class RunError(BaseModel):
@@ -144,6 +172,16 @@ class EscalationRecord(BaseModel):
     decision: Decision | None = None
 
 
+@dataclass(frozen=True)
+class StoredLists:
+    """A run's messages and completed actions as the run store holds them."""
+
+    messages: list[ChatMessage]
+    completed: list[Observation]
+    # Bumped whenever the store writes a list anew instead of appending; -1: not known.
+    generation: int
+
+
 class RunState(BaseModel):
     schema_version: Literal[1] = 1
     run_id: str
@@ -176,6 +214,10 @@ class RunState(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     version: int = 0
+    # What the run store holds of its messages and completed actions at this version
+    # (tether.store): both only grow, so a commit appends what came after instead of
+    # writing them all again. None: not known (a state built anew).
+    _stored: StoredLists | None = PrivateAttr(default=None)
 
     @property
     def terminal(self) -> bool:

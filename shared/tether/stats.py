@@ -111,7 +111,10 @@ class RunFacts(BaseModel):
         return self.status.terminal
 
 
-def facts_of(state: RunState, budget: dict[str, str], escalated: bool) -> RunFacts:
+def facts_of(
+    state: RunState, budget: dict[str, str], escalated: bool, tool_calls: int | None = None
+) -> RunFacts:
+    """``tool_calls``: the run's completed actions, where ``state`` was read without them."""
     latency = (
         (state.finished_at - state.created_at).total_seconds()
         if state.finished_at is not None and state.terminal
@@ -124,7 +127,7 @@ def facts_of(state: RunState, budget: dict[str, str], escalated: bool) -> RunFac
         status=state.status,
         created_at=state.created_at,
         steps=state.step,
-        tool_calls=len(state.completed_actions),
+        tool_calls=len(state.completed_actions) if tool_calls is None else tool_calls,
         tokens=int(budget.get("tokens") or 0),
         cost_usd=float(budget.get("cost_usd") or 0.0),
         latency_s=latency,
@@ -403,10 +406,13 @@ def read_runs(
     for chunk in _chunks(ids):
         pipe = store.client.pipeline(transaction=False)
         for run_id in chunk:
-            pipe.hget(keys.run(run_id), "doc")
+            # The document alone: its completed actions are counted, not read (tether.store).
+            pipe.hmget(keys.run(run_id), ["doc", "completed"])
             pipe.hgetall(keys.budget(run_id))
         replies = pipe.execute()
-        for run_id, doc, budget in zip(chunk, replies[::2], replies[1::2], strict=True):
+        for run_id, (doc, completed), budget in zip(
+            chunk, replies[::2], replies[1::2], strict=True
+        ):
             if doc is None:
                 continue  # expired; `tether runs list` prunes the index
             try:
@@ -420,7 +426,8 @@ def read_runs(
                 continue
             if version is not None and state.agent_version != version:
                 continue
-            facts.append(facts_of(state, budget, run_id in escalated))
+            done = int(completed) if completed is not None else None
+            facts.append(facts_of(state, budget, run_id in escalated, done))
     return facts
 
 

@@ -10,32 +10,41 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
+from pydantic import TypeAdapter
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
 from tether import keys
-from tether.batch import Build, WriteBatch
+from tether.batch import Build, Script, WriteBatch
 from tether.budgets import Budgets, BudgetUsage
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.redact import get_redactor
-from tether.state import RunState, RunStatus
+from tether.state import ChatMessage, RunState, RunStatus, StoredLists
 from tether.versioned import (
     REQUIREMENT_MISSING,
+    SCRIPT,
     Append,
+    Lost,
     SideWrite,
     VersionedDocs,
     cas_call,
     parse_cas,
 )
-from tether.versioned import SCRIPT as CAS_SCRIPT
+
+CAS_SCRIPT = Script(SCRIPT)
 
 LIFECYCLE_MAXLEN = 100_000
 # Run states this process last read or committed, kept to start the next update from.
 KNOWN_STATES = 512
 StreamEntries = list[tuple[str, dict[str, str]]]
 _RUN_NAMESPACE = uuid.UUID("6f1c1d1e-7a43-4c35-9a4e-1f3b8f0b2a10")
+_MESSAGES = TypeAdapter(list[ChatMessage])
+_OBSERVATIONS = TypeAdapter(list[Observation])
+# Hash fields beside the run's document: how many of its lists' entries it counts, and
+# how often a list was written anew rather than appended to.
+_LISTED = ["messages", "completed", "generation"]
 
 
 def connect(url: str) -> redis.Redis:
@@ -63,6 +72,12 @@ def run_id_for(event_id: str) -> str:
 
 class RunStore:
     """Run state, event logs and action results.
+
+    A run's messages and completed actions, the parts that grow with every step,
+    live in lists of their own (keys.run_messages, keys.run_completed) that a
+    commit appends to, and the document beside them holds the rest: what a commit
+    writes does not grow with the run. The document counts the entries it covers,
+    so a reader that meets a commit in between ignores entries that came after.
 
     Round trips are the cost of a step, so the store saves them: an update
     starts from the state this process last read or committed (the version
@@ -119,14 +134,14 @@ class RunStore:
             for index, ttl_s in indexes:
                 pipe.zadd(index, {state.run_id: created_at}, nx=True)
                 pipe.expire(index, ttl_s)
-            self._add_cas(pipe, state, 0, appends)
+            generation[:] = [self._add_cas(pipe, state, 0, appends)]
 
-        version, current = parse_cas(self.batch.run(build)[-1])
+        generation: list[int] = []
+        version, _ = parse_cas(self.batch.run(build)[-1])
         if version < 0:
-            if current is None:
-                return self.load(state.run_id), False
-            return self._parse(state.run_id, *current), False
-        return self._remember(state.model_copy(update={"version": version})), True
+            return self.load(state.run_id), False
+        created = state.model_copy(update={"version": version})
+        return self._remember(_stored(created, generation[0])), True
 
     def get(self, run_id: str) -> RunState | None:
         """The run's latest state; inside a task that committed it, that commit.
@@ -138,16 +153,31 @@ class RunStore:
         commits: dict[str, RunState] | None = getattr(self._task, "commits", None)
         if commits and run_id in commits:
             return commits[run_id]
-        key = keys.run(run_id)
-        if self.batch.pending:
-            (reply,) = self.batch.run(lambda pipe: pipe.hmget(key, ["doc", "version"]))
-            doc, version = reply
-            found = None if doc is None else (str(doc), int(version or 0))
-        else:
-            found = self.docs.read(key)
-        if found is None:
+        # The document first: the lists read after it hold at least what it counts.
+        (doc, version, *listed), messages, completed = self.batch.run(
+            lambda pipe: (
+                pipe.hmget(keys.run(run_id), ["doc", "version", *_LISTED]),
+                pipe.lrange(keys.run_messages(run_id), 0, -1),
+                pipe.lrange(keys.run_completed(run_id), 0, -1),
+            )
+        )
+        if doc is None:
             return None
-        return self._parse(run_id, *found)
+        state = RunState.model_validate_json(doc).model_copy(update={"version": int(version or 0)})
+        n_messages, n_completed, generation = listed
+        if n_messages is not None:
+            state = state.model_copy(
+                update={
+                    "messages": _MESSAGES.validate_json(_array(messages[: int(n_messages)])),
+                    "completed_actions": _OBSERVATIONS.validate_json(
+                        _array(completed[: int(n_completed or 0)])
+                    ),
+                }
+            )
+            return self._remember(_stored(state, int(generation or 0)))
+        # Written before the lists existed: the document holds all, the lists nothing yet.
+        state._stored = StoredLists([], [], 0)
+        return self._remember(state)
 
     def load(self, run_id: str) -> RunState:
         state = self.get(run_id)
@@ -259,18 +289,21 @@ class RunStore:
         def build(pipe: Pipeline) -> None:
             if tool_calls is not None:
                 self.budgets.add_reserve(pipe, run_id, tool_calls[0], tool_calls=tool_calls[1])
-            self._add_cas(pipe, updated, state.version, appends, require, side_writes)
+            generation[:] = [
+                self._add_cas(pipe, updated, state.version, appends, require, side_writes)
+            ]
 
+        generation: list[int] = []
         replies = self.batch.run(build)
-        version, current = parse_cas(replies[-1])
+        version, lost = parse_cas(replies[-1])
         if version == REQUIREMENT_MISSING:
             refused = Budgets.reservation(replies[0])
             raise BudgetExhaustedError(run_id, refused.reason, refused.limit)
         if version < 0:
-            if current is None:
-                return None, None
-            return None, self._parse(state.run_id, *current)
-        committed = self._remember(updated.model_copy(update={"version": version}))
+            return None, self._winner(state, lost)
+        committed = self._remember(
+            _stored(updated.model_copy(update={"version": version}), generation[0])
+        )
         commits: dict[str, RunState] | None = getattr(self._task, "commits", None)
         if commits is not None:
             commits[committed.run_id] = committed
@@ -284,38 +317,87 @@ class RunStore:
         appends: Sequence[Append] = (),
         require: Sequence[tuple[str, str]] = (),
         side_writes: Sequence[SideWrite] = (),
-    ) -> None:
+    ) -> int:
+        """Queue the commit of ``state``; returns the generation of the lists it writes."""
         run_id = state.run_id
+        lists, generation = _list_writes(state, expected_version)
+        stored = state._stored
         expire = (
-            [keys.run(run_id), keys.run_log(run_id), keys.budget(run_id), keys.reservations(run_id)]
+            [
+                keys.run(run_id),
+                keys.run_messages(run_id),
+                keys.run_completed(run_id),
+                keys.run_log(run_id),
+                keys.budget(run_id),
+                keys.reservations(run_id),
+            ]
             if state.terminal
             else []
         )
         cas_keys, args = cas_call(
             keys.run(run_id),
-            state.model_dump_json(),
+            state.model_dump_json(exclude={"messages", "completed_actions"}),
             expected_version,
-            fields={"status": str(state.status)},
+            fields={
+                "status": str(state.status),
+                "messages": str(len(state.messages)),
+                "completed": str(len(state.completed_actions)),
+            },
             expire=expire,
             ttl_s=self.run_ttl_s,
             appends=appends,
             require=require,
-            side_writes=side_writes,
+            side_writes=[*side_writes, *lists],
+            # A commit that loses gets what was appended since, to catch up without a read.
+            tails=(
+                [
+                    (keys.run_messages(run_id), len(stored.messages)),
+                    (keys.run_completed(run_id), len(stored.completed)),
+                ]
+                if stored is not None
+                else []
+            ),
         )
         if not state.terminal:
             # Outside the script, so a commit that loses still touches the run: that
             # only delays its next stall check. Finished runs leave at their next check.
             pipe.zadd(keys.ACTIVE_RUNS, {run_id: time.time()})
-        pipe.eval(CAS_SCRIPT, len(cas_keys), *cas_keys, *args)  # its reply comes last
+        CAS_SCRIPT.add(pipe, len(cas_keys), *cas_keys, *args)  # its reply comes last
+        return generation
 
     def _moved_on(self, state: RunState) -> bool:
         (version,) = self.batch.run(lambda pipe: pipe.hget(keys.run(state.run_id), "version"))
         return int(version or 0) != state.version
 
-    def _parse(self, run_id: str, doc: str, version: int) -> RunState:
-        return self._remember(
-            RunState.model_validate_json(doc).model_copy(update={"version": version})
+    def _winner(self, loser: RunState, lost: Lost | None) -> RunState | None:
+        """The state that won over ``loser``, from the losing commit's reply: the winner's
+        document, and ``loser``'s lists with what was appended since. None when that
+        cannot be told without a read (the lists were written anew, or it is not known
+        what the loser held)."""
+        stored = loser._stored
+        if (
+            lost is None
+            or stored is None
+            or stored.generation < 0
+            or lost.generation != stored.generation
+            or len(lost.tails) != 2
+        ):
+            return None
+        current = RunState.model_validate_json(lost.doc)
+        if current.messages or current.completed_actions:
+            return None  # written before the lists existed: its document holds them
+        messages, completed = lost.tails
+        winner = current.model_copy(
+            update={
+                "messages": [*stored.messages, *_MESSAGES.validate_json(_array(messages))],
+                "completed_actions": [
+                    *stored.completed,
+                    *_OBSERVATIONS.validate_json(_array(completed)),
+                ],
+                "version": lost.version,
+            }
         )
+        return self._remember(_stored(winner, lost.generation))
 
     def _remember(self, state: RunState) -> RunState:
         with self._known_lock:
@@ -393,11 +475,21 @@ class RunStore:
         self.batch.flush()
 
     def trace(self, run_id: str, after: str = "-") -> list[tuple[str, RunEvent]]:
-        """The run's event log from ``after`` (exclusive when it is an id) onwards."""
+        """The run's event log from ``after`` (exclusive when it is an id) onwards.
+
+        Each ``model_call`` entry is written with only the messages that came
+        after the model's previous answer (``messages_from``); here it gets the
+        whole input it saw back, as ``messages``.
+        """
         start = after if after == "-" else f"({after}"
         self.batch.flush()
         entries = cast(StreamEntries, self.client.xrange(keys.run_log(run_id), min=start))
-        return [(entry_id, RunEvent.model_validate_json(f["event"])) for entry_id, f in entries]
+        events = [(entry_id, RunEvent.model_validate_json(f["event"])) for entry_id, f in entries]
+        if after != "-" and any(_input_from(event) for _, event in events):
+            # Its model's input starts in entries before ``after``: read them too.
+            shown = {entry_id for entry_id, _ in events}
+            return [entry for entry in self.trace(run_id) if entry[0] in shown]
+        return _whole_inputs(events)
 
     # action results --------------------------------------------------------------
 
@@ -452,6 +544,79 @@ class RunStore:
                 StreamEntries, self.client.xrevrange(keys.REJECTED_STREAM, count=count)
             )
         ]
+
+
+def _input_from(event: RunEvent) -> int:
+    """Where a model call's logged messages start in what it saw (0: they are all of it)."""
+    return int(event.data.get("messages_from") or 0) if event.kind == "model_call" else 0
+
+
+def _whole_inputs(events: list[tuple[str, RunEvent]]) -> list[tuple[str, RunEvent]]:
+    """``events`` with each model call's ``messages`` made whole from the calls before it."""
+    seen: list[Any] = []
+    whole = []
+    for entry_id, event in events:
+        if event.kind == "model_call":
+            start = _input_from(event)
+            if start <= len(seen):
+                seen = [*seen[:start], *(event.data.get("messages") or [])]
+                data = {k: v for k, v in event.data.items() if k != "messages_from"}
+                event = event.model_copy(update={"data": {**data, "messages": seen}})
+        whole.append((entry_id, event))
+    return whole
+
+
+def _array(entries: list[str]) -> str:
+    return "[" + ",".join(entries) + "]"
+
+
+def _stored(state: RunState, generation: int) -> RunState:
+    """``state``, marked as holding what the store holds of its lists."""
+    state._stored = StoredLists(state.messages, state.completed_actions, generation)
+    return state
+
+
+def _list_writes(state: RunState, expected_version: int) -> tuple[list[SideWrite], int]:
+    """What brings the run's message and action lists from what is stored to ``state``'s,
+    and the generation of the lists it leaves."""
+    stored = state._stored
+    if stored is None and expected_version == 0:
+        stored = StoredLists([], [], 0)  # a new run: nothing is stored yet
+    writes: list[SideWrite] = []
+    lists: tuple[tuple[str, Sequence[ChatMessage | Observation], Sequence[Any] | None], ...] = (
+        (keys.run_messages(state.run_id), state.messages, stored.messages if stored else None),
+        (
+            keys.run_completed(state.run_id),
+            state.completed_actions,
+            stored.completed if stored else None,
+        ),
+    )
+    rewritten = False
+    for key, items, before in lists:
+        added = _appended(items, before)
+        if added is None:
+            # Not an append to what is stored, or what is stored is not known: write anew.
+            writes.append(SideWrite("DEL", key, ()))
+            added, rewritten = items, True
+        if added:
+            writes.append(SideWrite("RPUSH", key, tuple(i.model_dump_json() for i in added)))
+    generation = stored.generation if stored is not None else -1
+    if rewritten:
+        # A loser that holds the old entries must not take the new ones for an append.
+        writes.append(SideWrite("HINCRBY", keys.run(state.run_id), ("generation", 1)))
+        generation = generation + 1 if generation >= 0 else -1
+    return writes, generation
+
+
+def _appended(items: Sequence[Any], before: Sequence[Any] | None) -> Sequence[Any] | None:
+    """What ``items`` adds after ``before``; None if it does not start with ``before``."""
+    if before is None or len(items) < len(before):
+        return None
+    n = len(before)
+    # Commits copy the entries they keep, so identity settles it without comparing content.
+    if all(a is b for a, b in zip(items, before, strict=False)) or list(items[:n]) == list(before):
+        return items[n:]
+    return None
 
 
 def log_appends(event: RunEvent) -> list[Append]:

@@ -6,6 +6,7 @@
 -- KEYS[2+E .. 1+E+R]: sets that must hold a member for the write to go ahead
 -- KEYS[2+E+R .. 1+E+R+A]: one stream per append, in order
 -- then one key per side write, in order
+-- then one list per tail (see ARGV[#ARGV])
 -- ARGV[1]: the version the writer read (0 when it expects no document yet)
 -- ARGV[2]: the new document
 -- ARGV[3]: seconds for the expiry (ignored when E is 0)
@@ -17,18 +18,29 @@
 -- ARGV[8+2F .. 7+2F+R]: the member each required set must hold
 -- then, per append: maxlen (0: uncapped), P, and P field/value pairs
 -- then, per side write: its command (ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, and for
--- thread queues and histories RPUSH, LREM, LTRIM), N, and N arguments
--- Returns {new_version}; {-1, current_version, current_doc} when another
--- writer committed first, so the loser can decide again without another read;
+-- thread queues, histories and a run's appended lists RPUSH, LREM, LTRIM, DEL), N, and
+-- N arguments
+-- then, per tail, the index its entries are wanted from
+-- ARGV[#ARGV]: T, the lists (the last T KEYS) whose newer entries a loser gets back
+-- Returns {new_version}; {-1, current_version, current_doc, generation, tail_1, ...,
+-- tail_T} when another writer committed first, so the loser can decide again without
+-- another read: each tail holds its list's entries from the index asked, and
+-- generation (the hash's field, 0 if none) tells whether any list was written anew;
 -- {-2, member} when a required member is missing (a budget reservation that
 -- was refused in the same pipeline), and nothing is written.
 local allowed = {
   ZADD = true, ZREM = true, HSET = true, HDEL = true, HINCRBY = true, EXPIRE = true,
-  RPUSH = true, LREM = true, LTRIM = true,
+  RPUSH = true, LREM = true, LTRIM = true, DEL = true,
 }
+local ntails = tonumber(ARGV[#ARGV])
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
-  return {-1, current, redis.call('HGET', KEYS[1], 'doc')}
+  local found = redis.call('HMGET', KEYS[1], 'doc', 'generation')
+  local lost = {-1, current, found[1], found[2] or '0'}
+  for i = 1, ntails do
+    lost[#lost + 1] = redis.call('LRANGE', KEYS[#KEYS - ntails + i], ARGV[#ARGV - ntails + i - 1], -1)
+  end
+  return lost
 end
 local nfields, nexpire, nrequire = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local nappends = tonumber(ARGV[7])
@@ -64,7 +76,7 @@ for _ = 1, nappends do
   at = at + 2 + 2 * npairs
   k = k + 1
 end
-while k <= #KEYS do
+while k <= #KEYS - ntails do
   local command, nargs = ARGV[at], tonumber(ARGV[at + 1])
   if not allowed[command] then
     return redis.error_reply('versioned.lua: side write ' .. tostring(command) .. ' not allowed')

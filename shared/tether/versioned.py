@@ -77,7 +77,8 @@ class Append:
 class SideWrite:
     """An index or key update that goes in only if the commit it rides with wins."""
 
-    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM or LTRIM (versioned.lua allows no others)
+    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM, LTRIM or DEL (versioned.lua
+    # allows no others)
     command: str
     key: str
     args: tuple[str | int | float, ...]
@@ -94,11 +95,13 @@ def cas_call(
     appends: Sequence[Append] = (),
     require: Sequence[tuple[str, str]] = (),
     side_writes: Sequence[SideWrite] = (),
+    tails: Sequence[tuple[str, int]] = (),
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT.
 
     ``require`` lists (set, member) pairs that must all hold for the write to go
-    ahead, checked after the version.
+    ahead, checked after the version. ``tails`` lists (list, index) pairs: a write
+    that loses gets each list's entries from that index back (Lost.tails).
     """
     pairs = fields or {}
     args: list[Any] = [
@@ -119,21 +122,38 @@ def cas_call(
             args += [field, entry]
     for side in side_writes:
         args += [side.command, len(side.args), *side.args]
+    args += [index for _, index in tails]
+    args.append(len(tails))
     cas_keys = [key, *expire, *(k for k, _ in require), *(a.stream for a in appends)]
-    return [*cas_keys, *(side.key for side in side_writes)], args
+    return [*cas_keys, *(side.key for side in side_writes), *(k for k, _ in tails)], args
 
 
 REQUIREMENT_MISSING = -2
 
 
-def parse_cas(reply: Any) -> tuple[int, tuple[str, int] | None]:
-    """(new version, None) when the write won; (-1, (current doc, version) or None) when it
-    lost; (REQUIREMENT_MISSING, None) when a required set member was missing."""
+@dataclass(frozen=True)
+class Lost:
+    """What a losing write gets back: the winner's document and the tails it asked for."""
+
+    doc: str
+    version: int
+    # Bumped whenever a list of the document's is written anew rather than appended to.
+    generation: int
+    tails: list[list[str]]
+
+
+def parse_cas(reply: Any) -> tuple[int, Lost | None]:
+    """(new version, None) when the write won; (-1, Lost or None if there is no document)
+    when it lost; (REQUIREMENT_MISSING, None) when a required set member was missing."""
     values = list(reply)
     if int(values[0]) >= 0 or int(values[0]) == REQUIREMENT_MISSING:
         return int(values[0]), None
     doc = values[2] if len(values) > 2 else None
     if doc is None:
         return -1, None
-    text = doc.decode() if isinstance(doc, bytes) else str(doc)
-    return -1, (text, int(values[1]))
+    tails = [[_text(entry) for entry in tail] for tail in values[4:]]
+    return -1, Lost(_text(doc), int(values[1]), int(values[3] or 0), tails)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

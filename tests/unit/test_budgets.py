@@ -171,7 +171,7 @@ def test_settle_records_real_spend_even_over_the_limit(budgets: Budgets) -> None
     assert refused.reason == "tokens: 130 used + 1 requested exceeds max_tokens=100"
 
 
-def test_wall_time_limit(budgets: Budgets) -> None:
+def test_wall_time_limit(budgets: Budgets, client: redis.Redis) -> None:
     budgets.open("run_old", BudgetLimits(max_wall_s=10), started_at=time.time() - 100)
     refused = budgets.reserve("run_old", "model:0", steps=1)
     assert not refused.granted
@@ -185,6 +185,13 @@ def test_wall_time_limit(budgets: Budgets) -> None:
         "run_old",
         "exec:a",
     ).granted
+    # So is the wall-time check alone, which leaves no marker behind.
+    (checked,) = budgets._batch.run(lambda pipe: budgets.add_check(pipe, "run_old"))
+    assert Budgets.reservation(checked).limit == "wall_s"
+    budgets.open("run_ok", BudgetLimits(max_wall_s=10))
+    (checked,) = budgets._batch.run(lambda pipe: budgets.add_check(pipe, "run_ok"))
+    assert Budgets.reservation(checked).granted
+    assert not client.exists(keys.reservations("run_ok"))
 
     budgets.open("run_new", BudgetLimits(max_wall_s=10), started_at=time.time() - 1)
     assert budgets.reserve("run_new", "model:0", steps=1).granted

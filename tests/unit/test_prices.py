@@ -29,7 +29,7 @@ from tether.models.prices import (
     token_bound,
 )
 from tether.runtime import Runtime
-from tether.state import ChatMessage, RunState, RunStatus, ToolCall
+from tether.state import ChatMessage, RunState, RunStatus, ToolCall, openai_json_size
 from tether.store import run_id_for
 from tether.testing.openai_server import Fault, ScriptedOpenAIServer
 
@@ -456,3 +456,18 @@ def test_a_transient_model_error_still_fails_the_run_as_model_transient(
     assert state.error is not None and state.error.category == ErrorCategory.model_transient
     assert "once the endpoint is healthy" in state.error.message
     assert len(served.requests) == 2  # max_attempts
+
+
+@pytest.mark.parametrize("conversation", list(CONVERSATIONS))
+def test_the_conversation_is_measured_without_writing_it_whole(conversation: str) -> None:
+    messages = CONVERSATIONS[conversation]
+    for utf8, written in (
+        (True, json.dumps([m.to_openai() for m in messages], ensure_ascii=False).encode()),
+        (False, json.dumps([m.to_openai() for m in messages])),
+    ):
+        assert openai_json_size(messages, utf8=utf8) == len(written)
+    assert openai_json_size([], utf8=True) == len("[]")
+    changed = messages[0].model_copy(update={"content": "другое"})
+    assert openai_json_size([changed], utf8=True) == len(
+        json.dumps([changed.to_openai()], ensure_ascii=False).encode()
+    )

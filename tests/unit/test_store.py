@@ -417,3 +417,159 @@ def test_reject_and_rejected(store: RunStore) -> None:
 def test_reject_truncates_huge_payloads(store: RunStore) -> None:
     store.reject("too big", {"input": "x" * 10_000})
     assert len(store.rejected()[0]["payload"]) == 4096
+
+
+# appended lists ---------------------------------------------------------------------
+
+
+def _tool_turn(state: RunState, i: int) -> RunState:
+    observation = Observation(
+        action_id=f"{state.run_id}:{i}:0",
+        run_id=state.run_id,
+        step=i,
+        tool="blob",
+        tool_call_id=f"call_{i}",
+        ok=True,
+        output="x" * 4096,
+    )
+    return state.model_copy(
+        update={
+            "step": state.step + 1,
+            "messages": [
+                *state.messages,
+                ChatMessage(role="tool", tool_call_id=f"call_{i}", content="x" * 4096),
+            ],
+            "completed_actions": [*state.completed_actions, observation],
+        }
+    )
+
+
+def test_a_commit_appends_messages_and_keeps_the_document_small(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-lists")
+    state, _ = store.create(event, _state(event))
+    sizes = []
+    for i in range(20):
+        state = store.update(state.run_id, lambda s, i=i: _tool_turn(s, i)) or state
+        sizes.append(len(client.hget(keys.run(state.run_id), "doc") or ""))
+    assert sizes[-1] == pytest.approx(sizes[0], abs=16)  # the step counter's digits
+    assert client.llen(keys.run_messages(state.run_id)) == 21
+    assert client.llen(keys.run_completed(state.run_id)) == 20
+    fresh = RunStore(client, run_ttl_s=3600).load(state.run_id)
+    assert fresh.messages == state.messages
+    assert fresh.completed_actions == state.completed_actions
+    assert fresh.version == state.version
+
+
+def test_a_change_that_is_not_an_append_writes_the_list_anew(store: RunStore) -> None:
+    event = _event("evt-rewrite")
+    state, _ = store.create(event, _state(event))
+    state = store.update(state.run_id, lambda s: _tool_turn(s, 0)) or state
+    replaced = [ChatMessage(role="user", content="only this")]
+    store.commit(state.model_copy(update={"messages": replaced}))
+    assert RunStore(store.client, run_ttl_s=3600).load(state.run_id).messages == replaced
+
+
+def test_a_reader_ignores_entries_appended_after_the_document_it_read(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-between")
+    state, _ = store.create(event, _state(event))
+    # As if a commit's append landed between a reader's document and its lists.
+    client.rpush(keys.run_messages(state.run_id), ChatMessage(role="user").model_dump_json())
+    assert RunStore(client, run_ttl_s=3600).load(state.run_id).messages == state.messages
+
+
+def test_a_state_stored_whole_in_its_document_still_loads_and_commits(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-legacy")
+    legacy = _state(event, version=0)
+    client.hset(
+        keys.run(legacy.run_id),
+        mapping={"doc": legacy.model_dump_json(), "version": 1, "status": "queued"},
+    )
+    loaded = store.load(legacy.run_id)
+    assert loaded.messages == legacy.messages
+    store.update(legacy.run_id, lambda s: _tool_turn(s, 0))
+    again = RunStore(client, run_ttl_s=3600).load(legacy.run_id)
+    assert [m.role for m in again.messages] == ["user", "tool"]
+    assert len(again.completed_actions) == 1
+
+
+def test_trace_gives_each_model_call_its_whole_input(store: RunStore) -> None:
+    run_id = "run_trace_inputs"
+    said = [{"role": "user", "content": "hi"}]
+    answer = {"role": "assistant", "content": None}
+    tool = {"role": "tool", "content": "4"}
+    store.log(run_id, "model_call", 0, messages_from=0, messages=said)
+    store.log(run_id, "decision", 0)
+    last = store.log(run_id, "model_call", 1, messages_from=1, messages=[answer, tool])
+    entries = store.trace(run_id)
+    calls = [e for _, e in entries if e.kind == "model_call"]
+    assert [c.data["messages"] for c in calls] == [said, [*said, answer, tool]]
+    assert "messages_from" not in calls[1].data
+    # Read from a later entry on, the input is still made whole from what came before.
+    after = store.trace(run_id, entries[1][0])
+    assert [e.data["messages"] for _, e in after] == [[*said, answer, tool]]
+    assert after[0][1].step == last.step
+
+
+def test_scripts_go_by_sha_and_come_back_to_a_redis_that_lost_them(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-noscript")
+    state, _ = store.create(event, _state(event))
+    store.begin_task()
+    try:
+        assert store.budgets.reserve(state.run_id, "model:0", tokens=100).granted
+        store.budgets.settle(state.run_id, "model:0", tokens=-40, cost_usd=0.0)  # held back
+        client.script_flush()  # as a restarted Redis, or a failover to a replica
+        committed = store.update(
+            state.run_id,
+            lambda s: s.model_copy(update={"step": 1}),
+            tool_calls=("tools:0", 1),
+        )
+    finally:
+        store.end_task()
+    assert committed is not None and committed.version == state.version + 1
+    usage = store.budgets.usage(state.run_id)
+    assert (usage.tokens, usage.tool_calls) == (60, 1)
+    assert store.load(state.run_id).step == 1
+
+
+def test_a_stale_commit_catches_up_from_its_reply_without_a_read(
+    store: RunStore, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = _event("evt-stale")
+    state, _ = store.create(event, _state(event))
+    other = RunStore(client, run_ttl_s=3600)  # another planner process
+    other.load(state.run_id)
+    for i in range(3):
+        other.update(state.run_id, lambda s, i=i: _tool_turn(s, i))
+
+    def no_read(run_id: str) -> None:
+        raise AssertionError("read the run again")
+
+    monkeypatch.setattr(store, "get", no_read)
+    # This store still holds the state it created: its first commit loses, and the reply
+    # hands it what the other process appended, so the second commit goes through.
+    committed = store.update(state.run_id, lambda s: _tool_turn(s, 3))
+    monkeypatch.undo()
+    assert committed is not None and committed.step == 4
+    assert [m.tool_call_id for m in committed.messages[1:]] == [f"call_{i}" for i in range(4)]
+    assert RunStore(client, run_ttl_s=3600).load(state.run_id).messages == committed.messages
+
+
+def test_a_stale_commit_after_a_list_was_written_anew_reads_it_again(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-stale-rewrite")
+    state, _ = store.create(event, _state(event))
+    other = RunStore(client, run_ttl_s=3600)
+    replaced = [ChatMessage(role="user", content="only this")]
+    other.update(state.run_id, lambda s: s.model_copy(update={"messages": replaced}))
+    committed = store.update(state.run_id, lambda s: _tool_turn(s, 0))
+    assert committed is not None
+    assert [m.content for m in committed.messages] == ["only this", "x" * 4096]

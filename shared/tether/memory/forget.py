@@ -51,7 +51,13 @@ class Forgotten(BaseModel):
 
 def _run_keys(rt: Runtime, run_id: str) -> tuple[list[str], list[str]]:
     """The keys of a run and the escalation ids it opened."""
-    found = [keys.run(run_id), keys.run_log(run_id), keys.budget(run_id)]
+    found = [
+        keys.run(run_id),
+        keys.run_messages(run_id),
+        keys.run_completed(run_id),
+        keys.run_log(run_id),
+        keys.budget(run_id),
+    ]
     found.append(keys.reservations(run_id))
     state = rt.store.get(run_id)
     if state is not None:

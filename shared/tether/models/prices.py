@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.config import get_settings
 from tether.errors import UnknownModelPriceError
+from tether.state import openai_json_size
 
 if TYPE_CHECKING:
     from genai_prices.types import PriceCalculation
@@ -112,10 +113,11 @@ def token_bound(text: str) -> int:
 
 def prompt_token_bound(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
     """An upper bound on the input tokens of a chat completion with ``messages`` and ``tools``."""
-    conversation = json.dumps([m.to_openai() for m in messages], ensure_ascii=False)
+    # Its bytes as token_bound would count them in the JSON of the whole conversation.
+    conversation = openai_json_size(messages, utf8=True)
     # Templates that print tools as indented JSON (Llama 3.1's) print more bytes than compact JSON.
     offered = json.dumps(tools, ensure_ascii=False, indent=4) if tools else ""
-    return token_bound(conversation) + token_bound(offered) + TEMPLATE_ALLOWANCE_TOKENS
+    return conversation + token_bound(offered) + TEMPLATE_ALLOWANCE_TOKENS
 
 
 def typical_tokens(text: str) -> int:
@@ -124,4 +126,9 @@ def typical_tokens(text: str) -> int:
     For stand-ins that report usage as a real model would (the scripted model, the
     test endpoint); never for a reservation, which needs ``token_bound``.
     """
-    return max(1, -(-len(text) // 4))
+    return typical_tokens_of(len(text))
+
+
+def typical_tokens_of(chars: int) -> int:
+    """typical_tokens of a text ``chars`` characters long."""
+    return max(1, -(-chars // 4))

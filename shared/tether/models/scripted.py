@@ -13,8 +13,8 @@ from typing import Any
 
 from tether.config import get_settings
 from tether.models.base import ModelResponse
-from tether.models.prices import prompt_token_bound, typical_tokens
-from tether.state import ChatMessage, ToolCall
+from tether.models.prices import prompt_token_bound, typical_tokens, typical_tokens_of
+from tether.state import ChatMessage, ToolCall, openai_json_size
 
 Script = Callable[[list[ChatMessage]], ModelResponse]
 
@@ -34,8 +34,9 @@ def tool_call(
     )
 
 
-def _serialise(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> str:
-    return json.dumps([m.to_openai() for m in messages]) + json.dumps(tools)
+def _prompt_chars(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+    """Characters of the request's messages and tools as JSON, as a real endpoint reads them."""
+    return openai_json_size(messages, utf8=False) + len(json.dumps(tools))
 
 
 def from_turns(turns: Sequence[ModelResponse]) -> Script:
@@ -90,7 +91,7 @@ class ScriptedModel:
         turn = self._script(messages)
         # Usage as a real model would report it; an answer longer than the output
         # cap is billed as the cut-off answer a real model would give.
-        prompt_tokens = typical_tokens(_serialise(messages, tools))
+        prompt_tokens = typical_tokens_of(_prompt_chars(messages, tools))
         answer = (turn.content or "") + "".join(c.arguments for c in turn.tool_calls)
         calls = [
             call

@@ -168,12 +168,24 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
         tokens=response.total_tokens - estimate,
         cost_usd=response.cost_usd - cost_bound,
     )
+    # What the model saw, from its previous answer on: the log holds the rest already,
+    # and each step's entry stays the same size however long the run (RunStore.trace
+    # puts the whole input back together).
+    seen_from = next(
+        (
+            i
+            for i in range(len(state.messages) - 1, -1, -1)
+            if state.messages[i].role == "assistant"
+        ),
+        0,
+    )
     rt.store.log(
         run_id,
         "model_call",
         step,
         model=response.model,
-        messages=[m.to_openai() for m in state.messages],
+        messages_from=seen_from,
+        messages=[m.to_openai() for m in state.messages[seen_from:]],
         tools=[t.name for t in agent.tools],
         answer={
             "content": response.content,
