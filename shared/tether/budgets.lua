@@ -12,7 +12,7 @@
 -- (steps, tool_calls, tokens, cost_usd, wall_s), ARGV[4] the amount, ARGV[5] the ceiling
 -- ('' for none), ARGV[6] who extends (Decision.extension_id). One extension per escalation:
 -- the same extender again gets {1, 'duplicate', limit}, anyone else {0, reason, limit}.
--- ARGV[7] 'check': the same answer, nothing spent (a client's check before it sends).
+-- ARGV[7] 'dry': the same answer, nothing spent (a client's check before it sends).
 local op, rid = ARGV[1], ARGV[2]
 
 if op == 'extend' then
@@ -37,7 +37,7 @@ if op == 'extend' then
     return {0, string.format('max_%s=%s + %s = %s would pass the ceiling %s; extend by at most %s',
       field, current, ARGV[4], tostring(raised), ceiling, tostring(tonumber(ceiling) - tonumber(current))), field}
   end
-  if ARGV[7] ~= 'check' then
+  if ARGV[7] ~= 'dry' then
     redis.call('HSET', KEYS[1], 'max_' .. field, tostring(raised), 'extended:' .. rid, who)
   end
   return {1, 'ok', field}

@@ -202,7 +202,7 @@ class Budgets:
             repr(float(by)) if limit == "cost_usd" or not float(by).is_integer() else int(by),
             "" if ceiling is None else repr(ceiling),
             extender,
-            "check" if check else "spend",
+            "dry" if check else "spend",
         ]
         (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
         return self.reservation(reply)
