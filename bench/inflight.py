@@ -8,6 +8,11 @@ p99 delay from publish to task start reaches 100 ms or the model calls stop
 keeping pace, once for each planner pool (and once with task events off); the delays come from Celery
 signal hooks in the workers (bench.hooks), not from the driver, so the
 driver's own load does not blur them.
+
+How many runs a box holds is mostly a matter of its cores, so the figure is
+judged as a share (``share``): the runs the best configuration held against
+the runs bare Celery's own message rate, measured in the same bench run by
+bench.throughput, would allow on the same cores.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import redis
 
 from bench import hooks
 from bench.driver import Driver, Lifecycle, log, percentile, redis_pid
-from bench.plan import TARGET_IN_FLIGHT, TARGET_P99_S, Plan
+from bench.plan import TARGET_INFLIGHT_SHARE, TARGET_P99_S, Plan, Results
 from bench.procs import CpuMeter, ModelServer, Workers
 
 # A configuration named POOL+quiet runs POOL with Celery task events off
@@ -81,7 +86,6 @@ def run_inflight(plan: Plan, redis_url: str, config: str, log_dir: Path | None) 
     return {
         "cpu_ms_per_model_call": round(cpu_ms, 2),
         "cpu_bound_runs_in_flight": round(ceiling),
-        "cores_for_target": round(TARGET_IN_FLIGHT * cpu_ms / 1000 / plan.model_latency_s, 1),
         "pool": pool,
         "task_events": not quiet,
         "planner_processes": plan.planner_processes,
@@ -90,6 +94,84 @@ def run_inflight(plan: Plan, redis_url: str, config: str, log_dir: Path | None) 
         "levels": levels,
         "max_sustained": max(sustained) if sustained else 0,
     }
+
+
+def share(plan: Plan, res: Results) -> dict[str, Any]:
+    """Issue 12's in-flight figures: Tether's N, the bare ceiling M, and S = N / M.
+
+    N is the most runs in flight the best configuration held (ties: the lower
+    p99 at that level). M is what bare Celery's hop rate H (hops per second,
+    bench.throughput's bare chains) would carry if orchestration cost nothing
+    on top of Celery: a run with k tool steps makes k + 1 model calls, so it is
+    in flight (k + 1) x L seconds at model latency L, and it needs 2k + 1
+    messages (k + 1 plan tasks, k tool tasks: the chain bench.bare mirrors), so
+    each run in flight asks for (2k + 1) / ((k + 1) x L) messages a second and
+
+        M = H x L x (k + 1) / (2k + 1)
+
+    (k = 2, L = 1 s: 0.6 s x H; "one bare step of two hops per model latency"
+    would say 0.5 s x H, undercounting the calls per run by one). The
+    throughput section measures H at 1, 2 and 4 processes per queue, which
+    brackets the in-flight layout (plan.planner_processes planners,
+    plan.executor_processes executors) but is not it; the best of them is
+    taken, so that the ceiling is not understated and the share not flattered.
+    M is rounded to whole runs and S computed from the rounded M, so the
+    printed line can be checked by hand. {} when either section did not run.
+    """
+    if not res.inflight or not res.throughput:
+        return {}
+
+    def rank(config: str) -> tuple[int, float]:
+        result = res.inflight[config]
+        held = [lv for lv in result["levels"] if lv["ok"]]
+        p99 = held[-1]["delay_p99_ms"] if held else float("inf")
+        return result["max_sustained"], -p99
+
+    config = max(res.inflight, key=rank)
+    n = int(res.inflight[config]["max_sustained"])
+    bare = max(res.throughput, key=lambda row: float(row["bare_steps_per_s"]))
+    steps_per_chain = bare["steps"] / bare["runs"]
+    hops_per_s = bare["bare_steps_per_s"] * (2 * steps_per_chain + 1) / steps_per_chain
+    k, latency = plan.inflight_steps, plan.model_latency_s
+    messages_per_run, model_calls_per_run = 2 * k + 1, k + 1
+    m = round(hops_per_s * latency * model_calls_per_run / messages_per_run)
+    s = round(n / m, 2) if m else 0.0
+    return {
+        "tether_runs": n,
+        "bare_ceiling_runs": m,
+        "share": s,
+        "target_share": TARGET_INFLIGHT_SHARE,
+        "config": config,
+        "tether_delay_p99_ms": -rank(config)[1] if n else None,
+        "bare_steps_per_s": bare["bare_steps_per_s"],
+        "bare_processes_per_service": bare["processes_per_service"],
+        "bare_steps_per_chain": steps_per_chain,
+        "bare_hops_per_s": round(hops_per_s, 1),
+        "model_latency_s": latency,
+        "inflight_steps": k,
+        "messages_per_run": messages_per_run,
+        "model_calls_per_run": model_calls_per_run,
+        "inflight_layout": {
+            "planner_processes": plan.planner_processes,
+            "executor_processes": plan.executor_processes,
+        },
+    }
+
+
+def share_line(figures: dict[str, Any]) -> str:
+    return (
+        f"in-flight: tether {figures['tether_runs']} runs, "
+        f"bare ceiling {figures['bare_ceiling_runs']} runs, share {figures['share']:.2f}"
+    )
+
+
+def record_share(plan: Plan, res: Results) -> None:
+    """Store the in-flight figures in ``res`` and print their line."""
+    res.inflight_share = share(plan, res)
+    if res.inflight_share:
+        log(share_line(res.inflight_share))
+    else:
+        log("in-flight: no bare ceiling without the throughput section")
 
 
 def _log(log_dir: Path | None, name: str) -> Path | None:

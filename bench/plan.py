@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TARGET_RATIO = 1.3
-TARGET_IN_FLIGHT = 2000
+# Runs in flight as a share of the bare Celery ceiling (bench.inflight.share): an
+# absolute count would judge the box's cores, the share judges what Tether adds.
+TARGET_INFLIGHT_SHARE = 0.75
 TARGET_P99_S = 0.100
 TARGET_IDLE_BYTES = 20 * 1024
 TARGET_CPU_RATIO = 1.3
@@ -29,11 +31,9 @@ class Plan:
     tp_runs: int = 96  # runs started at once in the throughput test
     concurrencies: tuple[int, ...] = (1, 2, 4)
     pools: tuple[str, ...] = ("threads", "gevent", "gevent+quiet")
-    # Steps of 25 where 2 cores run out, then wider towards the target.
+    # Steps of 25 where 2 cores run out, then wider, for boxes with more cores.
     levels: tuple[int, ...] = (
-        25,
-        50,
-        *range(100, 201, 25),
+        *range(25, 201, 25),
         250,
         300,
         400,
@@ -68,7 +68,10 @@ QUICK = dict(
     seq_runs=10,
     tp_runs=48,
     pools=("gevent",),
-    levels=(50, 100, 150, 200),
+    # Steps of 25 where 2 cores run out, or N / M moves in steps of a quarter; past 200
+    # only if 200 holds (a level that fails ends the ramp, so they cost nothing until
+    # Tether gets there, and then they keep the quick N from being capped).
+    levels=(50, 75, 100, 125, 150, 175, 200, 250, 300, 400),
     window_s=4.0,
     settle_s=3.0,
     idle_runs=500,
@@ -84,4 +87,6 @@ class Results:
     long_run: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     inflight: dict[str, Any] = field(default_factory=dict)
+    # N, M and S of the in-flight line, with their inputs (bench.inflight.share).
+    inflight_share: dict[str, Any] = field(default_factory=dict)
     recovery: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,8 @@ starts on a free port, with real Celery worker processes:
 3. runs in flight: runs whose model takes 1 s (bench.model_server, reached by
    the openai client), kept at a fixed number in flight, raised level by level
    until the p99 scheduling delay (publish to task start) reaches 100 ms, for
-   each planner pool;
+   each planner pool; the best pool's count against the runs bare Celery's hop
+   rate from (2) would carry (bench.inflight.share);
 4. cost of state: Redis memory per idle run (waiting for a human) and Redis
    commands per step;
 5. recovery: seconds from SIGKILL of a worker's process group to the run's
@@ -40,7 +41,7 @@ from pathlib import Path
 import redis
 
 from bench.driver import Driver, log
-from bench.inflight import run_inflight
+from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
 from bench.overhead import measure_overhead, start_stack
 from bench.plan import QUICK, Plan, Results
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             for pool in plan.pools:
                 log(f"runs in flight, planner pool {pool}")
                 res.inflight[pool] = run_inflight(plan, url, pool, args.logs)
+            record_share(plan, res)
     if "recovery" in plan.sections:
         log("recovery after SIGKILL, default settings")
         res.recovery = measure_recovery(args.logs)

@@ -7,27 +7,51 @@ measured from real runs on real workers and reaches the report.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
+
 from bench.driver import Driver
+from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
 from bench.overhead import measure_overhead, start_stack
-from bench.plan import TARGET_IDLE_BYTES, TARGET_LONG_RATIO, TARGET_RATIO, Plan, Results
+from bench.plan import (
+    TARGET_IDLE_BYTES,
+    TARGET_INFLIGHT_SHARE,
+    TARGET_LONG_RATIO,
+    TARGET_RATIO,
+    Plan,
+    Results,
+)
 from bench.report import table
 from bench.state import measure_state
+from bench.throughput import measure_throughput
 from tether.redis_server import RedisServer
 
 
-def test_bench_measures_overhead_and_state_on_real_workers(tmp_path: Path) -> None:
+def test_bench_measures_overhead_and_state_on_real_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One level of a few runs with a 0.25 s model on one process per service: the
+    # in-flight line's arithmetic and plumbing, in seconds rather than the bench's minutes.
+    # The planner runs threads, not gevent: its gevent pool takes 3-5 s to stop.
     plan = Plan(
         quick=True,
         steps=3,
         warmup=1,
         seq_runs=3,
+        tp_runs=4,
         idle_runs=30,
         long_steps=6,
         long_runs=1,
         long_window=2,
+        levels=(6,),
+        window_s=1.0,
+        settle_s=0.5,
+        model_latency_s=0.25,
+        planner_processes=1,
+        executor_processes=1,
     )
     res = Results()
     with RedisServer() as server:
@@ -37,8 +61,11 @@ def test_bench_measures_overhead_and_state_on_real_workers(tmp_path: Path) -> No
             measure_overhead(plan, driver, workers, res)
             measure_long_run(plan, driver, res)
             measure_state(plan, driver, res)
+            measure_throughput(plan, driver, workers, 1, res, commands=False)
         finally:
             workers.stop()
+        res.inflight["threads"] = run_inflight(plan, server.url, "threads", tmp_path / "logs")
+        record_share(plan, res)
 
     o = res.overhead
     assert (o["steps_per_run"], o["bare_hops_per_run"], o["runs"]) == (3, 7, 3)
@@ -68,3 +95,23 @@ def test_bench_measures_overhead_and_state_on_real_workers(tmp_path: Path) -> No
     memory_row = rows["Redis memory per idle run, excl. event log, bytes"]
     assert memory_row[2] == f"<= {TARGET_IDLE_BYTES:,}"
     assert memory_row[3] == ("met" if s["bytes_per_idle_run"] <= TARGET_IDLE_BYTES else "NOT met")
+
+    line = re.search(
+        r"in-flight: tether (\d+) runs, bare ceiling (\d+) runs, share (\d+\.\d\d)$",
+        capsys.readouterr().err,
+        re.MULTILINE,
+    )
+    assert line is not None
+    n, m, share = int(line[1]), int(line[2]), float(line[3])
+    sh = res.inflight_share
+    assert (sh["tether_runs"], sh["bare_ceiling_runs"], sh["share"]) == (n, m, share)
+    assert n == res.inflight["threads"]["max_sustained"] and n in (0, 6)
+    assert sh["config"] == "threads" and m > 0 and share == round(n / m, 2)
+    # 3 model calls and 5 messages per run at 0.25 s: 0.15 s of the bare hop rate, which
+    # is (2 x 3 + 1) / 3 hops per bare step of the throughput's chains.
+    assert (sh["model_calls_per_run"], sh["messages_per_run"]) == (3, 5)
+    hops = res.throughput[0]["bare_steps_per_s"] * 7 / 3
+    assert sh["bare_hops_per_s"] == round(hops, 1) and m == round(hops * 0.25 * 3 / 5)
+    share_row = next(row for row in table(res) if row[0].startswith("Runs in flight, share"))
+    assert share_row[1] == f"{n:,} / {m:,} = {share:.2f}"
+    assert share_row[2:4] == (f">= {TARGET_INFLIGHT_SHARE}", "met" if share >= 0.75 else "NOT met")
