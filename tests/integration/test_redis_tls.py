@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tether import client, health
 from tether.config import Settings
@@ -142,6 +144,8 @@ class TLSRedis:
             ssl=True,
             ssl_cert_reqs="required",
             socket_connect_timeout=5,
+            # A refusal is the answer these tests wait for: no retrying it.
+            retry=Retry(NoBackoff(), 0),
             **options,  # type: ignore[arg-type]
         )
 
@@ -326,6 +330,7 @@ def test_plain_text_and_clients_without_a_certificate_are_refused(tls_redis: TLS
         tls_redis.url("operator").replace("rediss://", "redis://"),
         socket_connect_timeout=2,
         socket_timeout=2,
+        retry=Retry(NoBackoff(), 0),
     )
     with pytest.raises(redis.ConnectionError):
         plain.ping()
