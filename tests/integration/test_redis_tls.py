@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -33,11 +37,6 @@ from tether.config import Settings
 from tether.devstack import DevStack
 from tether.redis_server import find_redis_server, free_port, render_acl
 from tether.runtime import Runtime
-
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")
@@ -216,7 +215,10 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedis]:
                 if "tls" in output.lower() and (
                     "bad directive" in output.lower() or "not supported" in output.lower()
                 ):
-                    pytest.skip(f"this redis-server was built without TLS: {output.strip()[-300:]}")
+                    pytest.fail(
+                        "this redis-server was built without TLS; put one built with it on "
+                        f"PATH (Debian's redis-server is): {output.strip()[-300:]}"
+                    )
                 pytest.fail(f"redis-server with TLS exited at start: {output[-2000:]}")
             try:
                 server.admin.ping()
