@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import hooks
@@ -59,12 +60,19 @@ def steps_asked(messages: list[ChatMessage]) -> int:
     return 1
 
 
-def stepper_script(messages: list[ChatMessage]) -> ModelResponse:
-    """Call noop until the input's steps=N are done, then answer."""
-    done = sum(1 for m in messages if m.role == "assistant")
-    if done < steps_asked(messages):
-        return tool_call("noop", {"i": done})
-    return text(f"done after {done} tool steps")
+def calling(tool_name: str) -> Callable[[list[ChatMessage]], ModelResponse]:
+    """A script that calls ``tool_name`` until the input's steps=N are done, then answers."""
+
+    def script(messages: list[ChatMessage]) -> ModelResponse:
+        done = sum(1 for m in messages if m.role == "assistant")
+        if done < steps_asked(messages):
+            return tool_call(tool_name, {"i": done})
+        return text(f"done after {done} tool steps")
+
+    return script
+
+
+stepper_script = calling("noop")
 
 
 stepper = Agent(
@@ -76,18 +84,10 @@ stepper = Agent(
 )
 
 
-def long_script(messages: list[ChatMessage]) -> ModelResponse:
-    """Call blob until the input's steps=N are done, then answer."""
-    done = sum(1 for m in messages if m.role == "assistant")
-    if done < steps_asked(messages):
-        return tool_call("blob", {"i": done})
-    return text(f"done after {done} tool steps")
-
-
 long = Agent(
     name="bench_long",
     instructions="Call blob as many times as the task says, then answer.",
-    model=ScriptedModel(long_script, label="bench-long"),
+    model=ScriptedModel(calling("blob"), label="bench-long"),
     tools=[blob],
     budget=BENCH_BUDGET,
 )

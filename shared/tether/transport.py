@@ -56,12 +56,7 @@ LANDED_QUEUES = "tether."
 
 CLAIM_SCRIPT = files("tether").joinpath("consumers.lua").read_text()
 
-# Put a landed message back at the head of its queue, unless someone already did.
-RETURN_SCRIPT = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-end
-"""
+RETURN_SCRIPT = files("tether").joinpath("return_landed.lua").read_text()
 
 _stopping = threading.Event()
 _consuming: weakref.WeakSet[ReliableChannel] = weakref.WeakSet()

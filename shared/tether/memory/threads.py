@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from tether.runtime import Runtime
 
 ADMIT_SCRIPT = files("tether.memory").joinpath("threads.lua").read_text()
+RELEASE_SCRIPT = files("tether.memory").joinpath("release.lua").read_text()
 # Turns kept per thread; older ones leave the history for good.
 MAX_TURNS = 200
 # What admit says of an event besides its place in the queue.
@@ -186,15 +187,6 @@ def hand_over(rt: Runtime, thread_id: str) -> list[str]:
     return [f"thread {thread_id}: event {event.event_id}"]
 
 
-_RELEASE = """
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-
 def sweep(rt: Runtime, idle_since: float, limit: int = 1000) -> list[str]:
     """Re-publish the hand-overs of busy threads idle since ``idle_since``, and of heads
     whose wait for an earlier event is over (reconciler)."""
@@ -204,7 +196,9 @@ def sweep(rt: Runtime, idle_since: float, limit: int = 1000) -> list[str]:
         list[str], client.zrangebyscore(keys.THREADS_BUSY, "-inf", idle_since, start=0, num=limit)
     )
     for thread_id in busy:
-        if client.eval(_RELEASE, 2, keys.thread_queue(thread_id), keys.THREADS_BUSY, thread_id):
+        if client.eval(
+            RELEASE_SCRIPT, 2, keys.thread_queue(thread_id), keys.THREADS_BUSY, thread_id
+        ):
             continue  # nothing queued: the thread is idle, not stalled
         client.zadd(keys.THREADS_BUSY, {thread_id: time.time()}, xx=True)
         sent += hand_over(rt, thread_id)
