@@ -10,14 +10,18 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from tests.memory_agents import summarising
 from tests.observability_agents import obs_approver
 from tether import deadletters, escalations, executor, feedback, keys, metrics, planner
 from tether.agents import load_agent_modules
 from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether.memory import threads
+from tether.memory.window import Turn
 from tether.messages import ErrorCategory, Observation, ToolAction
 from tether.runtime import Runtime
 from tether.state import Feedback, RunStatus
@@ -269,3 +273,41 @@ def test_each_worker_gets_its_own_wiped_multiprocess_directory(
     assert list(Path(path).iterdir()) == []
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
     assert metrics.prepare_multiproc_dir("planner", 9100) == str(tmp_path / "planner-9100")
+
+
+def test_a_thread_summary_is_made_and_counted_once_however_often_its_event_comes(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_agent_modules(["tests.memory_agents"])
+    thread = "t-metrics-summary"
+    for i in range(4):  # more history than the agent's 2,000-token window holds
+        turn = Turn(run_id=f"run_old{i}", event_id=f"old{i}", input="x" * 3000, status="succeeded")
+        runtime.store.client.rpush(keys.thread_turns(thread), turn.model_dump_json())
+    summaries: list[int] = []
+    complete = summarising.model.complete
+
+    def counting(messages: list[Any], tools: list[Any], **options: Any) -> Any:
+        if messages and messages[0].content == threads.SUMMARY_INSTRUCTIONS:
+            summaries.append(1)
+        return complete(messages, tools, **options)
+
+    monkeypatch.setattr(summarising.model, "complete", counting)
+    labels = {"agent": "summarising", "version": summarising.version}
+    tokens = {**labels, "model": "scripted:summarising"}
+    before = sample("tether_model_tokens_total", **tokens)
+    message = {**event("summarising", "evt-m-summary"), "thread_id": thread, "thread_seq": 1}
+    for _ in range(2):
+        planner.start(runtime, message)
+    run_id = planner.start(runtime, message)
+    assert run_id is not None
+    assert summaries == [1]  # the redeliveries fit nothing again
+    (context,) = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "thread_context"]
+    step_tokens = sum(
+        int(e.data["input_tokens"]) + int(e.data["output_tokens"])
+        for _, e in runtime.store.trace(run_id)
+        if e.kind == "model_call"
+    )
+    summary_tokens = int(context["summary_tokens"])
+    assert summary_tokens > 0
+    assert sample("tether_model_tokens_total", **tokens) - before == summary_tokens + step_tokens
+    assert runtime.store.budgets.usage(run_id).tokens == summary_tokens + step_tokens

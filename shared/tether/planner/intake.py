@@ -58,6 +58,7 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     primary_run_id = shadow.primary_run(agent, event)
     # A shadow run reads its primary's thread but takes no place on it (tether.memory.threads).
     thread_id = event.thread_id if primary_run_id is None else None
+    place: int | None = None
     if thread_id is not None:
         place = threads.admit(rt, event)
         if place > 0:
@@ -75,7 +76,7 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
             return None
     history: list[ChatMessage] = []
     described: dict[str, Any] | None = None
-    if event.thread_id is not None:
+    if event.thread_id is not None and not _exists(rt, event, place):
         history, described = threads.context(rt, agent, event.thread_id, limits)
     state = RunState(
         run_id=run_id_for(event.event_id),
@@ -130,6 +131,14 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     # which intake takes as duplicates.
     shadow.start_shadows(rt, event, state.run_id)
     return state.run_id
+
+
+def _exists(rt: Runtime, event: TaskEvent, place: int | None) -> bool:
+    """Whether the event's run exists already (a redelivery): then its history is not
+    fitted again, nor summarised by a model call that no commit would count."""
+    if place is not None:
+        return place == threads.ALREADY_STARTED
+    return rt.store.status(run_id_for(event.event_id)) is not None
 
 
 def _reject(rt: Runtime, reason: str, raw_event: Any, event: TaskEvent | None = None) -> None:
