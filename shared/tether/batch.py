@@ -34,7 +34,8 @@ class Script:
         _SCRIPTS[self.sha] = text
 
     def add(self, pipe: Pipeline, numkeys: int, *args: Any) -> None:
-        pipe.evalsha(self.sha, numkeys, *args)
+        # Not pipe.evalsha: a Redis Cluster pipeline refuses that, and routes this by its keys.
+        pipe.execute_command("EVALSHA", self.sha, numkeys, *args)  # type: ignore[no-untyped-call]
 
 
 class WriteBatch:
@@ -84,11 +85,14 @@ class WriteBatch:
         held = self._held() or []
         pipe = self.client.pipeline(transaction=False)
         for command, args, kwargs in held:
-            getattr(pipe, command)(*args, **kwargs)
+            if command == "evalsha":
+                pipe.execute_command("EVALSHA", *args)  # type: ignore[no-untyped-call]
+            else:
+                getattr(pipe, command)(*args, **kwargs)
         if held:
             self._local.held = []  # sent once, even if the round trip fails
         build(pipe)
-        sent = list(pipe.command_stack)
+        sent = _queued(pipe)
         replies = pipe.execute(raise_on_error=False)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             replies = self._load_scripts(sent, replies)
@@ -97,18 +101,30 @@ class WriteBatch:
                 raise reply
         return list(replies[len(held) :])
 
-    def _load_scripts(self, sent: list[Any], replies: list[Any]) -> list[Any]:
-        """Load every script (a restarted Redis has none) and send again the calls
-        that found theirs missing: those did nothing, so each still runs once, in order."""
+    def _load_scripts(
+        self, sent: list[tuple[tuple[Any, ...], dict[str, Any]]], replies: list[Any]
+    ) -> list[Any]:
+        """Load every script (a restarted Redis has none; on a cluster, every primary)
+        and send again the calls that found theirs missing: those did nothing, so each
+        still runs once, in order."""
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        pipe = self.client.pipeline(transaction=False)
         for text in _SCRIPTS.values():
-            pipe.script_load(text)
+            self.client.script_load(text)
+        pipe = self.client.pipeline(transaction=False)
         for i in missing:
             args, options = sent[i]
             pipe.execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        again = pipe.execute(raise_on_error=False)[len(_SCRIPTS) :]
+        again = pipe.execute(raise_on_error=False)
         replies = list(replies)
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
         return replies
+
+
+def _queued(pipe: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The commands ``pipe`` holds, as (args, options): a cluster pipeline keeps them
+    in its execution strategy rather than a command stack."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    if strategy is not None:
+        return [(command.args, command.options) for command in strategy.command_queue]
+    return list(pipe.command_stack)

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
+    # TETHER_REDIS_URL names a node of a Redis Cluster: run state shards across its
+    # nodes by run (tether.keys' hash tags). The broker stays one Redis of its own.
+    redis_cluster: bool = False
     # TLS for a rediss:// URL (state store and broker alike): the CA that signed
     # Redis's certificate, and this client's certificate and key where Redis asks
     # for one (tls-auth-clients). They are added to the URLs' query as redis-py
@@ -191,6 +194,11 @@ class Settings(BaseSettings):
                     f"TETHER_REDACT_PATTERNS has {pattern!r}, which is no regular expression "
                     f"({exc}); fix or remove it"
                 )
+        if self.redis_cluster and not self.broker_url:
+            problems.append(
+                "TETHER_REDIS_CLUSTER is set but TETHER_BROKER_URL is not: the Celery broker "
+                "cannot run on a Redis Cluster; point TETHER_BROKER_URL at a plain Redis"
+            )
         problems += self._fold_tls()
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))

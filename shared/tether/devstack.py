@@ -40,13 +40,15 @@ class DevStack:
         redis: RedisServer | None = None,
         metrics_ports: dict[str, int] | None = None,
         service_urls: dict[str, str] | None = None,
+        broker_url: str | None = None,
     ) -> None:
         """Use the Redis at ``redis_url``, else start ``redis`` (default: a new RedisServer).
 
         ``metrics_ports`` gives a service its own /metrics port (TETHER_METRICS_PORT):
         services on one host cannot share one. ``service_urls`` gives a service its
         own TETHER_REDIS_URL, e.g. its own Redis ACL user; ``redis_url`` is then
-        what this process (and any service not named) uses.
+        what this process (and any service not named) uses. ``broker_url`` puts the
+        broker on a Redis of its own (as a Redis Cluster for run state needs).
         """
         self.redis = None if redis_url else (redis or RedisServer())
         self._redis_url = redis_url
@@ -57,6 +59,7 @@ class DevStack:
         self.flower_port = flower_port
         self.metrics_ports = dict(metrics_ports or {})
         self.service_urls = dict(service_urls or {})
+        self.broker_url = broker_url
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.flower: subprocess.Popen[bytes] | None = None
 
@@ -76,6 +79,8 @@ class DevStack:
                 "TETHER_WORKER_CONCURRENCY": str(self.concurrency),
             }
         )
+        if self.broker_url:
+            env["TETHER_BROKER_URL"] = self.broker_url
         env.update(self.extra_env)
         root = str(Path.cwd())
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -117,7 +122,7 @@ class DevStack:
                     "-m",
                     "celery",
                     "--broker",
-                    self.redis_url,
+                    self.broker_url or self.redis_url,
                     "flower",
                     f"--port={self.flower_port}",
                     "--address=127.0.0.1",
@@ -135,7 +140,7 @@ class DevStack:
         return self
 
     def celery(self) -> Celery:
-        return create_app(Settings(redis_url=self.redis_url))
+        return create_app(Settings(redis_url=self.redis_url, broker_url=self.broker_url))
 
     def wait_ready(self, services: Iterable[str], timeout_s: float) -> None:
         wanted = set(services)

@@ -1,8 +1,19 @@
-"""Every Redis key Tether uses, in one place."""
+"""Every Redis key Tether uses, in one place.
+
+A run's keys (its state, lists, log, budget, action results, escalations) carry
+the run id as a hash tag, ``{run_...}``, so that on a Redis Cluster they share
+one slot and every script over them runs on one node; a thread's keys carry the
+thread id the same way.
+"""
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "tether"
+# Run ids are ``run_`` and 20 hex digits (tether.store.run_id_for); action and
+# escalation ids embed theirs, which puts them in their run's slot.
+_RUN_ID = re.compile(r"run_[0-9a-f]{20}")
 
 RUN_INDEX = f"{PREFIX}:runs"
 # Unfinished runs, scored by their last commit: where the reconciler looks for stalls.
@@ -22,42 +33,70 @@ NOTIFICATIONS = f"{PREFIX}:notifications"
 FEEDBACK_COUNTS = f"{PREFIX}:feedback:counts"
 
 
+def slot_tag(key: str) -> str:
+    """What Redis Cluster hashes to place ``key``: its hash tag, else the whole key."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    if start >= 0 and end > start + 1:
+        return key[start + 1 : end]
+    return key
+
+
+def _tagged(identifier: str) -> str:
+    """``identifier`` with the run id in it made its hash tag (the whole, if none)."""
+    found = _RUN_ID.search(identifier)
+    if found is None:
+        return f"{{{identifier}}}"
+    return f"{identifier[: found.start()]}{{{found.group()}}}{identifier[found.end() :]}"
+
+
 def run(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}"
+    return f"{PREFIX}:run:{{{run_id}}}"
 
 
 def run_log(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}:log"
+    return f"{run(run_id)}:log"
 
 
 def run_messages(run_id: str) -> str:
     """List of the run's messages (ChatMessage JSON), appended by its commits."""
-    return f"{PREFIX}:run:{run_id}:messages"
+    return f"{run(run_id)}:messages"
 
 
 def run_completed(run_id: str) -> str:
     """List of the run's completed actions (Observation JSON), appended by its commits."""
-    return f"{PREFIX}:run:{run_id}:completed"
+    return f"{run(run_id)}:completed"
 
 
 def budget(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}:budget"
+    return f"{run(run_id)}:budget"
 
 
 def reservations(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}:reservations"
+    return f"{run(run_id)}:reservations"
+
+
+def spill(key: str) -> str:
+    """List of the writes a commit of ``key`` made to other slots of a Redis Cluster,
+    until they are applied (tether.spill); in ``key``'s slot."""
+    return f"{PREFIX}:spill:{{{slot_tag(key)}}}"
+
+
+def spilled(key: str, write_id: str) -> str:
+    """Set once the spilled writes ``write_id`` went into ``key``'s slot: once only."""
+    return f"{PREFIX}:spilled:{{{slot_tag(key)}}}:{write_id}"
 
 
 def action_result(action_id: str) -> str:
-    return f"{PREFIX}:action:{action_id}"
+    return f"{PREFIX}:action:{_tagged(action_id)}"
 
 
 def action_lock(action_id: str) -> str:
-    return f"{PREFIX}:action:{action_id}:lock"
+    return f"{action_result(action_id)}:lock"
 
 
 def action_inflight(action_id: str) -> str:
-    return f"{PREFIX}:action:{action_id}:inflight"
+    return f"{action_result(action_id)}:inflight"
 
 
 def rejection(event_id: str) -> str:
@@ -65,11 +104,12 @@ def rejection(event_id: str) -> str:
 
 
 def dead_letter_seen(message_id: str) -> str:
-    return f"{PREFIX}:dead:seen:{message_id}"
+    # In the dead-letter stream's slot: deadletters.lua writes both.
+    return f"{PREFIX}:dead:seen:{{{DEAD_STREAM}}}:{message_id}"
 
 
 def escalation(escalation_id: str) -> str:
-    return f"{PREFIX}:escalation:{escalation_id}"
+    return f"{PREFIX}:escalation:{_tagged(escalation_id)}"
 
 
 # Broker consumers (tether.transport): consumer id -> the list it consumes from.
@@ -114,38 +154,38 @@ THREADS_GAPS = f"{PREFIX}:threads:gaps"
 
 def thread_queue(thread_id: str) -> str:
     """List of event ids in publish order; the head is the thread's run or its next."""
-    return f"{PREFIX}:thread:{thread_id}:queue"
+    return f"{PREFIX}:thread:{{{thread_id}}}:queue"
 
 
 def thread_events(thread_id: str) -> str:
     """Hash event id -> TaskEvent JSON of the events queued on the thread."""
-    return f"{PREFIX}:thread:{thread_id}:events"
+    return f"{PREFIX}:thread:{{{thread_id}}}:events"
 
 
 def thread_order(thread_id: str) -> str:
     """Sorted set event id -> publish time of the events queued on the thread."""
-    return f"{PREFIX}:thread:{thread_id}:order"
+    return f"{PREFIX}:thread:{{{thread_id}}}:order"
 
 
 def thread_seq(thread_id: str) -> str:
     """Hash: ``published`` (publishers' counter), ``started`` (highest sequence number
     given its run) and ``running`` (the event id given the thread last)."""
-    return f"{PREFIX}:thread:{thread_id}:seq"
+    return f"{PREFIX}:thread:{{{thread_id}}}:seq"
 
 
 def thread_skipped(thread_id: str) -> str:
     """Sorted set of sequence numbers whose events intake rejected: no one waits for them."""
-    return f"{PREFIX}:thread:{thread_id}:skipped"
+    return f"{PREFIX}:thread:{{{thread_id}}}:skipped"
 
 
 def thread_turns(thread_id: str) -> str:
     """List of the thread's finished turns (JSON), oldest first."""
-    return f"{PREFIX}:thread:{thread_id}:turns"
+    return f"{PREFIX}:thread:{{{thread_id}}}:turns"
 
 
 def thread_runs(thread_id: str) -> str:
     """Sorted set of the thread's run ids by when they ended."""
-    return f"{PREFIX}:thread:{thread_id}:runs"
+    return f"{PREFIX}:thread:{{{thread_id}}}:runs"
 
 
 # Long-term memory (tether.memory.longterm) ------------------------------------------------
@@ -169,5 +209,6 @@ def notified(escalation_id: str, event: str, target: str) -> str:
 
 
 def notify_waiting(escalation_id: str) -> str:
-    """Set when an escalation's "still waiting" notification was queued, once."""
-    return f"{PREFIX}:notify:waiting:{escalation_id}"
+    """Set when an escalation's "still waiting" notification was queued, once; in the
+    notification stream's slot, since one script writes both."""
+    return f"{PREFIX}:notify:waiting:{{{NOTIFICATIONS}}}:{escalation_id}"

@@ -196,12 +196,18 @@ class RedisStateCollector(Collector):
     same Redis figures, which Prometheus would then sum.
     """
 
-    def __init__(self, client: redis.Redis, queues: Iterable[str] = QUEUES) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        queues: Iterable[str] = QUEUES,
+        broker: redis.Redis | None = None,
+    ) -> None:
         self._client = client
         self._queues = tuple(queues)
+        self._broker = broker
 
     def collect(self) -> Iterator[Metric]:
-        figures = read_redis_figures(self._client, self._queues)
+        figures = read_redis_figures(self._client, self._queues, broker=self._broker)
         yield GaugeMetricFamily(
             "tether_escalations_pending",
             "Escalations waiting for a human",
@@ -254,20 +260,27 @@ class RedisFigures(BaseModel):
 
 
 def read_redis_figures(
-    client: redis.Redis, queues: Iterable[str] = QUEUES, now: float | None = None
+    client: redis.Redis,
+    queues: Iterable[str] = QUEUES,
+    now: float | None = None,
+    broker: redis.Redis | None = None,
 ) -> RedisFigures:
-    """Queue depth and oldest message per queue, pending escalations: one round trip."""
+    """Queue depth and oldest message per queue, pending escalations: one round trip, two
+    where the broker is a Redis of its own (``broker``, TETHER_BROKER_URL)."""
     now = time.time() if now is None else now
     queues = tuple(queues)
     pipe = client.pipeline(transaction=False)
     pipe.zcard(keys.PENDING_ESCALATIONS)
     pipe.zrange(keys.PENDING_ESCALATIONS, 0, 0, withscores=True)
-    for queue in queues:
-        pipe.llen(queue)
-        # kombu pushes on the left and pops on the right: the tail is the oldest.
-        pipe.lindex(queue, -1)
     pipe.hgetall(keys.FEEDBACK_COUNTS)
-    pending, oldest, *per_queue, feedback_counts = pipe.execute()
+    queued = pipe if broker is None else broker.pipeline(transaction=False)
+    for queue in queues:
+        queued.llen(queue)
+        # kombu pushes on the left and pops on the right: the tail is the oldest.
+        queued.lindex(queue, -1)
+    pending, oldest, feedback_counts, *per_queue = pipe.execute()
+    if queued is not pipe:
+        per_queue = queued.execute()
     oldest_pending = cast(list[tuple[str, float]], oldest)
     rows = []
     for index, queue in enumerate(queues):
@@ -330,12 +343,18 @@ def prepare_multiproc_dir(service: str, port: int) -> str:
     return str(path)
 
 
-def serve(port: int, *, redis_state: redis.Redis | None = None, addr: str = "0.0.0.0") -> None:
+def serve(
+    port: int,
+    *,
+    redis_state: redis.Redis | None = None,
+    broker: redis.Redis | None = None,
+    addr: str = "0.0.0.0",
+) -> None:
     """Serve /metrics on ``port``; with ``redis_state``, also the figures read from Redis."""
     registry: CollectorRegistry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     if redis_state is not None:
-        registry.register(RedisStateCollector(redis_state))
+        registry.register(RedisStateCollector(redis_state, broker=broker))
     start_http_server(port, addr=addr, registry=registry)

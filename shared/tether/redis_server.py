@@ -77,8 +77,10 @@ class RedisServer:
         data_dir: Path | None = None,
         appendonly: bool = True,
         appendfsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
+        self.extra_args = extra_args
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tether-redis-"))
         self.appendonly = appendonly
@@ -110,6 +112,7 @@ class RedisServer:
                 str(self.data_dir / "redis.log"),
                 "--protected-mode",
                 "yes",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -154,6 +157,72 @@ class RedisServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class LocalCluster:
+    """A Redis Cluster of ``nodes`` primaries on free ports, each owning an equal share
+    of the 16384 slots; for the tests and benchmarks that shard run state."""
+
+    SLOTS = 16384
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.servers: list[RedisServer] = []
+        self.bus_ports: list[int] = []
+        for _ in range(nodes):
+            server = RedisServer(appendonly=False)
+            self.bus_ports.append(free_port())
+            server.extra_args = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(server.data_dir / "nodes.conf"),
+                # Its own free port for the cluster bus, not the default port + 10000.
+                "--cluster-port",
+                str(self.bus_ports[-1]),
+            )
+            self.servers.append(server)
+
+    @property
+    def url(self) -> str:
+        """Any node's URL: a cluster client finds the others from it."""
+        return f"redis://127.0.0.1:{self.servers[0].port}"
+
+    def start(self, timeout_s: float = 20.0) -> LocalCluster:
+        for server in self.servers:
+            server.start()
+        clients = [redis.Redis(port=s.port, decode_responses=True) for s in self.servers]
+        share = self.SLOTS // len(self.servers)
+        for index, client in enumerate(clients):
+            last = self.SLOTS - 1 if index == len(clients) - 1 else (index + 1) * share - 1
+            client.execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "ADDSLOTSRANGE", index * share, last
+            )
+        for server, bus_port in zip(self.servers[1:], self.bus_ports[1:], strict=True):
+            clients[0].execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "MEET", "127.0.0.1", server.port, bus_port
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._ready(client) for client in clients):
+                return self
+            time.sleep(0.05)
+        self.cleanup()
+        raise ConfigError(f"the local Redis Cluster did not form within {timeout_s:g}s")
+
+    def _ready(self, client: redis.Redis) -> bool:
+        info = str(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
+        nodes = str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+        return "cluster_state:ok" in info and nodes.count("connected") == len(self.servers)
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
+
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
@@ -24,9 +25,19 @@ class Runtime:
 
     @cached_property
     def store(self) -> RunStore:
-        store = RunStore(connect(self.settings.redis_url), run_ttl_s=self.settings.run_ttl_s)
+        store = RunStore(
+            connect(self.settings.redis_url, self.settings.redis_cluster),
+            run_ttl_s=self.settings.run_ttl_s,
+        )
         _stores.add(store)
         return store
+
+    @cached_property
+    def broker(self) -> redis.Redis:
+        """The broker's Redis (its queues): the run store's, unless TETHER_BROKER_URL is set."""
+        if self.settings.broker_url is None:
+            return self.store.client
+        return connect(self.settings.broker_url)
 
     @cached_property
     def celery(self) -> Celery:

@@ -88,10 +88,17 @@ def service_app(service: str) -> Celery:
     def _load_agents(**_: Any) -> None:
         agents = load_agent_modules(rt.settings.agent_modules)
         log.info("worker_ready", service=service, agents=sorted(agents))
-        if rt.settings.metrics_port:
+        port = rt.settings.metrics_port
+        if port:
             # Figures read from Redis are served by one service, or they would be summed.
-            redis_state = connect(rt.settings.redis_url) if service == "escalation" else None
-            metrics.serve(rt.settings.metrics_port, redis_state=redis_state)
+            # Clients of their own, made before the pool forks: not the store's.
+            settings = rt.settings
+            serves = service == "escalation"
+            metrics.serve(
+                port,
+                redis_state=connect(settings.redis_url, settings.redis_cluster) if serves else None,
+                broker=connect(settings.broker_url) if serves and settings.broker_url else None,
+            )
 
     @worker_shutting_down.connect(weak=False)
     def _stop_consuming(**_: Any) -> None:

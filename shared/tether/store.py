@@ -13,27 +13,27 @@ import redis
 from pydantic import TypeAdapter
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from tether import keys
-from tether.batch import Build, Script, WriteBatch
+from tether import keys, spill
+from tether.batch import Build, WriteBatch
 from tether.budgets import Budgets, BudgetUsage
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.redact import get_redactor
 from tether.state import ChatMessage, RunState, RunStatus, StoredLists
 from tether.versioned import (
+    CAS_SCRIPT,
     REQUIREMENT_MISSING,
-    SCRIPT,
     Append,
     Lost,
     SideWrite,
     VersionedDocs,
     cas_call,
     parse_cas,
+    spill_entries,
 )
-
-CAS_SCRIPT = Script(SCRIPT)
 
 LIFECYCLE_MAXLEN = 100_000
 # Run states this process last read or committed, kept to start the next update from.
@@ -47,20 +47,35 @@ _OBSERVATIONS = TypeAdapter(list[Observation])
 _LISTED = ["messages", "completed", "generation"]
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, cluster: bool = False) -> redis.Redis:
     """A client that rides out a Redis restart or failover of up to about a minute.
 
     Every write Tether makes is safe to repeat (versioned commits, idempotent
     reservations, SET NX results), so retrying a command whose reply was lost
-    is harmless.
+    is harmless. With ``cluster``, ``url`` names any node of a Redis Cluster and
+    the client finds the rest (TETHER_REDIS_CLUSTER).
     """
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30)
+    if cluster:
+        # The store's calls are written against redis.Redis; RedisCluster answers them
+        # alike (slot by slot), which is what the cast says.
+        return cast(
+            redis.Redis,
+            RedisCluster.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=30,
+                retry=retry,
+            ),
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         health_check_interval=30,
         socket_connect_timeout=2,
         socket_timeout=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30),
+        retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
@@ -89,8 +104,9 @@ class RunStore:
 
     def __init__(self, client: redis.Redis, *, run_ttl_s: int = 7 * 24 * 3600) -> None:
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
         self.batch = WriteBatch(client)
-        self.docs = VersionedDocs(client)
+        self.docs = VersionedDocs(self.batch, cluster=self.cluster)
         self.budgets = Budgets(client, self.batch)
         self.run_ttl_s = run_ttl_s
         self._known: dict[str, RunState] = {}
@@ -137,9 +153,11 @@ class RunStore:
             generation[:] = [self._add_cas(pipe, state, 0, appends)]
 
         generation: list[int] = []
-        version, _ = parse_cas(self.batch.run(build)[-1])
+        reply = self.batch.run(build)[-1]
+        version, _ = parse_cas(reply)
         if version < 0:
             return self.load(state.run_id), False
+        self._settle(state.run_id, reply)
         created = state.model_copy(update={"version": version})
         return self._remember(_stored(created, generation[0])), True
 
@@ -301,6 +319,7 @@ class RunStore:
             raise BudgetExhaustedError(run_id, refused.reason, refused.limit)
         if version < 0:
             return None, self._winner(state, lost)
+        self._settle(run_id, replies[-1])
         committed = self._remember(
             _stored(updated.model_copy(update={"version": version}), generation[0])
         )
@@ -348,6 +367,7 @@ class RunStore:
             appends=appends,
             require=require,
             side_writes=[*side_writes, *lists],
+            cluster=self.cluster,
             # A commit that loses gets what was appended since, to catch up without a read.
             tails=(
                 [
@@ -364,6 +384,16 @@ class RunStore:
             pipe.zadd(keys.ACTIVE_RUNS, {run_id: time.time()})
         CAS_SCRIPT.add(pipe, len(cas_keys), *cas_keys, *args)  # its reply comes last
         return generation
+
+    def _settle(self, run_id: str, reply: Any) -> None:
+        """Apply what a winning commit wrote to other cluster slots (tether.spill)."""
+        if self.cluster:
+            spill.settle(self.batch, keys.spill(keys.run(run_id)), spill_entries(reply))
+
+    def settle_spill(self, run_id: str) -> int:
+        """Apply what commits of the run left for other cluster slots (their writer
+        died first); how many commits' writes there were. Nothing to do on one Redis."""
+        return spill.settle_all(self.batch, keys.spill(keys.run(run_id))) if self.cluster else 0
 
     def _moved_on(self, state: RunState) -> bool:
         (version,) = self.batch.run(lambda pipe: pipe.hget(keys.run(state.run_id), "version"))

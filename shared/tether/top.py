@@ -64,7 +64,7 @@ def snapshot(
 ) -> TopSnapshot:
     now = time.time() if now is None else now
     client = rt.store.client
-    figures = metrics.read_redis_figures(client, now=now)
+    figures = metrics.read_redis_figures(client, now=now, broker=rt.broker)
     in_flight = runs_in_flight(client)
     return TopSnapshot(
         taken_at=datetime.fromtimestamp(now, UTC),

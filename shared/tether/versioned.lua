@@ -6,7 +6,8 @@
 -- KEYS[2+E .. 1+E+R]: sets that must hold a member for the write to go ahead
 -- KEYS[2+E+R .. 1+E+R+A]: one stream per append, in order
 -- then one key per side write, in order
--- then one list per tail (see ARGV[#ARGV])
+-- then one list per tail (see ARGV[#ARGV - 1])
+-- then, if ARGV[#ARGV] is 1, the spill list (tether.spill): a winner gets its entries back
 -- ARGV[1]: the version the writer read (0 when it expects no document yet)
 -- ARGV[2]: the new document
 -- ARGV[3]: seconds for the expiry (ignored when E is 0)
@@ -21,8 +22,10 @@
 -- thread queues, histories and a run's appended lists RPUSH, LREM, LTRIM, DEL), N, and
 -- N arguments
 -- then, per tail, the index its entries are wanted from
--- ARGV[#ARGV]: T, the lists (the last T KEYS) whose newer entries a loser gets back
--- Returns {new_version}; {-1, current_version, current_doc, generation, tail_1, ...,
+-- ARGV[#ARGV - 1]: T, the lists (the T KEYS before the spill list) whose newer entries a
+-- loser gets back
+-- ARGV[#ARGV]: S, 1 when the last key is a spill list, else 0
+-- Returns {new_version, spill entries...}; {-1, current_version, current_doc, generation, tail_1, ...,
 -- tail_T} when another writer committed first, so the loser can decide again without
 -- another read: each tail holds its list's entries from the index asked, and
 -- generation (the hash's field, 0 if none) tells whether any list was written anew;
@@ -32,13 +35,15 @@ local allowed = {
   ZADD = true, ZREM = true, HSET = true, HDEL = true, HINCRBY = true, EXPIRE = true,
   RPUSH = true, LREM = true, LTRIM = true, DEL = true,
 }
-local ntails = tonumber(ARGV[#ARGV])
+local nspill = tonumber(ARGV[#ARGV])
+local ntails = tonumber(ARGV[#ARGV - 1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
   local found = redis.call('HMGET', KEYS[1], 'doc', 'generation')
   local lost = {-1, current, found[1], found[2] or '0'}
   for i = 1, ntails do
-    lost[#lost + 1] = redis.call('LRANGE', KEYS[#KEYS - ntails + i], ARGV[#ARGV - ntails + i - 1], -1)
+    lost[#lost + 1] = redis.call(
+      'LRANGE', KEYS[#KEYS - nspill - ntails + i], ARGV[#ARGV - 1 - ntails + i - 1], -1)
   end
   return lost
 end
@@ -76,7 +81,7 @@ for _ = 1, nappends do
   at = at + 2 + 2 * npairs
   k = k + 1
 end
-while k <= #KEYS - ntails do
+while k <= #KEYS - ntails - nspill do
   local command, nargs = ARGV[at], tonumber(ARGV[at + 1])
   if not allowed[command] then
     return redis.error_reply('versioned.lua: side write ' .. tostring(command) .. ' not allowed')
@@ -89,4 +94,10 @@ while k <= #KEYS - ntails do
   at = at + 2 + nargs
   k = k + 1
 end
-return {current + 1}
+local won = {current + 1}
+if nspill == 1 then
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[#KEYS], 0, -1)) do
+    won[#won + 1] = entry
+  end
+end
+return won

@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-import redis
-
+from tether import keys, spill
+from tether.batch import Script, WriteBatch
 from tether.errors import StaleStateError
 
-SCRIPT = files("tether").joinpath("versioned.lua").read_text()
+CAS_SCRIPT = Script(files("tether").joinpath("versioned.lua").read_text())
 
 
 class VersionedDocs:
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self._cas = client.register_script(SCRIPT)
+    def __init__(self, batch: WriteBatch, *, cluster: bool = False) -> None:
+        self._batch = batch
+        self._cluster = cluster
 
     def read(self, key: str) -> tuple[str, int] | None:
-        doc, version = self._client.hmget(key, ["doc", "version"])
+        ((doc, version),) = self._batch.run(lambda pipe: pipe.hmget(key, ["doc", "version"]))
         if doc is None:
             return None
         return str(doc), int(version or 0)
@@ -52,12 +52,18 @@ class VersionedDocs:
             ttl_s=ttl_s,
             appends=appends,
             side_writes=side_writes,
+            cluster=self._cluster,
         )
-        new_version, _ = parse_cas(self._cas(keys=cas_keys, args=args))
+        (reply,) = self._batch.run(
+            lambda pipe: CAS_SCRIPT.add(pipe, len(cas_keys), *cas_keys, *args)
+        )
+        new_version, _ = parse_cas(reply)
         if new_version < 0:
             raise StaleStateError(
                 f"{key} changed since version {expected_version} was read; reload and decide again"
             )
+        if self._cluster:
+            spill.settle(self._batch, keys.spill(key), spill_entries(reply))
         return new_version
 
 
@@ -96,13 +102,25 @@ def cas_call(
     require: Sequence[tuple[str, str]] = (),
     side_writes: Sequence[SideWrite] = (),
     tails: Sequence[tuple[str, int]] = (),
+    cluster: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one compare-and-set, for a pipeline's EVAL of SCRIPT.
 
     ``require`` lists (set, member) pairs that must all hold for the write to go
     ahead, checked after the version. ``tails`` lists (list, index) pairs: a write
     that loses gets each list's entries from that index back (Lost.tails).
+
+    On a Redis Cluster (``cluster``) a script reaches one slot only: the appends
+    and side writes to keys of other slots go into the document's spill list
+    instead, in the same script, and a winner gets that list back to apply
+    (tether.spill).
     """
+    spill_key = None
+    if cluster:
+        away, appends, side_writes = _split(key, expected_version + 1, appends, side_writes)
+        if away is not None:
+            spill_key = keys.spill(key)
+            side_writes = [*side_writes, SideWrite("RPUSH", spill_key, (away,))]
     pairs = fields or {}
     args: list[Any] = [
         expected_version,
@@ -123,9 +141,29 @@ def cas_call(
     for side in side_writes:
         args += [side.command, len(side.args), *side.args]
     args += [index for _, index in tails]
-    args.append(len(tails))
+    args += [len(tails), 0 if spill_key is None else 1]
     cas_keys = [key, *expire, *(k for k, _ in require), *(a.stream for a in appends)]
-    return [*cas_keys, *(side.key for side in side_writes), *(k for k, _ in tails)], args
+    tail_keys = [k for k, _ in tails]
+    spilled = [] if spill_key is None else [spill_key]
+    return [*cas_keys, *(side.key for side in side_writes), *tail_keys, *spilled], args
+
+
+def _split(
+    key: str, version: int, appends: Sequence[Append], side_writes: Sequence[SideWrite]
+) -> tuple[str | None, list[Append], list[SideWrite]]:
+    """(spill entry or None, the appends and side writes in ``key``'s own slot)."""
+    home = keys.slot_tag(key)
+    local_appends = [a for a in appends if keys.slot_tag(a.stream) == home]
+    local_writes = [w for w in side_writes if keys.slot_tag(w.key) == home]
+    away: list[spill.Write] = [
+        ("XADD", a.stream, [a.maxlen, *(v for pair in a.fields.items() for v in pair)])
+        for a in appends
+        if keys.slot_tag(a.stream) != home
+    ]
+    away += [(w.command, w.key, list(w.args)) for w in side_writes if keys.slot_tag(w.key) != home]
+    if not away:
+        return None, local_appends, local_writes
+    return spill.encode(f"{key}#{version}", away), local_appends, local_writes
 
 
 REQUIREMENT_MISSING = -2
@@ -140,6 +178,12 @@ class Lost:
     # Bumped whenever a list of the document's is written anew rather than appended to.
     generation: int
     tails: list[list[str]]
+
+
+def spill_entries(reply: Any) -> list[str]:
+    """What a winning write found in its spill list, its own entry last (tether.spill)."""
+    values = list(reply)
+    return [_text(entry) for entry in values[1:]] if int(values[0]) >= 0 else []
 
 
 def parse_cas(reply: Any) -> tuple[int, Lost | None]:

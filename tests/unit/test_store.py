@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tether import keys
+from tether.batch import WriteBatch
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import BudgetLimits, Observation, RunEvent, TaskEvent
 from tether.state import ChatMessage, RunState, RunStatus
@@ -298,7 +299,7 @@ def test_recent_is_newest_first(store: RunStore) -> None:
 
 
 def test_versioned_docs_compare_and_set(client: redis.Redis) -> None:
-    docs = VersionedDocs(client)
+    docs = VersionedDocs(WriteBatch(client))
     assert docs.read("doc:1") is None
     assert docs.write("doc:1", "v1", 0) == 1
     with pytest.raises(StaleStateError):

@@ -46,6 +46,8 @@ def sweep(
     redriven: list[str] = []
     backlog = _BacklogProbe(rt)
     for run_id in rt.store.stalled(time.time() - stalled_after_s, limit):
+        # On a Redis Cluster: writes a commit left for other slots when its writer died.
+        rt.store.settle_spill(run_id)
         state = rt.store.get(run_id)
         if state is None or state.terminal:
             rt.store.forget_active(run_id)

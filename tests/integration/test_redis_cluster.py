@@ -1,0 +1,164 @@
+"""Run state on a Redis Cluster: a real three-node cluster, real workers, whole runs.
+
+TETHER_REDIS_URL names one node of a cluster started here (redis-server in
+cluster mode on free ports) and TETHER_REDIS_CLUSTER is set; the broker is a
+plain Redis of its own. Runs with tool calls and a human approval go through
+all three services; their keys spread over the nodes, and the writes a commit
+makes to other slots (lifecycle stream, indexes) arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.agents import read_ledger
+from tests.integration.helpers import pending_escalation, wait_for, wait_status
+from tether import client, keys, metrics, spill
+from tether.agents import load_agent_modules
+from tether.config import Settings
+from tether.devstack import DevStack
+from tether.messages import TaskEvent, Verdict
+from tether.planner import intake, reconcile
+from tether.redis_server import LocalCluster, RedisServer
+from tether.runtime import Runtime
+from tether.store import run_id_for
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(nodes=3) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster_stack(
+    cluster: LocalCluster, ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DevStack, Runtime]]:
+    logs = Path(tmp_path_factory.mktemp("cluster-logs"))
+    with (
+        RedisServer(appendonly=False) as broker,
+        DevStack(
+            redis_url=cluster.url,
+            broker_url=broker.url,
+            agent_modules=["tests.agents"],
+            log_dir=logs,
+            env={"TETHER_REDIS_CLUSTER": "true", "LEDGER_DIR": str(ledger_dir)},
+        ) as stack,
+    ):
+        settings = Settings(redis_url=cluster.url, broker_url=broker.url, redis_cluster=True)
+        yield stack, Runtime(settings)
+
+
+def _node_clients(cluster: LocalCluster) -> list[redis.Redis]:
+    return [redis.Redis(port=s.port, decode_responses=True) for s in cluster.servers]
+
+
+def _lifecycle(rt: Runtime) -> Counter[tuple[str, str, str]]:
+    entries = rt.store.client.xrange(keys.LIFECYCLE_STREAM)
+    return Counter((f["run_id"], f["kind"], f["step"]) for _, f in entries)
+
+
+def test_runs_go_through_a_three_node_cluster(
+    cluster: LocalCluster, cluster_stack: tuple[DevStack, Runtime]
+) -> None:
+    _, rt = cluster_stack
+    run_ids = [client.submit("calculator", "What is 2 + 3?", runtime=rt) for _ in range(8)]
+    paid = client.submit("payer", "Pay acme 500 cents", runtime=rt)
+
+    # The approval waits in the pending index, which a spilled write filled.
+    record = pending_escalation(rt, paid)
+    client.decide(record.escalation.escalation_id, Verdict.approve, by="alice", runtime=rt)
+    wait_status(rt, paid, "succeeded")
+    for run_id in run_ids:
+        assert wait_status(rt, run_id, "succeeded").result == "2 + 3 = 5"
+    assert read_ledger().count(f"{paid} acme 500") == 1
+
+    # Run state is spread over the nodes, each run's keys on one.
+    holders = Counter()
+    for node in _node_clients(cluster):
+        docs = {k for k in node.scan_iter("tether:run:*") if k.count(":") == 2}
+        holders.update({"nodes": 1} if docs else {})
+        for run_id in [*run_ids, paid]:
+            if keys.run(run_id) in docs:
+                assert node.exists(keys.run_log(run_id), keys.budget(run_id)) == 2
+    assert holders["nodes"] >= 2
+
+    # Every log entry reached the lifecycle stream (another slot) once; nothing is left
+    # to apply; the indexes on other nodes hold every run.
+    lifecycle = _lifecycle(rt)
+    for run_id in [*run_ids, paid]:
+        logged = Counter((run_id, e.kind, str(e.step)) for _, e in rt.store.trace(run_id))
+        assert logged == Counter({k: n for k, n in lifecycle.items() if k[0] == run_id})
+        assert rt.store.client.llen(keys.spill(keys.run(run_id))) == 0
+        assert rt.store.client.zscore(keys.RUN_INDEX, run_id) is not None
+    assert rt.store.client.zcard(keys.PENDING_ESCALATIONS) == 0
+    assert rt.store.client.zscore(keys.ALL_ESCALATIONS, record.escalation.escalation_id)
+
+
+def test_writes_left_by_a_dead_writer_are_applied_once_by_the_reconciler(
+    cluster_stack: tuple[DevStack, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, rt = cluster_stack
+    store = rt.store
+    event_id = uuid.uuid4().hex
+    run_id = run_id_for(event_id)
+    # The planner dies between its commit and applying what the commit spilled: here,
+    # the commit of the run's creation, written with the application skipped.
+    load_agent_modules(["tests.agents"])
+    monkeypatch.setattr(spill, "settle", lambda *args: None)
+    worker_rt = Runtime(rt.settings)
+    monkeypatch.setattr(worker_rt, "send_step", lambda run_id, step: None)
+    event = TaskEvent(event_id=event_id, agent="calculator", input="What is 2 + 3?")
+    intake.start(worker_rt, event.model_dump(mode="json"))
+    monkeypatch.undo()
+    left = store.client.lrange(keys.spill(keys.run(run_id)), 0, -1)
+    assert len(left) == 2  # the creating commit's, and the first step's
+    assert (run_id, "run_started", "0") not in _lifecycle(rt)
+
+    # Applied twice over (a settler that died before removing it, then the reconciler):
+    # the markers let it in once.
+    spill.settle(store.batch, keys.spill(keys.run(run_id)), left)
+    store.client.rpush(keys.spill(keys.run(run_id)), *left)
+    store.client.zadd(keys.ACTIVE_RUNS, {run_id: 0})
+    reconcile.sweep(rt, stalled_after_s=0)
+    assert store.client.llen(keys.spill(keys.run(run_id))) == 0
+    assert store.client.zscore(keys.RUN_INDEX, run_id) is not None
+    # The sweep also re-drove the run, which the workers then finished; every entry of
+    # its log is in the lifecycle stream once.
+    assert wait_status(rt, run_id, "succeeded").result == "2 + 3 = 5"
+    logged = Counter((run_id, e.kind, str(e.step)) for _, e in store.trace(run_id))
+    assert logged == Counter({k: n for k, n in _lifecycle(rt).items() if k[0] == run_id})
+
+
+def test_a_thread_event_is_refused_on_a_cluster_with_a_reason(
+    cluster_stack: tuple[DevStack, Runtime],
+) -> None:
+    _, rt = cluster_stack
+    event_id = uuid.uuid4().hex
+    client.submit("calculator", "What is 2 + 3?", event_id=event_id, thread_id="t1", runtime=rt)
+    wait_for(lambda: rt.store.rejection(event_id) is not None, 20)
+    reason = rt.store.rejection(event_id)
+    assert reason is not None and "TETHER_REDIS_CLUSTER" in reason and "thread_id" in reason
+    assert rt.store.get(run_id_for(event_id)) is None
+    # The next event, without a thread, runs as ever.
+    run_id = client.submit("calculator", "What is 2 + 3?", runtime=rt)
+    assert wait_status(rt, run_id, "succeeded").result == "2 + 3 = 5"
+
+
+def test_queue_figures_come_from_the_broker_of_its_own(
+    cluster_stack: tuple[DevStack, Runtime],
+) -> None:
+    _, rt = cluster_stack
+    queue = f"tether.figures-{uuid.uuid4().hex[:8]}"  # no worker consumes it
+    rt.broker.lpush(queue, "{}", "{}")
+    try:
+        figures = metrics.read_redis_figures(rt.store.client, (queue,), broker=rt.broker)
+        assert [(q.queue, q.depth) for q in figures.queues] == [(queue, 2)]
+    finally:
+        rt.broker.delete(queue)
