@@ -22,6 +22,7 @@ import redis
 
 from bench.driver import Driver, Lifecycle, log, wait_finished
 from bench.plan import TARGET_LONG_RATIO, Plan, Results
+from tether import keys
 
 AGENT = "bench_long"
 # The harness's own reads: following the lifecycle stream, and MONITOR's stop.
@@ -96,7 +97,7 @@ def _step_bytes(driver: Driver, steps: int) -> list[int]:
         done.set()
         driver.redis.ping()  # wakes the watcher so it sees done
         thread.join(10)
-    lock = f"tether:action:{run_id}:"
+    lock = keys.action_result(f"{run_id}:")
     segments = [0]
     for item in seen:
         command = item["command"]
