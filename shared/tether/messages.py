@@ -64,7 +64,7 @@ class TaskEvent(Message):
         default=None, min_length=1, max_length=200, pattern=r"^[^\s*?\[\]]+$"
     )
     # The event's place in its thread's publish order, taken from the thread's counter
-    # (``HINCRBY tether:thread:<id>:seq published 1``; tether.client.submit does it).
+    # (``HINCRBY tether:thread:{<id>}:seq published 1``; tether.client.submit does it).
     # Without one, events on a thread go in the order of their publish times.
     thread_seq: int | None = Field(default=None, ge=1)
 

@@ -4,11 +4,14 @@ TETHER_REDIS_URL names one node of a cluster started here (redis-server in
 cluster mode on free ports) and TETHER_REDIS_CLUSTER is set; the broker is a
 plain Redis of its own. Runs with tool calls and a human approval go through
 all three services; their keys spread over the nodes, and the writes a commit
-makes to other slots (lifecycle stream, indexes) arrive exactly once.
+makes to other slots (lifecycle stream, indexes, a thread's history) arrive
+exactly once; a thread's runs keep their order.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from tether import client, keys, metrics, spill
 from tether.agents import load_agent_modules
 from tether.config import Settings
 from tether.devstack import DevStack
+from tether.memory import threads
 from tether.messages import TaskEvent, Verdict
 from tether.planner import intake, reconcile
 from tether.redis_server import LocalCluster, RedisServer
@@ -46,7 +50,7 @@ def cluster_stack(
         DevStack(
             redis_url=cluster.url,
             broker_url=broker.url,
-            agent_modules=["tests.agents"],
+            agent_modules=["tests.agents", "tests.memory_agents"],
             log_dir=logs,
             env={"TETHER_REDIS_CLUSTER": "true", "LEDGER_DIR": str(ledger_dir)},
         ) as stack,
@@ -136,19 +140,33 @@ def test_writes_left_by_a_dead_writer_are_applied_once_by_the_reconciler(
     assert logged == Counter({k: n for k, n in _lifecycle(rt).items() if k[0] == run_id})
 
 
-def test_a_thread_event_is_refused_on_a_cluster_with_a_reason(
+def test_a_thread_runs_in_publish_order_across_slots_and_memory_is_refused(
     cluster_stack: tuple[DevStack, Runtime],
 ) -> None:
     _, rt = cluster_stack
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    # Published at once: the thread's keys share one slot, its runs' keys others.
+    run_ids = [
+        client.submit("threaded", f"slow {thread} {i}", thread_id=thread, runtime=rt)
+        for i in range(3)
+    ]
+    states = [client.wait(r, timeout_s=60, runtime=rt) for r in run_ids]
+    assert [s.status for s in states] == ["succeeded"] * 3
+    for before, after in itertools.pairwise(states):
+        assert before.finished_at is not None and after.created_at >= before.finished_at
+    assert json.loads(states[2].result or "{}")["earlier"] == [s.result[:80] for s in states[:2]]
+    assert [t.run_id for t in threads.turns(rt, thread)] == run_ids
+    assert rt.store.client.llen(keys.thread_queue(thread)) == 0
+    assert rt.store.client.zscore(keys.THREADS, thread) is not None
+
     event_id = uuid.uuid4().hex
-    client.submit("calculator", "What is 2 + 3?", event_id=event_id, thread_id="t1", runtime=rt)
+    client.submit(
+        "memo", "remember a=1", event_id=event_id, metadata={"customer_id": "c1"}, runtime=rt
+    )
     wait_for(lambda: rt.store.rejection(event_id) is not None, 20)
     reason = rt.store.rejection(event_id)
-    assert reason is not None and "TETHER_REDIS_CLUSTER" in reason and "thread_id" in reason
+    assert reason is not None and "TETHER_REDIS_CLUSTER" in reason and "memory" in reason
     assert rt.store.get(run_id_for(event_id)) is None
-    # The next event, without a thread, runs as ever.
-    run_id = client.submit("calculator", "What is 2 + 3?", runtime=rt)
-    assert wait_status(rt, run_id, "succeeded").result == "2 + 3 = 5"
 
 
 def test_queue_figures_come_from_the_broker_of_its_own(

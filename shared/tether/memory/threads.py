@@ -30,6 +30,8 @@ import time
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
+
 from tether import keys
 from tether.budgets import BudgetUsage
 from tether.errors import ModelError
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from tether.runtime import Runtime
 
 ADMIT_SCRIPT = files("tether.memory").joinpath("threads.lua").read_text()
-RELEASE_SCRIPT = files("tether.memory").joinpath("release.lua").read_text()
 # Turns kept per thread; older ones leave the history for good.
 MAX_TURNS = 200
 # What admit says of an event besides its place in the queue.
@@ -61,27 +62,44 @@ def admit(rt: Runtime, event: TaskEvent) -> int:
     still on its way)."""
     assert event.thread_id is not None
     thread_id = event.thread_id
-    place = rt.store.client.eval(
-        ADMIT_SCRIPT,
-        9,
-        keys.thread_queue(thread_id),
-        keys.thread_events(thread_id),
-        keys.run(run_id_for(event.event_id)),
-        keys.THREADS,
-        keys.THREADS_BUSY,
-        keys.thread_order(thread_id),
-        keys.thread_seq(thread_id),
-        keys.thread_skipped(thread_id),
-        keys.THREADS_GAPS,
-        event.event_id,
-        event.model_dump_json(),
-        time.time(),
-        thread_id,
-        _published_at(),
-        event.thread_seq or "",
-        rt.settings.thread_gap_s,
+    # Read before the script, since the run lives in another slot of a Redis Cluster:
+    # a run, once created, stays, and one created meanwhile is this very event's, which
+    # the script finds running (its creation and steps are fenced).
+    exists = rt.store.status(run_id_for(event.event_id)) is not None
+    now = time.time()
+    place, due = cast(
+        list[Any],
+        rt.store.client.eval(
+            ADMIT_SCRIPT,
+            5,
+            keys.thread_queue(thread_id),
+            keys.thread_events(thread_id),
+            keys.thread_order(thread_id),
+            keys.thread_seq(thread_id),
+            keys.thread_skipped(thread_id),
+            event.event_id,
+            event.model_dump_json(),
+            now,
+            int(exists),
+            _published_at(),
+            event.thread_seq or "",
+            rt.settings.thread_gap_s,
+        ),
     )
-    return int(cast(int, place))
+    place = int(place)
+    if place == ALREADY_STARTED:
+        return place
+    # The indexes across threads, after the script: a worker that dies first leaves the
+    # event unacknowledged, and its redelivery is admitted again and writes them again.
+    pipe = rt.store.client.pipeline(transaction=False)
+    pipe.zadd(keys.THREADS, {thread_id: now})
+    pipe.zadd(keys.THREADS_BUSY, {thread_id: now})
+    if place == WAITS_FOR_EARLIER:
+        pipe.zadd(keys.THREADS_GAPS, {thread_id: float(due)})
+    elif place == STARTS_NOW:
+        pipe.zrem(keys.THREADS_GAPS, thread_id)
+    pipe.execute()
+    return place
 
 
 def next_seq(rt: Runtime, thread_id: str) -> int:
@@ -196,9 +214,7 @@ def sweep(rt: Runtime, idle_since: float, limit: int = 1000) -> list[str]:
         list[str], client.zrangebyscore(keys.THREADS_BUSY, "-inf", idle_since, start=0, num=limit)
     )
     for thread_id in busy:
-        if client.eval(
-            RELEASE_SCRIPT, 2, keys.thread_queue(thread_id), keys.THREADS_BUSY, thread_id
-        ):
+        if _released(client, thread_id):
             continue  # nothing queued: the thread is idle, not stalled
         client.zadd(keys.THREADS_BUSY, {thread_id: time.time()}, xx=True)
         sent += hand_over(rt, thread_id)
@@ -209,6 +225,23 @@ def sweep(rt: Runtime, idle_since: float, limit: int = 1000) -> list[str]:
         if client.zrem(keys.THREADS_GAPS, thread_id):
             sent += hand_over(rt, thread_id)
     return sent
+
+
+def _released(client: redis.Redis, thread_id: str) -> bool:
+    """A busy thread with nothing queued is idle: it leaves the busy index (True).
+
+    Queue and index lie in different slots of a Redis Cluster, so the queue is
+    looked at again after the removal: an event admitted in between (whose own
+    index write may have come first) puts the thread back.
+    """
+    queue = keys.thread_queue(thread_id)
+    if client.llen(queue):
+        return False
+    client.zrem(keys.THREADS_BUSY, thread_id)
+    if client.llen(queue):
+        client.zadd(keys.THREADS_BUSY, {thread_id: time.time()})
+        return False
+    return True
 
 
 def runs_of(rt: Runtime, thread_id: str) -> list[str]:

@@ -42,12 +42,12 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     except UnknownAgentError as exc:
         _reject(rt, f"event {event.event_id!r}: {exc}", raw_event, event)
         return None
-    if rt.store.cluster and (event.thread_id is not None or agent.memory is not None):
+    if rt.store.cluster and agent.memory is not None:
         _reject(
             rt,
-            f"event {event.event_id!r}: threads and long-term memory keep their state on one "
-            "Redis, and TETHER_REDIS_CLUSTER is set; publish it without thread_id, or run "
-            f"agent {agent.name!r} against a single Redis",
+            f"event {event.event_id!r}: agent {agent.name!r} has long-term memory, which "
+            "keeps its state on one Redis, and TETHER_REDIS_CLUSTER is set; run this agent "
+            "against a single Redis",
             raw_event,
             event,
         )
