@@ -8,7 +8,12 @@ thread id the same way.
 
 from __future__ import annotations
 
+import itertools
 import re
+import string
+from functools import cache
+
+from redis.crc import key_slot
 
 PREFIX = "tether"
 # Run ids are ``run_`` and 20 hex digits (tether.store.run_id_for); action and
@@ -83,8 +88,24 @@ def spill(key: str) -> str:
 
 
 def spilled(key: str, write_id: str) -> str:
-    """Set once the spilled writes ``write_id`` went into ``key``'s slot: once only."""
-    return f"{PREFIX}:spilled:{{{slot_tag(key)}}}:{write_id}"
+    """Set once the spilled writes ``write_id`` went into ``key``'s slot: once only.
+
+    Its tag is a stand-in that hashes to that slot, not ``key``'s own tag, which may
+    name a thread or a subject: forgetting one leaves no key that names it.
+    """
+    return f"{PREFIX}:spilled:{{{_slot_stand_ins()[key_slot(key.encode())]}}}:{write_id}"
+
+
+@cache
+def _slot_stand_ins() -> dict[int, str]:
+    """For every cluster slot, a short string that hashes to it (about 0.1 s, once)."""
+    found: dict[int, str] = {}
+    for size in (1, 2, 3):
+        for letters in itertools.product(string.ascii_letters + string.digits, repeat=size):
+            found.setdefault(key_slot("".join(letters).encode()), "".join(letters))
+            if len(found) == 16384:
+                return found
+    raise AssertionError("three letters stand in for every slot")
 
 
 def action_result(action_id: str) -> str:
@@ -212,3 +233,28 @@ def notify_waiting(escalation_id: str) -> str:
     """Set when an escalation's "still waiting" notification was queued, once; in the
     notification stream's slot, since one script writes both."""
     return f"{PREFIX}:notify:waiting:{{{NOTIFICATIONS}}}:{escalation_id}"
+
+
+# What a commit's spill entry may write (tether.spill): the indexes and streams that
+# describe commits, a thread's history, and a run's log. Anything else in an entry
+# was not put there by a commit, since a service that may append to a spill list
+# must not get through it what its own rights refuse (run state, results, budgets).
+_SPILLED_TO = {
+    LIFECYCLE_STREAM,
+    NOTIFICATIONS,
+    RUN_INDEX,
+    PENDING_ESCALATIONS,
+    ALL_ESCALATIONS,
+    FEEDBACK_COUNTS,
+    THREADS,
+    THREADS_BUSY,
+    MEMORY_AGENTS,
+}
+
+
+def spillable(key: str) -> bool:
+    return (
+        key in _SPILLED_TO
+        or key.startswith((f"{PREFIX}:autonomy:", f"{PREFIX}:thread:{{"))
+        or (key.startswith(f"{PREFIX}:run:{{") and key.endswith("}:log"))
+    )

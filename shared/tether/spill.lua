@@ -8,7 +8,7 @@
 -- Returns 1 when applied, 0 when they had been already.
 local allowed = {
   XADD = true, ZADD = true, ZREM = true, HSET = true, HDEL = true, HINCRBY = true,
-  EXPIRE = true, RPUSH = true, LREM = true, LTRIM = true, DEL = true,
+  EXPIRE = true, RPUSH = true, LREM = true, LTRIM = true, DEL = true, SADD = true,
 }
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0

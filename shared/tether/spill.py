@@ -15,6 +15,7 @@ which settles the spill list of every run it looks at.
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 from importlib.resources import files
 from typing import Any
@@ -37,8 +38,10 @@ MARK_TTL_S = 3600
 log = structlog.get_logger(__name__)
 
 
-def encode(write_id: str, writes: list[Write]) -> str:
-    return json.dumps({"id": write_id, "writes": writes}, separators=(",", ":"))
+def encode(writes: list[Write]) -> str:
+    """One entry; its id is random, as markers name it: it must say nothing of whom
+    the writes are about (forgetting a subject leaves no key that names it)."""
+    return json.dumps({"id": uuid.uuid4().hex, "writes": writes}, separators=(",", ":"))
 
 
 def settle(batch: WriteBatch, spill_key: str, entries: list[str]) -> None:
@@ -76,6 +79,9 @@ def _add_apply(pipe: Any, entry: str) -> None:
     decoded = json.loads(entry)
     by_slot: dict[str, list[Write]] = defaultdict(list)
     for command, key, args in decoded["writes"]:
+        if not keys.spillable(key):
+            log.error("spill_write_refused", key=key, command=command, entry=decoded["id"])
+            continue
         by_slot[keys.slot_tag(key)].append((command, key, args))
     for writes in by_slot.values():
         marker = keys.spilled(writes[0][1], decoded["id"])

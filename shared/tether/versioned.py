@@ -117,7 +117,7 @@ def cas_call(
     """
     spill_key = None
     if cluster:
-        away, appends, side_writes = _split(key, expected_version + 1, appends, side_writes)
+        away, appends, side_writes = _split(key, appends, side_writes)
         if away is not None:
             spill_key = keys.spill(key)
             side_writes = [*side_writes, SideWrite("RPUSH", spill_key, (away,))]
@@ -149,7 +149,7 @@ def cas_call(
 
 
 def _split(
-    key: str, version: int, appends: Sequence[Append], side_writes: Sequence[SideWrite]
+    key: str, appends: Sequence[Append], side_writes: Sequence[SideWrite]
 ) -> tuple[str | None, list[Append], list[SideWrite]]:
     """(spill entry or None, the appends and side writes in ``key``'s own slot)."""
     home = keys.slot_tag(key)
@@ -163,7 +163,7 @@ def _split(
     away += [(w.command, w.key, list(w.args)) for w in side_writes if keys.slot_tag(w.key) != home]
     if not away:
         return None, local_appends, local_writes
-    return spill.encode(f"{key}#{version}", away), local_appends, local_writes
+    return spill.encode(away), local_appends, local_writes
 
 
 REQUIREMENT_MISSING = -2

@@ -21,12 +21,12 @@ import pytest
 import redis
 
 from tests.agents import read_ledger
-from tests.integration.helpers import pending_escalation, wait_for, wait_status
+from tests.integration.helpers import pending_escalation, wait_status
 from tether import client, keys, metrics, spill
 from tether.agents import load_agent_modules
 from tether.config import Settings
 from tether.devstack import DevStack
-from tether.memory import threads
+from tether.memory import forget, longterm, threads
 from tether.messages import TaskEvent, Verdict
 from tether.planner import intake, reconcile
 from tether.redis_server import LocalCluster, RedisServer
@@ -133,6 +133,15 @@ def test_writes_left_by_a_dead_writer_are_applied_once_by_the_reconciler(
     reconcile.sweep(rt, stalled_after_s=0)
     assert store.client.llen(keys.spill(keys.run(run_id))) == 0
     assert store.client.zscore(keys.RUN_INDEX, run_id) is not None
+    # An entry no commit wrote (a service that may append to spill lists, misused) gets
+    # nothing past its own rights: run state and results are not among what spills.
+    forged = spill.encode(
+        [("HSET", keys.run(run_id), ["doc", "{}"]), ("DEL", keys.budget(run_id), [])]
+    )
+    store.client.rpush(keys.spill(keys.run(run_id)), forged)
+    assert store.settle_spill(run_id) == 1
+    assert store.client.hget(keys.run(run_id), "doc") != "{}"
+    assert store.client.exists(keys.budget(run_id))
     # The sweep also re-drove the run, which the workers then finished; every entry of
     # its log is in the lifecycle stream once.
     assert wait_status(rt, run_id, "succeeded").result == "2 + 3 = 5"
@@ -140,7 +149,7 @@ def test_writes_left_by_a_dead_writer_are_applied_once_by_the_reconciler(
     assert logged == Counter({k: n for k, n in _lifecycle(rt).items() if k[0] == run_id})
 
 
-def test_a_thread_runs_in_publish_order_across_slots_and_memory_is_refused(
+def test_a_thread_runs_in_publish_order_across_slots(
     cluster_stack: tuple[DevStack, Runtime],
 ) -> None:
     _, rt = cluster_stack
@@ -159,14 +168,37 @@ def test_a_thread_runs_in_publish_order_across_slots_and_memory_is_refused(
     assert rt.store.client.llen(keys.thread_queue(thread)) == 0
     assert rt.store.client.zscore(keys.THREADS, thread) is not None
 
-    event_id = uuid.uuid4().hex
-    client.submit(
-        "memo", "remember a=1", event_id=event_id, metadata={"customer_id": "c1"}, runtime=rt
+
+def test_memory_is_written_once_with_its_log_entry_and_forgotten_on_a_cluster(
+    cluster: LocalCluster, cluster_stack: tuple[DevStack, Runtime]
+) -> None:
+    _, rt = cluster_stack
+    who = f"cust-{uuid.uuid4().hex[:8]}"
+    meta = {"customer_id": who}
+    thread = f"m-{uuid.uuid4().hex[:8]}"
+    wrote = client.wait(
+        client.submit(
+            "memo", "remember last_order=1042", metadata=meta, thread_id=thread, runtime=rt
+        ),
+        runtime=rt,
     )
-    wait_for(lambda: rt.store.rejection(event_id) is not None, 20)
-    reason = rt.store.rejection(event_id)
-    assert reason is not None and "TETHER_REDIS_CLUSTER" in reason and "memory" in reason
-    assert rt.store.get(run_id_for(event_id)) is None
+    assert wrote.status == "succeeded"
+    entries = [(i, e) for i, e in rt.store.trace(wrote.run_id) if e.kind == "memory_write"]
+    assert [e.data["value"] for _, e in entries] == ["1042"]
+    assert _lifecycle(rt)[(wrote.run_id, "memory_write", str(entries[0][1].step))] == 1
+    assert "memo" in longterm.agents(rt.store.client)
+    assert rt.store.client.llen(keys.spill(keys.memory("memo", who))) == 0
+    recalled = client.wait(
+        client.submit("memo", "recall order", metadata=meta, runtime=rt), runtime=rt
+    )
+    assert "1042" in (recalled.result or "")
+
+    forgotten = forget.forget_subject(rt, who, runs=True)
+    assert sorted(forgotten.runs) == sorted([wrote.run_id, recalled.run_id])
+    forget.forget_thread(rt, thread)
+    left = [k for node in _node_clients(cluster) for k in node.scan_iter(f"*{who}*")]
+    left += [k for node in _node_clients(cluster) for k in node.scan_iter(f"*{thread}*")]
+    assert left == []
 
 
 def test_queue_figures_come_from_the_broker_of_its_own(

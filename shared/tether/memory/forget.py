@@ -57,8 +57,9 @@ def _run_keys(rt: Runtime, run_id: str) -> tuple[list[str], list[str]]:
         keys.run_completed(run_id),
         keys.run_log(run_id),
         keys.budget(run_id),
+        keys.reservations(run_id),
+        keys.spill(keys.run(run_id)),
     ]
-    found.append(keys.reservations(run_id))
     state = rt.store.get(run_id)
     if state is not None:
         actions = {a.action_id for a in state.pending_actions} | {
@@ -86,12 +87,15 @@ def purge_runs(rt: Runtime, run_ids: list[str], report: Forgotten) -> None:
     for run_id in run_ids:
         run_keys, escalations = _run_keys(rt, run_id)
         run_keys += [keys.escalation(e) for e in escalations]
-        pipe = client.pipeline(transaction=True)
+        # Not one transaction: on a Redis Cluster the run's keys and the indexes lie in
+        # different slots. Deleting is safe to repeat, should a forget be cut short.
+        pipe = client.pipeline(transaction=False)
         for key in run_keys:
             pipe.exists(key)
         present = pipe.execute()
-        pipe = client.pipeline(transaction=True)
-        pipe.delete(*run_keys)
+        pipe = client.pipeline(transaction=False)
+        for key in run_keys:
+            pipe.delete(key)
         pipe.zrem(keys.RUN_INDEX, run_id)
         pipe.zrem(keys.ACTIVE_RUNS, run_id)
         pipe.hdel(keys.REDRIVES, run_id)
@@ -131,14 +135,15 @@ def forget_thread(rt: Runtime, thread_id: str) -> Forgotten:
         keys.thread_skipped(thread_id),
     ]
     indexes = [keys.THREADS, keys.THREADS_BUSY, keys.THREADS_GAPS]
-    pipe = client.pipeline(transaction=True)
+    pipe = client.pipeline(transaction=False)
     for key in thread_keys:
         pipe.exists(key)
-    pipe.delete(*thread_keys)
+    for key in thread_keys:
+        pipe.delete(key)
     for index in indexes:
         pipe.zrem(index, thread_id)
     replies = pipe.execute()
-    present, in_indexes = replies[: len(thread_keys)], replies[len(thread_keys) + 1 :]
+    present, in_indexes = replies[: len(thread_keys)], replies[2 * len(thread_keys) :]
     report.keys += [k for k, p in zip(thread_keys, present, strict=True) if p]
     report.index_entries += [
         f"{index} {thread_id}" for index, found in zip(indexes, in_indexes, strict=True) if found
@@ -156,7 +161,8 @@ def forget_subject(
     for name in [agent] if agent else longterm.agents(client):
         holders |= {item.run_id for item in longterm.items(client, name, subject)}
         holders |= set(longterm.runs_about(client, name, subject))
-        for key in (keys.memory(name, subject), keys.memory_runs(name, subject)):
+        memory = keys.memory(name, subject)
+        for key in (memory, keys.spill(memory), keys.memory_runs(name, subject)):
             if client.delete(key):
                 report.keys.append(key)
     existing = sorted(r for r in holders if rt.store.get(r) is not None)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import keys
+from tether import keys, spill
 from tether.errors import TetherError
 from tether.messages import RunEvent, utcnow
 from tether.store import LIFECYCLE_MAXLEN, log_appends
@@ -27,6 +27,7 @@ from tether.tools import Tool, ToolContext, tool
 
 if TYPE_CHECKING:
     from tether.agents import Agent
+    from tether.runtime import Runtime
 
 REMEMBER_SCRIPT = files("tether.memory").joinpath("remember.lua").read_text()
 assert LIFECYCLE_MAXLEN == 100_000  # remember.lua caps the lifecycle stream the same way
@@ -101,9 +102,7 @@ def agents(client: Any) -> list[str]:
 
 def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
     def subject(ctx: ToolContext) -> tuple[Any, str]:
-        from tether.runtime import get_runtime
-
-        rt = get_runtime()
+        rt = _runtime()
         state = rt.store.load(ctx.run_id)
         return rt.store.client, subject_of(state.metadata, config)
 
@@ -127,6 +126,7 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
             data={"agent": agent, "subject": who, "key": key, "value": value},
         )
         log, lifecycle = log_appends(entry)
+        memory_key = keys.memory(agent, who)
         args: list[Any] = [
             key,
             item.model_dump_json(),
@@ -135,19 +135,38 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
             config.max_bytes,
             config.ttl_s,
             agent,
-            log.fields["event"],
         ]
-        for field, entry_value in lifecycle.fields.items():
-            args += [field, entry_value]
-        reply = client.eval(
-            REMEMBER_SCRIPT,
-            4,
-            keys.memory(agent, who),
-            keys.MEMORY_AGENTS,
-            log.stream,
-            lifecycle.stream,
-            *args,
-        )
+        rt = _runtime()
+        if rt.store.cluster:
+            # The agents set, the run's log and the lifecycle stream lie in other slots.
+            writes: list[spill.Write] = [
+                ("SADD", keys.MEMORY_AGENTS, [agent]),
+                ("XADD", log.stream, [0, "event", log.fields["event"]]),
+                (
+                    "XADD",
+                    lifecycle.stream,
+                    [lifecycle.maxlen, *(v for pair in lifecycle.fields.items() for v in pair)],
+                ),
+            ]
+            away = spill.encode(writes)
+            reply = client.eval(
+                REMEMBER_SCRIPT, 2, memory_key, keys.spill(memory_key), *args, "spill", away
+            )
+            if int(reply[0]) >= 0:
+                spill.settle(rt.store.batch, keys.spill(memory_key), [str(e) for e in reply[1:]])
+        else:
+            args += ["here", log.fields["event"]]
+            for field, entry_value in lifecycle.fields.items():
+                args += [field, entry_value]
+            reply = client.eval(
+                REMEMBER_SCRIPT,
+                4,
+                memory_key,
+                keys.MEMORY_AGENTS,
+                log.stream,
+                lifecycle.stream,
+                *args,
+            )
         if int(reply[0]) < 0:
             limit = (
                 f"{config.max_items} items" if reply[1] == "items" else f"{config.max_bytes} bytes"
@@ -173,6 +192,12 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
         tool(name="remember", idempotent=True, timeout_s=10.0)(remember),
         tool(name="recall", idempotent=True, timeout_s=10.0, safe_in_shadow=True)(recall),
     ]
+
+
+def _runtime() -> Runtime:
+    from tether.runtime import get_runtime
+
+    return get_runtime()
 
 
 def describe(config: MemoryConfig) -> str:

@@ -42,16 +42,6 @@ def start(rt: Runtime, raw_event: Any) -> str | None:
     except UnknownAgentError as exc:
         _reject(rt, f"event {event.event_id!r}: {exc}", raw_event, event)
         return None
-    if rt.store.cluster and agent.memory is not None:
-        _reject(
-            rt,
-            f"event {event.event_id!r}: agent {agent.name!r} has long-term memory, which "
-            "keeps its state on one Redis, and TETHER_REDIS_CLUSTER is set; run this agent "
-            "against a single Redis",
-            raw_event,
-            event,
-        )
-        return None
     if harness.is_eval_agent(event.agent):
         # An evaluation run plays its stored harness document; without one it cannot start.
         missing = harness.rejection(rt.store.client, run_id_for(event.event_id))
