@@ -26,6 +26,8 @@ from tether import client, keys, metrics, spill
 from tether.agents import load_agent_modules
 from tether.config import Settings
 from tether.devstack import DevStack
+from tether.errors import ConfigError
+from tether.evaluation.replay import replay
 from tether.memory import forget, longterm, threads
 from tether.messages import TaskEvent, Verdict
 from tether.planner import intake, reconcile
@@ -212,3 +214,17 @@ def test_queue_figures_come_from_the_broker_of_its_own(
         assert [(q.queue, q.depth) for q in figures.queues] == [(queue, 2)]
     finally:
         rt.broker.delete(queue)
+
+
+def test_a_run_on_a_cluster_replays_in_a_scratch_redis_of_its_own(
+    cluster_stack: tuple[DevStack, Runtime],
+) -> None:
+    stack, rt = cluster_stack
+    run_id = client.submit("calculator", "What is 2 + 3?", runtime=rt)
+    wait_status(rt, run_id, "succeeded")
+    with pytest.raises(ConfigError, match="--scratch-url"):
+        replay(rt, run_id)
+    assert stack.broker_url is not None
+    report = replay(rt, run_id, scratch_redis=stack.broker_url.replace("/0", "/7"))
+    assert not report.diverged and report.decision_points > 0
+    assert report.replayed_status == "succeeded"

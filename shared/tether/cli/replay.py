@@ -22,12 +22,17 @@ def replay(
         "--scratch-db",
         help="Redis database (same server) the replay runs in; nothing else may use it",
     ),
+    scratch_url: str | None = typer.Option(
+        None,
+        "--scratch-url",
+        help="A Redis of its own the replay runs in instead (needed on a Redis Cluster)",
+    ),
 ) -> None:
     """Replay a run's recorded model answers, tool results and human decisions through the
     current agent code; tools never run. Exit 0 if it decides the same, 1 where it diverges."""
     # The replayed planner logs as workers do; none of it may mix with the report on stdout.
     with contextlib.redirect_stdout(sys.stderr):
-        report = replay_run(get_runtime(), run_id, scratch_db=scratch_db)
+        report = replay_run(get_runtime(), run_id, scratch_db=scratch_db, scratch_redis=scratch_url)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

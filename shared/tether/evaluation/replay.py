@@ -413,8 +413,27 @@ def scratch_url(redis_url: str, db: int) -> str:
 # replaying -----------------------------------------------------------------------------
 
 
-def replay(source: Runtime, run_id: str, *, scratch_db: int = DEFAULT_SCRATCH_DB) -> ReplayReport:
-    """Re-decide run ``run_id`` from ``source``'s event log with the current agent code."""
+def replay(
+    source: Runtime,
+    run_id: str,
+    *,
+    scratch_db: int = DEFAULT_SCRATCH_DB,
+    scratch_redis: str | None = None,
+) -> ReplayReport:
+    """Re-decide run ``run_id`` from ``source``'s event log with the current agent code.
+
+    The replay's own state goes to database ``scratch_db`` of the run store's Redis, or
+    to the Redis at URL ``scratch_redis`` (a Redis Cluster has database 0 only).
+    """
+    if scratch_redis is None and source.settings.redis_cluster:
+        raise ConfigError(
+            "the run store is a Redis Cluster, which has no other database for the "
+            "replay's scratch state: name a Redis nothing else uses with --scratch-url"
+        )
+    if scratch_redis == source.settings.redis_url:
+        raise ConfigError(
+            f"the replay's scratch Redis {scratch_redis} is the run store itself; name another"
+        )
     events = [event for _, event in source.store.trace(run_id)]
     if not events:
         raise UnknownRunError(run_id)
@@ -424,7 +443,10 @@ def replay(source: Runtime, run_id: str, *, scratch_db: int = DEFAULT_SCRATCH_DB
     state = source.store.get(run_id)
     rt = ReplayRuntime(
         source.settings.model_copy(
-            update={"redis_url": scratch_url(source.settings.redis_url, scratch_db)}
+            update={
+                "redis_url": scratch_redis or scratch_url(source.settings.redis_url, scratch_db),
+                "redis_cluster": False,
+            }
         ),
         recording=recording,
     )
