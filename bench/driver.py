@@ -66,11 +66,18 @@ def wait_finished(lc: Lifecycle, run_ids: set[str], timeout_s: float) -> dict[st
 class Driver:
     """The harness's own clients: Tether's runtime and a bare Celery app, one Redis."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(
+        self, redis_url: str, *, broker_url: str | None = None, cluster: bool = False
+    ) -> None:
         self.redis_url = redis_url
-        self.rt = Runtime(Settings(redis_url=redis_url))
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        self.bare_app = create_app(Settings(redis_url=redis_url), name="bench-bare-client")
+        settings = Settings(redis_url=redis_url, broker_url=broker_url, redis_cluster=cluster)
+        self.rt = Runtime(settings)
+        self.redis = (
+            self.rt.store.client
+            if cluster
+            else redis.Redis.from_url(redis_url, decode_responses=True)
+        )
+        self.bare_app = create_app(settings, name="bench-bare-client")
 
     def submit(self, agent: str, text: str) -> str:
         return tether_client.submit(agent, text, runtime=self.rt)

@@ -61,6 +61,7 @@ class Plan:
         "state",
         "inflight",
         "recovery",
+        "cluster",
     )
 
 
@@ -90,3 +91,5 @@ class Results:
     # N, M and S of the in-flight line, with their inputs (bench.inflight.share).
     inflight_share: dict[str, Any] = field(default_factory=dict)
     recovery: dict[str, Any] = field(default_factory=dict)
+    # Per-step time with run state on a three-node Redis Cluster and on one Redis.
+    cluster: dict[str, Any] = field(default_factory=dict)

@@ -75,10 +75,14 @@ class Workers:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         tree: Path | None = None,
+        broker_url: str | None = None,
     ) -> None:
         self.redis_url = redis_url
+        self.broker_url = broker_url
         self.log_dir = log_dir
-        stack = DevStack(redis_url=redis_url, agent_modules=AGENT_MODULES, env=env or {})
+        stack = DevStack(
+            redis_url=redis_url, agent_modules=AGENT_MODULES, env=env or {}, broker_url=broker_url
+        )
         self.base_env = stack.env()
         # Another checkout's code (bench.compare): its library and services, this harness.
         self.tree = tree
@@ -137,7 +141,9 @@ class Workers:
         return None if self.log_dir is None else self.log_dir / f"{name}.log"
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        app = create_app(Settings(redis_url=self.redis_url), name="bench-ping")
+        app = create_app(
+            Settings(redis_url=self.redis_url, broker_url=self.broker_url), name="bench-ping"
+        )
         wanted = len(self.processes)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

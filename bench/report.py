@@ -191,6 +191,18 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 prev(lambda b: f"{b.inflight_share['share']:.2f}"),
             )
         )
+    cl = res.cluster
+    if cl:
+        rows.append(
+            (
+                f"Run state on a {cl['nodes']}-node Redis Cluster, ms per step / one Redis",
+                f"{cl['cluster_ms_per_step']['median']:.2f} / "
+                f"{cl['single_ms_per_step']['median']:.2f} = {cl['ratio']:.2f}x",
+                "",
+                "",
+                prev(lambda b: f"{b.cluster['ratio']:.2f}x"),
+            )
+        )
     return rows
 
 

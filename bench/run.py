@@ -18,7 +18,10 @@ starts on a free port, with real Celery worker processes:
 4. cost of state: Redis memory per idle run (waiting for a human) and Redis
    commands per step;
 5. recovery: seconds from SIGKILL of a worker's process group to the run's
-   next commit, on default settings (bench.recovery).
+   next commit, on default settings (bench.recovery);
+6. cluster: per-step time with run state on a three-node Redis Cluster against
+   one Redis, runs alternating between two stacks (bench.cluster; it starts
+   its own Redis servers).
 
 It prints a table with each figure beside its target and writes
 
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import redis
 
+from bench.cluster import cluster_line, measure_cluster
 from bench.driver import Driver, log
 from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: overhead,longrun,throughput,state,inflight,recovery",
+        help="comma-separated: overhead,longrun,throughput,state,inflight,recovery,cluster",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default bench/results)"
@@ -139,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if "recovery" in plan.sections:
         log("recovery after SIGKILL, default settings")
         res.recovery = measure_recovery(args.logs)
+    if "cluster" in plan.sections:
+        log("run state on a three-node Redis Cluster against one Redis")
+        measure_cluster(plan, res, args.logs)
     res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
 
     rows = table(res, before)
@@ -149,5 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(res, out / f"{name}.png", before)
     if res.recovery:
         print(recovery_line(res.recovery))
+    if res.cluster:
+        print(cluster_line(res.cluster))
     print(f"\nwrote {out / (name + '.json')}, {out / (name + '.png')} in {res.meta['elapsed_s']} s")
     return 0
