@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.agents import CALCULATOR_TURNS
+from tests.stacks import STOPPING
 from tether.config import Settings
 from tether.devstack import DevStack
 from tether.models import from_turns
@@ -21,6 +22,18 @@ from tether.runtime import Runtime
 from tether.testing.openai_server import ScriptedOpenAIServer
 
 UNIT_DB = 1
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stacks_stopped() -> Iterator[None]:
+    """Set up first, torn down last: every stack started_stack stopped in the background is gone."""
+    yield
+    for thread, _ in STOPPING:
+        thread.join(60)
+    assert not [t for t, _ in STOPPING if t.is_alive()], "a stack did not stop within 60 s"
+    failures = [exc for _, errors in STOPPING for exc in errors]
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture(scope="session")

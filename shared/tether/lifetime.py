@@ -37,3 +37,6 @@ def interrupt_on_terminate() -> None:
 
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGHUP, raise_interrupt)
+    # Started from a shell's background job (`tether dev &`), a process inherits SIGINT
+    # ignored, and Python then leaves it so: `kill -INT` would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)

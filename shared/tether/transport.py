@@ -26,6 +26,7 @@ Celery would hold it, unstarted, until every running task had finished.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
@@ -66,12 +67,21 @@ def stop_consuming() -> None:
     """Take no more messages in this process, and give back what has landed.
 
     Its worker is shutting down. Called from a signal handler, so the Redis
-    commands go to a thread: the interrupted code may hold the client's lock.
+    commands go to a thread (a greenlet under gevent): the interrupted code may
+    hold the client's lock.
     """
     if _stopping.is_set():
         return
     _stopping.set()
-    threading.Thread(target=_give_back_landed, daemon=True, name="tether-stop").start()
+    monkey = sys.modules.get("gevent.monkey")  # loaded where the pool is gevent's
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+
+        # Thread.start() waits for the thread to start, which gevent's hub, running
+        # this handler, must not (BlockingSwitchOutError); a greenlet is only scheduled.
+        gevent.spawn(_give_back_landed)
+    else:
+        threading.Thread(target=_give_back_landed, daemon=True, name="tether-stop").start()
 
 
 def _give_back_landed() -> None:

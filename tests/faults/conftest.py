@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.agents import calculator_script
+from tests.stacks import started_stack
 from tether.config import Settings
 from tether.devstack import DevStack
 from tether.runtime import Runtime
@@ -26,7 +27,8 @@ def fault_server() -> Iterator[ScriptedOpenAIServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: its workers stop (in the background) once the fault tests are done.
+@pytest.fixture(scope="package")
 def fault_stack(
     fault_server: ScriptedOpenAIServer, ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DevStack]:
@@ -41,7 +43,9 @@ def fault_stack(
         "TETHER_RUN_STALLED_AFTER_S": str(STALLED_AFTER_S),
         "TETHER_RECONCILE_INTERVAL_S": "1",
     }
-    with DevStack(agent_modules=["tests.agents"], concurrency=1, log_dir=logs, env=env) as stack:
+    with started_stack(
+        DevStack(agent_modules=["tests.agents"], concurrency=1, log_dir=logs, env=env)
+    ) as stack:
         yield stack
 
 

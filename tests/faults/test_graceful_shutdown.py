@@ -22,6 +22,7 @@ import redis
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, wait_for, wait_status
+from tests.stacks import started_stack
 from tether import client, keys
 from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
 from tether.config import Settings
@@ -46,8 +47,8 @@ def shutdown_stack(
         "SHUTDOWN_TOOL_S": str(TOOL_S),
         "SHUTDOWN_MODEL_S": str(MODEL_S),
     }
-    with DevStack(
-        agent_modules=["tests.shutdown_agents"], concurrency=2, log_dir=logs, env=env
+    with started_stack(
+        DevStack(agent_modules=["tests.shutdown_agents"], concurrency=2, log_dir=logs, env=env)
     ) as stack:
         yield stack
 
@@ -171,6 +172,10 @@ def test_planner_sigtermed_mid_model_call_commits_each_step_once(
     exited = time.monotonic()
     assert exited - sent < MODEL_S + 5, f"exited {exited - sent:.1f}s after SIGTERM"
     assert_gone(broker, old_consumer)
+    # Its SIGTERM handler ran without an error (under gevent, starting a thread there
+    # raised BlockingSwitchOutError, and the landed messages waited for recovery).
+    assert shutdown_stack.log_dir is not None
+    assert "BlockingSwitchOutError" not in (shutdown_stack.log_dir / "planner.log").read_text()
     ledger = Counter(read_ledger())
     for label in thinking.values():
         # The call in flight at SIGTERM returned, in the worker that made it.

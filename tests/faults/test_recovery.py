@@ -18,6 +18,7 @@ import redis
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, wait_for, wait_status
+from tests.stacks import started_stack
 from tether import client, keys
 from tether.celery_app import PLAN_QUEUE
 from tether.config import Settings
@@ -32,11 +33,13 @@ RECOVERY_BOUND_S = 30.0
 @pytest.fixture(scope="module")
 def default_stack(ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     logs = Path(tmp_path_factory.mktemp("recovery-logs"))
-    with DevStack(
-        agent_modules=["tests.agents"],
-        concurrency=1,
-        log_dir=logs,
-        env={"LEDGER_DIR": str(ledger_dir)},
+    with started_stack(
+        DevStack(
+            agent_modules=["tests.agents"],
+            concurrency=1,
+            log_dir=logs,
+            env={"LEDGER_DIR": str(ledger_dir)},
+        )
     ) as stack:
         yield stack
 

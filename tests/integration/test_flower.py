@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import wait_for, wait_status
+from tests.stacks import started_stack
 from tether import celery_app, client
 from tether.config import Settings
 from tether.devstack import SERVICES, DevStack
@@ -22,10 +23,12 @@ from tether.runtime import Runtime
 @pytest.fixture(scope="module")
 def flower_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """The dev stack with Flower, on a Redis of its own (no other stack's workers)."""
-    with DevStack(
-        agent_modules=["tests.agents"],
-        log_dir=Path(tmp_path_factory.mktemp("flower-logs")),
-        flower_port=free_port(),
+    with started_stack(
+        DevStack(
+            agent_modules=["tests.agents"],
+            log_dir=Path(tmp_path_factory.mktemp("flower-logs")),
+            flower_port=free_port(),
+        )
     ) as running:
         yield running
 

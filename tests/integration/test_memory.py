@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.memory_agents import ledger_path
+from tests.stacks import started_stack
 from tether import client, keys
 from tether.config import Settings
 from tether.devstack import DevStack
@@ -35,10 +36,12 @@ GAP_S = 6.0
 def mstack(ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """Its own Redis and workers, loading the memory test agents (the suite's ledger folder)."""
     logs = Path(tmp_path_factory.mktemp("memory-logs"))
-    with DevStack(
-        agent_modules=["tests.memory_agents"],
-        log_dir=logs,
-        env={"LEDGER_DIR": str(ledger_dir), "TETHER_THREAD_GAP_S": str(GAP_S)},
+    with started_stack(
+        DevStack(
+            agent_modules=["tests.memory_agents"],
+            log_dir=logs,
+            env={"LEDGER_DIR": str(ledger_dir), "TETHER_THREAD_GAP_S": str(GAP_S)},
+        )
     ) as running:
         yield running
 

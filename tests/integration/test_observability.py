@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from tests.integration.helpers import pending_escalation, wait_for, wait_status
 from tests.observability_agents import API_KEY
+from tests.stacks import started_stack
 from tether import client
 from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
 from tether.cli.main import app
@@ -110,22 +111,31 @@ def observed(
 ) -> Iterator[tuple[DevStack, SentryServer, OTLPReceiver]]:
     logs = Path(tmp_path_factory.mktemp("obs-logs"))
     ports = {service: free_port() for service in ("planner", "executor", "escalation")}
-    with SentryServer() as sentry, OTLPReceiver() as receiver:
-        env = {
-            "TETHER_MODEL_API_KEY": API_KEY,
-            "SENTRY_DSN": sentry.dsn,
-            "TETHER_LOG_JSON": "true",
-            "TETHER_OTLP_ENDPOINT": receiver.endpoint,
-            # Export within a fraction of a second rather than the SDK's default 5 s.
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-        with DevStack(
+    # Both stopped once the workers reporting to them have (started_stack's ``then``).
+    sentry = SentryServer().start()
+    try:
+        receiver = OTLPReceiver().start()
+    except BaseException:
+        sentry.stop()
+        raise
+    env = {
+        "TETHER_MODEL_API_KEY": API_KEY,
+        "SENTRY_DSN": sentry.dsn,
+        "TETHER_LOG_JSON": "true",
+        "TETHER_OTLP_ENDPOINT": receiver.endpoint,
+        # Export within a fraction of a second rather than the SDK's default 5 s.
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with started_stack(
+        DevStack(
             agent_modules=["tests.observability_agents"],
             env=env,
             log_dir=logs,
             metrics_ports=ports,
-        ) as stack:
-            yield stack, sentry, receiver
+        ),
+        then=[receiver.stop, sentry.stop],
+    ) as stack:
+        yield stack, sentry, receiver
 
 
 def test_agents_on_real_workers_are_measured_traced_reported_and_compared(

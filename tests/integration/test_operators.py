@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import pending_escalation, wait_for
+from tests.stacks import started_stack
 from tether import client, operators
 from tether.config import Settings
 from tether.devstack import DevStack
@@ -35,7 +36,7 @@ def operator_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[D
     )
     env = {"TETHER_OPERATORS_FILE": str(root / "operators.json"), "LEDGER_DIR": str(root)}
     modules = ["tests.agents", "tests.escalation_agents"]
-    with DevStack(agent_modules=modules, log_dir=root, env=env) as stack:
+    with started_stack(DevStack(agent_modules=modules, log_dir=root, env=env)) as stack:
         yield stack, token
 
 

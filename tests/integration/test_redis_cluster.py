@@ -22,6 +22,7 @@ import redis
 
 from tests.agents import read_ledger
 from tests.integration.helpers import pending_escalation, wait_status
+from tests.stacks import started_stack
 from tether import client, keys, metrics, spill
 from tether.agents import load_agent_modules
 from tether.config import Settings
@@ -37,9 +38,9 @@ from tether.store import run_id_for
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(nodes=3) as running:
-        yield running
+def cluster() -> LocalCluster:
+    """Started here, stopped by cluster_stack once its workers are gone."""
+    return LocalCluster(nodes=3).start()
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +48,15 @@ def cluster_stack(
     cluster: LocalCluster, ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DevStack, Runtime]]:
     logs = Path(tmp_path_factory.mktemp("cluster-logs"))
-    with (
-        RedisServer(appendonly=False) as broker,
-        DevStack(
-            redis_url=cluster.url,
-            broker_url=broker.url,
-            agent_modules=["tests.agents", "tests.memory_agents"],
-            log_dir=logs,
-            env={"TETHER_REDIS_CLUSTER": "true", "LEDGER_DIR": str(ledger_dir)},
-        ) as stack,
-    ):
+    broker = RedisServer(appendonly=False).start()
+    stack = DevStack(
+        redis_url=cluster.url,
+        broker_url=broker.url,
+        agent_modules=["tests.agents", "tests.memory_agents"],
+        log_dir=logs,
+        env={"TETHER_REDIS_CLUSTER": "true", "LEDGER_DIR": str(ledger_dir)},
+    )
+    with started_stack(stack, then=[broker.cleanup, cluster.cleanup]):
         settings = Settings(redis_url=cluster.url, broker_url=broker.url, redis_cluster=True)
         yield stack, Runtime(settings)
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
+from tests.stacks import started_stack
 from tether import client, escalations
 from tether.autonomy import PolicyView
 from tether.config import Settings
@@ -28,10 +29,12 @@ MODULES = ["tests.evaluation_agents"]
 @pytest.fixture(scope="module")
 def eval_stack(ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     # Its own Redis: the session stack's workers do not know these agents.
-    with DevStack(
-        agent_modules=MODULES,
-        log_dir=Path(tmp_path_factory.mktemp("eval-worker-logs")),
-        env={"LEDGER_DIR": str(ledger_dir)},
+    with started_stack(
+        DevStack(
+            agent_modules=MODULES,
+            log_dir=Path(tmp_path_factory.mktemp("eval-worker-logs")),
+            env={"LEDGER_DIR": str(ledger_dir)},
+        )
     ) as running:
         yield running
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import pending_escalation, wait_status
+from tests.stacks import started_stack
 from tether import client
 from tether.config import Settings
 from tether.devstack import DevStack
@@ -26,9 +27,9 @@ SERVICES = {"tether-planner", "tether-executor", "tether-escalation"}
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
+def receiver() -> OTLPReceiver:
+    # Stopped by traced_stack once its workers have stopped: they export to it until then.
+    return OTLPReceiver().start()
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,13 @@ def traced_stack(
         "LEDGER_DIR": str(ledger_dir),
         "FAKE_OPENAI_URL": openai_server.base_url,
     }
-    with DevStack(
-        agent_modules=["tests.agents"],
-        log_dir=Path(tmp_path_factory.mktemp("traced-worker-logs")),
-        env=env,
+    with started_stack(
+        DevStack(
+            agent_modules=["tests.agents"],
+            log_dir=Path(tmp_path_factory.mktemp("traced-worker-logs")),
+            env=env,
+        ),
+        then=[receiver.stop],
     ) as running:
         yield running
 

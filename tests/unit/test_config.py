@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import tether_at_once
 from tether import operators
 from tether.config import Settings
 from tether.errors import ConfigError
@@ -61,14 +62,9 @@ def test_the_model_schedule_is_not_checked_without_an_endpoint() -> None:
 
 def test_the_cli_reports_bad_settings_in_one_line_and_exits_2() -> None:
     env = dict(os.environ, TETHER_TASK_TIME_LIMIT_S="100", COLUMNS="300")
-    for command in (["runs", "list"], ["worker", "planner"], ["dev"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "tether.cli.main", *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    commands = (["runs", "list"], ["worker", "planner"], ["dev"])
+    # Each its own process, as before, started together: each must refuse to start.
+    for command, done in zip(commands, tether_at_once(commands, env=env), strict=True):
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         assert "TETHER_TASK_TIME_LIMIT_S (100) is not above" in done.stdout, command
         assert "Traceback" not in done.stdout + done.stderr, command

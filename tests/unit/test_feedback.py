@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from tests.processes import tether_at_once
 from tests.unit.run_records import make_run
 from tether import client, keys
 from tether.errors import UnknownRunError
@@ -18,11 +19,14 @@ from tether.runtime import Runtime
 from tether.state import RunStatus
 
 
+def _env(redis_url: str) -> dict[str, str]:
+    return dict(os.environ, TETHER_REDIS_URL=redis_url, COLUMNS="200", PYTHONPATH=os.getcwd())
+
+
 def _tether(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, TETHER_REDIS_URL=redis_url, COLUMNS="200", PYTHONPATH=os.getcwd())
     return subprocess.run(
         [sys.executable, "-m", "tether.cli.main", *args],
-        env=env,
+        env=_env(redis_url),
         capture_output=True,
         text=True,
         timeout=60,
@@ -100,12 +104,14 @@ def test_cli_feedback_runs_show_and_stats(runtime: Runtime, redis_url: str) -> N
         (1, "eve", None),
     ]
 
-    shown = _tether(redis_url, "runs", "show", run_id)
+    shown, stats_done = tether_at_once(
+        [("runs", "show", run_id), ("stats", "--since", "1h", "--json")], env=_env(redis_url)
+    )
     assert "feedback   -1 by dana" in shown.stdout and "wrong order" in shown.stdout
     assert "feedback   +1 by eve" in shown.stdout
     assert "version v1" in shown.stdout
 
-    stats = json.loads(_tether(redis_url, "stats", "--since", "1h", "--json").stdout)
+    stats = json.loads(stats_done.stdout)
     assert stats["feedback"] == {
         "count": 2,
         "runs_with_feedback": 1,
@@ -115,11 +121,17 @@ def test_cli_feedback_runs_show_and_stats(runtime: Runtime, redis_url: str) -> N
 
 
 def test_cli_refuses_unknown_runs_and_bad_scores(redis_url: str) -> None:
-    unknown = _tether(redis_url, "feedback", "run_nope", "--score", "1", "--by", "eve")
+    # Three refusals, each its own process, started together: none changes anything.
+    unknown, bad, empty = tether_at_once(
+        [
+            ("feedback", "run_nope", "--score", "1", "--by", "eve"),
+            ("feedback", "run_nope", "--score", "5", "--by", "eve"),
+            ("feedback", "run_nope", "--score", "1", "--by", ""),
+        ],
+        env=_env(redis_url),
+    )
     assert unknown.returncode == 2
     assert "run 'run_nope' does not exist" in unknown.stdout
-    bad = _tether(redis_url, "feedback", "run_nope", "--score", "5", "--by", "eve")
     assert bad.returncode == 2
     assert "--score" in bad.stderr
-    empty = _tether(redis_url, "feedback", "run_nope", "--score", "1", "--by", "")
     assert empty.returncode == 2

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.processes import tether_at_once
 from tests.unit.run_records import make_run
 from tether import client, escalations
 from tether.messages import ErrorCategory, Escalation, EscalationKind
@@ -212,15 +211,8 @@ def test_compare_flags_a_success_rate_drop_and_a_cost_rise(runtime: Runtime) -> 
     assert drift.flagged == ["cost_usd", "success_rate"]
 
 
-def _tether(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, TETHER_REDIS_URL=redis_url, COLUMNS="200", PYTHONPATH=os.getcwd())
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _env(redis_url: str) -> dict[str, str]:
+    return dict(os.environ, TETHER_REDIS_URL=redis_url, COLUMNS="200", PYTHONPATH=os.getcwd())
 
 
 def test_cli_json_and_table(runtime: Runtime, redis_url: str) -> None:
@@ -242,7 +234,16 @@ def test_cli_json_and_table(runtime: Runtime, redis_url: str) -> None:
     make_run(store, "cli-then", created=recent - DAY, steps=2, cost_usd=0.005, latency_s=2)
     client.feedback(ok, 1, by="alice", runtime=runtime)
 
-    done = _tether(redis_url, "stats", "--agent", "calc", "--since", "1h", "--json")
+    # Four reads of the same runs, each its own `tether stats` process, started together.
+    done, compared_done, table, bad = tether_at_once(
+        [
+            ("stats", "--agent", "calc", "--since", "1h", "--json"),
+            ("stats", "--since", "1h", "--compare-to", "1d", "--json"),
+            ("stats", "--since", "1h", "--compare-to", "1d"),
+            ("stats", "--since", "yesterday"),
+        ],
+        env=_env(redis_url),
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert set(doc) == {
@@ -264,19 +265,15 @@ def test_cli_json_and_table(runtime: Runtime, redis_url: str) -> None:
     assert doc["feedback"]["by_score"] == {"-1": 0, "0": 0, "1": 1}
     assert doc["filters"]["agent"] == "calc" and doc["filters"]["since_s"] == 3600
 
-    compared = json.loads(
-        _tether(redis_url, "stats", "--since", "1h", "--compare-to", "1d", "--json").stdout
-    )
+    compared = json.loads(compared_done.stdout)
     assert set(compared) >= {"compare", "drift"}
     assert compared["compare"]["runs"]["total"] == 1
     assert compared["drift"]["flagged"] == ["steps", "success_rate"]
 
-    table = _tether(redis_url, "stats", "--since", "1h", "--compare-to", "1d")
     assert table.returncode == 0, table.stderr
     assert "success rate" in table.stdout and "50.0% (1/2)" in table.stdout
     assert "succeeded / finished runs" in table.stdout
     assert "drift flagged: steps, success_rate" in table.stdout
 
-    bad = _tether(redis_url, "stats", "--since", "yesterday")
     assert bad.returncode == 2
     assert "cannot read the duration 'yesterday'" in bad.stdout
