@@ -13,21 +13,10 @@ from pathlib import Path
 
 import redis
 
+from tests.processes import tether_cli as _tether
 from tether import client
 from tether.devstack import DevStack
 from tether.runtime import Runtime
-
-
-def _tether(
-    *args: str, env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_submit_from_another_process_against_tether_dev(tmp_path: Path) -> None:
