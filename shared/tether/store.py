@@ -316,6 +316,12 @@ class RunStore:
         version, lost = parse_cas(replies[-1])
         if version == REQUIREMENT_MISSING:
             refused = Budgets.reservation(replies[0])
+            if refused.granted:
+                # The compare-and-set ran before its reservation: a Redis that lost its
+                # scripts answered NOSCRIPT to the reservation, another client loaded
+                # them, and the commit's script ran; the reservation ran when sent again.
+                # Nothing was written: commit again (the reservation is not taken twice).
+                return None, None
             raise BudgetExhaustedError(run_id, refused.reason, refused.limit)
         if version < 0:
             return None, self._winner(state, lost)

@@ -14,7 +14,7 @@ from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import BudgetLimits, Observation, RunEvent, TaskEvent
 from tether.state import ChatMessage, RunState, RunStatus
 from tether.store import RunStore, connect, run_id_for
-from tether.versioned import VersionedDocs
+from tether.versioned import CAS_SCRIPT, VersionedDocs
 
 
 @pytest.fixture
@@ -233,6 +233,23 @@ def test_update_commits_only_if_its_tool_calls_are_granted(store: RunStore) -> N
     assert again is not None and again.step == 2
     assert store.budgets.usage(state.run_id).tool_calls == 1
     assert [e.kind for _, e in store.trace(state.run_id)] == ["decided"]
+
+
+def test_a_commit_that_ran_before_its_reservation_commits_again(
+    store: RunStore, client: redis.Redis
+) -> None:
+    # After a Redis restart: the reservation's script is missing (NOSCRIPT, sent again
+    # later) while the commit's script is there, loaded by another client in between.
+    event = _event()
+    state, _ = store.create(event, _state(event, limits=BudgetLimits(max_tool_calls=1)))
+    client.script_flush()
+    client.script_load(CAS_SCRIPT.text)
+
+    committed = store.update(
+        state.run_id, lambda s: s.model_copy(update={"step": s.step + 1}), tool_calls=("t:0", 1)
+    )
+    assert committed is not None and committed.step == 1
+    assert store.budgets.usage(state.run_id).tool_calls == 1
 
 
 def test_update_gives_up_after_its_attempts(store: RunStore) -> None:
