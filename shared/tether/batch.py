@@ -106,7 +106,9 @@ class WriteBatch:
     ) -> list[Any]:
         """Load every script (a restarted Redis has none; on a cluster, every primary)
         and send again the calls that found theirs missing: those did nothing, so each
-        still runs once, in order."""
+        still runs once. A later call of the same pipeline may have run before them
+        (another client loaded the scripts in between): a caller whose calls depend on
+        one another checks for that (RunStore._commit)."""
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         for text in _SCRIPTS.values():
             self.client.script_load(text)

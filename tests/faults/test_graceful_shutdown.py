@@ -87,6 +87,40 @@ def assert_gone(broker: redis.Redis, consumer: str) -> None:
     )
 
 
+def drains_then_exits(
+    stack: DevStack,
+    service: str,
+    queue: str,
+    old: subprocess.Popen[bytes],
+    consumer: str,
+    sent: float,
+    holding: int,
+    work_s: float,
+) -> float:
+    """The SIGTERMed ``service`` worker holds only its ``holding`` messages in hand while
+    two late ones wait on ``queue``, then exits within ``work_s`` plus a margin once a
+    new worker is up; returns when it exited."""
+    broker = redis.Redis.from_url(stack.redis_url)
+    time.sleep(1.0)  # a worker that still consumed would have taken one by now
+    assert old.poll() is None, "it exited before the work in its hands was done"
+    assert broker.llen(queue) == 2
+    assert held(broker, consumer) == holding
+    assert broker.llen(keys.consumer_landing(consumer)) == 0
+    assert queued_deliveries(broker, queue) == [1, 1]
+
+    stack.start_worker(service)
+    assert old.wait(timeout=work_s + 10) == 0
+    exited = time.monotonic()
+    assert exited - sent < work_s + 5, f"exited {exited - sent:.1f}s after SIGTERM"
+    # Gone at once, not when its heartbeat lapses: nothing of it left to recover.
+    assert_gone(broker, consumer)
+    # Its SIGTERM handler ran without an error (under gevent, starting a thread there
+    # raised BlockingSwitchOutError, and the landed messages waited for recovery).
+    assert stack.log_dir is not None
+    assert "BlockingSwitchOutError" not in (stack.log_dir / f"{service}.log").read_text()
+    return exited
+
+
 def test_executor_sigtermed_mid_tool_finishes_it_once_and_leaves_the_rest_to_others(
     srt: Runtime, shutdown_stack: DevStack
 ) -> None:
@@ -109,19 +143,10 @@ def test_executor_sigtermed_mid_tool_finishes_it_once_and_leaves_the_rest_to_oth
         timeout_s=10,
         what="the late actions to wait on the queue while it drains",
     )
-    time.sleep(1.0)  # a worker that still consumed would have taken one by now
-    assert old.poll() is None, "it exited before its tool finished"
-    assert broker.llen(TOOLS_QUEUE) == 2
-    assert held(broker, old_consumer) == 1  # the running tool, nothing more
-    assert broker.llen(keys.consumer_landing(old_consumer)) == 0
-    assert queued_deliveries(broker, TOOLS_QUEUE) == [1, 1]
-
-    shutdown_stack.start_worker("executor")
-    assert old.wait(timeout=TOOL_S + 10) == 0
-    exited = time.monotonic()
-    assert exited - sent < TOOL_S + 5, f"exited {exited - sent:.1f}s after SIGTERM"
-    # Gone at once, not when its heartbeat lapses: nothing of it left to recover.
-    assert_gone(broker, old_consumer)
+    # The running tool is all it holds.
+    exited = drains_then_exits(
+        shutdown_stack, "executor", TOOLS_QUEUE, old, old_consumer, sent, 1, TOOL_S
+    )
 
     for run_id in running + late:
         state = wait_status(srt, run_id, "succeeded", timeout_s=25)
@@ -160,22 +185,10 @@ def test_planner_sigtermed_mid_model_call_commits_each_step_once(
         timeout_s=10,
         what="the late events to wait on the queue while it drains",
     )
-    time.sleep(1.0)
-    assert old.poll() is None, "it exited before its model calls returned"
-    assert broker.llen(PLAN_QUEUE) == 2
-    assert held(broker, old_consumer) == 2
-    assert broker.llen(keys.consumer_landing(old_consumer)) == 0
-    assert queued_deliveries(broker, PLAN_QUEUE) == [1, 1]
-
-    shutdown_stack.start_worker("planner")
-    assert old.wait(timeout=MODEL_S + 10) == 0
-    exited = time.monotonic()
-    assert exited - sent < MODEL_S + 5, f"exited {exited - sent:.1f}s after SIGTERM"
-    assert_gone(broker, old_consumer)
-    # Its SIGTERM handler ran without an error (under gevent, starting a thread there
-    # raised BlockingSwitchOutError, and the landed messages waited for recovery).
-    assert shutdown_stack.log_dir is not None
-    assert "BlockingSwitchOutError" not in (shutdown_stack.log_dir / "planner.log").read_text()
+    # Both model calls are all it holds.
+    drains_then_exits(
+        shutdown_stack, "planner", PLAN_QUEUE, old, old_consumer, sent, 2, MODEL_S
+    )
     ledger = Counter(read_ledger())
     for label in thinking.values():
         # The call in flight at SIGTERM returned, in the worker that made it.

@@ -5,10 +5,10 @@ What is removed, precisely:
 - a thread (``forget_thread``): its history (turns), queue, queued events, publish-order
   counter, run index and its entries in the threads indexes; and every run of the thread, with everything kept
   under the run: its state (which holds the conversation), event log, budget and
-  reservation keys, the stored results, leases and in-flight markers of its tool
+  reservation keys, its spill list (on a Redis Cluster), the stored results, leases and in-flight markers of its tool
   actions, its escalations, and its entries in the run and escalation indexes;
 - a subject (``forget_subject``): the memory hash of each agent (or the one named)
-  for that subject and its index of the runs about that subject; with ``runs=True``
+  for that subject, its spill list (on a Redis Cluster) and its index of the runs about that subject; with ``runs=True``
   also every ended run that wrote one of the items or was about the subject (its
   event named it: it may hold recalled copies), as above.
 
