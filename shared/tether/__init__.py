@@ -1,11 +1,16 @@
 """Tether: a production runtime for LLM agents."""
 
+from typing import TYPE_CHECKING, Any
+
 from tether.agents import Agent
 from tether.client import cancel, decide, submit, wait
 from tether.messages import BudgetLimits, TaskEvent, Verdict
-from tether.models import OpenAIModel, ScriptedModel
+from tether.models import ScriptedModel
 from tether.state import RunState, RunStatus
 from tether.tools import Tool, ToolContext, tool
+
+if TYPE_CHECKING:
+    from tether.models.openai import OpenAIModel
 
 __all__ = [
     "Agent",
@@ -24,3 +29,11 @@ __all__ = [
     "tool",
     "wait",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OpenAIModel":  # imported on first use: see tether.models
+        from tether.models.openai import OpenAIModel
+
+        return OpenAIModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

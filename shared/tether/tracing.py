@@ -52,8 +52,7 @@ from opentelemetry.trace import (
 
 from tether.config import Settings
 from tether.messages import Observation, ToolAction
-from tether.models import FallbackModel, OpenAIModel, ScriptedModel
-from tether.models.base import ModelClient, ModelResponse
+from tether.models.base import ModelResponse, model_system
 from tether.redact import get_redactor
 from tether.state import RunState, RunStatus
 from tether.store import run_id_for
@@ -214,17 +213,6 @@ def step_span(run_id: str, step: int) -> AbstractContextManager[Span]:
     return _span(f"step {step}", run_id, {"tether.run_id": run_id, "tether.step": step})
 
 
-def _system(model: ModelClient) -> str:
-    if isinstance(model, FallbackModel):
-        return _system(model.models[0])
-    if isinstance(model, OpenAIModel):
-        # Any OpenAI-compatible endpoint speaks the openai API; the semconv names it so.
-        return "openai"
-    if isinstance(model, ScriptedModel):
-        return "tether.scripted"
-    return type(model).__name__.lower()
-
-
 def model_call(agent: Agent, state: RunState) -> AbstractContextManager[Span]:
     """Around one model call of a planning step; ``record_usage`` fills in what it used."""
     return _span(
@@ -232,7 +220,7 @@ def model_call(agent: Agent, state: RunState) -> AbstractContextManager[Span]:
         state.run_id,
         {
             GEN_AI_OPERATION: "chat",
-            GEN_AI_SYSTEM: _system(agent.model),
+            GEN_AI_SYSTEM: model_system(agent.model),
             GEN_AI_REQUEST_MODEL: agent.model.name,
             GEN_AI_AGENT_NAME: agent.name,
             "tether.agent.version": getattr(state, "agent_version", ""),

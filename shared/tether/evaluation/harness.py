@@ -35,7 +35,6 @@ from tether import keys
 from tether.agents import Agent
 from tether.errors import TetherError, ToolTimeoutError, TransientToolError
 from tether.models.base import ModelClient, ModelResponse
-from tether.models.openai import OpenAIModel
 from tether.models.prices import prompt_token_bound
 from tether.models.scripted import ScriptedModel, tool_call
 from tether.runtime import Runtime, get_runtime
@@ -134,7 +133,7 @@ class HarnessModel:
 
     def __init__(self, base: ModelClient) -> None:
         self._base = base
-        self._endpoints: dict[EndpointModelSpec, OpenAIModel] = {}
+        self._endpoints: dict[EndpointModelSpec, ModelClient] = {}
 
     @property
     def name(self) -> str:
@@ -146,6 +145,8 @@ class HarnessModel:
             return ScriptedModel([t.response() for t in spec.turns], label="eval")
         if isinstance(spec, EndpointModelSpec):
             if spec not in self._endpoints:
+                from tether.models.openai import OpenAIModel  # see tether.models: openai is slow
+
                 key = os.environ.get(spec.api_key_env, "unset") if spec.api_key_env else "unset"
                 self._endpoints[spec] = OpenAIModel(
                     spec.name,

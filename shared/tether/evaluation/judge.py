@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -77,6 +76,8 @@ class Judge:
         timeout_s: float = 60.0,
         max_retries: int = 2,
     ) -> None:
+        import openai  # on first use: see tether.models
+
         self.model = model
         self.base_url = base_url
         self._client = openai.OpenAI(
@@ -98,6 +99,8 @@ class Judge:
         )
 
     def grade(self, rubric: str, task: str, answer: str, *, scale: Scale = "0-1") -> JudgeVerdict:
+        import openai
+
         low, high = _RANGE[scale]
         try:
             response = self._client.chat.completions.create(

@@ -29,6 +29,9 @@ class ModelResponse(BaseModel):
 
 @runtime_checkable
 class ModelClient(Protocol):
+    """What the planner calls. A client may also name its ``system``, the GenAI
+    semconv's gen_ai.system its spans carry (model_system)."""
+
     @property
     def name(self) -> str: ...
 
@@ -54,3 +57,8 @@ class ModelClient(Protocol):
         calls are billed at (none for a free one); otherwise its name is.
         """
         ...
+
+
+def model_system(model: ModelClient) -> str:
+    """The GenAI system a client speaks (its ``system`` attribute; else its class, lowercased)."""
+    return str(getattr(model, "system", type(model).__name__.lower()))

@@ -13,7 +13,7 @@ from tether.errors import (
     ModelPermanentError,
     ModelTransientError,
 )
-from tether.models.base import ModelClient, ModelResponse
+from tether.models.base import ModelClient, ModelResponse, model_system
 from tether.models.prices import billed_models
 from tether.state import ChatMessage
 
@@ -46,6 +46,10 @@ class FallbackModel:
     @property
     def name(self) -> str:
         return "fallback(" + ", ".join(m.name for m in self.models) + ")"
+
+    @property
+    def system(self) -> str:
+        return model_system(self.models[0])
 
     @property
     def billed_models(self) -> tuple[str, ...]:

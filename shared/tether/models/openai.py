@@ -95,6 +95,9 @@ class wait_retry_after(wait_base):
 
 
 class OpenAIModel:
+    # Any OpenAI-compatible endpoint speaks the openai API; the GenAI semconv names it so.
+    system = "openai"
+
     def __init__(
         self,
         model: str,

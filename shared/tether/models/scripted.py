@@ -53,6 +53,7 @@ def from_turns(turns: Sequence[ModelResponse]) -> Script:
 
 
 class ScriptedModel:
+    system = "tether.scripted"
     # Free: no cost budget is refused for want of its price.
     billed_models: tuple[str, ...] = ()
 
