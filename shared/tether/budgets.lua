@@ -6,8 +6,12 @@
 -- ARGV[2]: reservation id
 -- ARGV[3..6]: steps, tool_calls, tokens, cost_usd (deltas; settle may be negative)
 -- ARGV[7]: now, in seconds since the epoch
+-- ARGV[8] (reserve, optional): a commit's token, with KEYS[3] the run's hash: the
+-- reservation is made only if the hash's 'commit' field holds it, that is when the
+-- commit sent just before it in the same pipeline won and nothing committed since.
 -- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason, limit}: limit names what refused
--- (steps, tool_calls, tokens, cost_usd, wall_s; '' when no budget is open).
+-- (steps, tool_calls, tokens, cost_usd, wall_s; '' when no budget is open);
+-- {-1, 'skipped'} when a guarded reservation's commit did not win (nothing is spent).
 -- 'extend' (a human raising a limit): ARGV[2] the escalation id, ARGV[3] the limit
 -- (steps, tool_calls, tokens, cost_usd, wall_s), ARGV[4] the amount, ARGV[5] the ceiling
 -- ('' for none), ARGV[6] who extends (Decision.extension_id). One extension per escalation:
@@ -50,6 +54,10 @@ local delta = {
 local now = tonumber(ARGV[7])
 local marker = op .. ':' .. rid
 local marked = op ~= 'check'
+
+if ARGV[8] and redis.call('HGET', KEYS[3], 'commit') ~= ARGV[8] then
+  return {-1, 'skipped'}
+end
 
 if marked and redis.call('SISMEMBER', KEYS[2], marker) == 1 then
   return {1, 'duplicate'}

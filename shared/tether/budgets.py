@@ -10,6 +10,7 @@ message re-reserving is a no-op rather than a double charge.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
 
@@ -38,6 +39,22 @@ class Reservation(BaseModel):
     # A refusal's limit, as budgets.lua names it: steps, tool_calls, tokens, cost_usd or
     # wall_s; None when granted, or when no budget is open (the run is unknown or expired).
     limit: str | None = None
+
+
+@dataclass
+class GuardedReservation:
+    """A reservation sent in a commit's round trip, made only if that commit wins.
+
+    RunStore.update sends it after the commit's script, guarded by the commit's
+    token (budgets.lua): a commit that loses spends nothing. ``outcome`` is filled
+    in once the commit won; None: not made (the commit lost, or another came after it).
+    """
+
+    reservation_id: str
+    steps: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    outcome: Reservation | None = None
 
 
 # Sets each field only if it is not set yet, all fields in one atomic step.
@@ -99,6 +116,21 @@ class Budgets:
         """Queue ``reserve`` on a pipeline; hand its reply to ``reservation``."""
         args = self._args("reserve", run_id, reservation_id, 0, tool_calls, 0, 0.0)
         _SCRIPT.add(pipe, 2, *args)
+
+    def add_guarded(
+        self, pipe: Pipeline, run_id: str, ahead: GuardedReservation, token: str
+    ) -> None:
+        """Queue ``ahead``, made only if the run's hash holds commit ``token``; hand its
+        reply to ``guarded``."""
+        args = self._args(
+            "reserve", run_id, ahead.reservation_id, ahead.steps, 0, ahead.tokens, ahead.cost_usd
+        )
+        _SCRIPT.add(pipe, 3, *args[:2], keys.run(run_id), *args[2:], token)
+
+    @staticmethod
+    def guarded(reply: Any) -> Reservation | None:
+        """A guarded reservation's reply; None when it was skipped (see GuardedReservation)."""
+        return None if int(reply[0]) < 0 else Budgets.reservation(reply)
 
     def add_check(self, pipe: Pipeline, run_id: str) -> None:
         """Queue a check of the run's wall time alone; hand its reply to ``reservation``."""

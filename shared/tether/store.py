@@ -18,7 +18,7 @@ from redis.retry import Retry
 
 from tether import keys, spill
 from tether.batch import Build, WriteBatch
-from tether.budgets import Budgets, BudgetUsage
+from tether.budgets import Budgets, BudgetUsage, GuardedReservation
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.redact import get_redactor
@@ -248,6 +248,7 @@ class RunStore:
         log: Callable[[RunState], Sequence[RunEvent]] | None = None,
         side_writes: Callable[[RunState], Sequence[SideWrite]] | None = None,
         tool_calls: tuple[str, int] | None = None,
+        reserve_after: Callable[[RunState], GuardedReservation | None] | None = None,
         attempts: int = 20,
     ) -> RunState | None:
         """Apply ``change`` to the latest state until it commits; None when it declines.
@@ -257,7 +258,10 @@ class RunStore:
         ``side_writes`` go in with the commit the same way (indexes, other records).
         ``tool_calls`` (reservation id, count) reserves tool calls in the same
         round trip, and the commit goes ahead only if they were granted; if not,
-        BudgetExhaustedError, and nothing was written.
+        BudgetExhaustedError, and nothing was written. ``reserve_after`` names a
+        reservation for what the changed state does next (the next model call),
+        sent in the same round trip and made only if this commit wins: its
+        ``outcome`` says what came of it.
 
         The first attempt starts from the state this process last saw, if any:
         a commit over a stale version loses and returns the current state, and
@@ -279,6 +283,7 @@ class RunStore:
                 log(changed) if log else (),
                 tool_calls,
                 side_writes(changed) if side_writes else (),
+                reserve_after(changed) if reserve_after else None,
             )
             if committed is not None:
                 return committed
@@ -293,6 +298,7 @@ class RunStore:
         events: Sequence[RunEvent] = (),
         tool_calls: tuple[str, int] | None = None,
         side_writes: Sequence[SideWrite] = (),
+        ahead: GuardedReservation | None = None,
     ) -> tuple[RunState | None, RunState | None]:
         """(committed, None) if it won; (None, the current state) if another commit came first."""
         run_id = state.run_id
@@ -304,16 +310,23 @@ class RunStore:
             else []
         )
 
+        # Names this commit in the run's hash, so a reservation guarded by it is made
+        # only while no other commit came after it (budgets.lua).
+        token = uuid.uuid4().hex
+
         def build(pipe: Pipeline) -> None:
             if tool_calls is not None:
                 self.budgets.add_reserve(pipe, run_id, tool_calls[0], tool_calls=tool_calls[1])
             generation[:] = [
-                self._add_cas(pipe, updated, state.version, appends, require, side_writes)
+                self._add_cas(pipe, updated, state.version, appends, require, side_writes, token)
             ]
+            if ahead is not None:
+                self.budgets.add_guarded(pipe, run_id, ahead, token)
 
         generation: list[int] = []
         replies = self.batch.run(build)
-        version, lost = parse_cas(replies[-1])
+        cas_reply = replies[-2] if ahead is not None else replies[-1]
+        version, lost = parse_cas(cas_reply)
         if version == REQUIREMENT_MISSING:
             refused = Budgets.reservation(replies[0])
             if refused.granted:
@@ -325,7 +338,9 @@ class RunStore:
             raise BudgetExhaustedError(run_id, refused.reason, refused.limit)
         if version < 0:
             return None, self._winner(state, lost)
-        self._settle(run_id, replies[-1])
+        if ahead is not None:
+            ahead.outcome = Budgets.guarded(replies[-1])
+        self._settle(run_id, cas_reply)
         committed = self._remember(
             _stored(updated.model_copy(update={"version": version}), generation[0])
         )
@@ -342,8 +357,12 @@ class RunStore:
         appends: Sequence[Append] = (),
         require: Sequence[tuple[str, str]] = (),
         side_writes: Sequence[SideWrite] = (),
+        token: str = "",
     ) -> int:
-        """Queue the commit of ``state``; returns the generation of the lists it writes."""
+        """Queue the commit of ``state``; returns the generation of the lists it writes.
+
+        ``token`` names the commit in the run's hash (``commit``), for a guarded reservation.
+        """
         run_id = state.run_id
         lists, generation = _list_writes(state, expected_version)
         stored = state._stored
@@ -367,6 +386,7 @@ class RunStore:
                 "status": str(state.status),
                 "messages": str(len(state.messages)),
                 "completed": str(len(state.completed_actions)),
+                "commit": token,
             },
             expire=expire,
             ttl_s=self.run_ttl_s,

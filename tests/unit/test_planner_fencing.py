@@ -213,6 +213,32 @@ def test_duplicate_observation_is_recorded_once_and_the_run_succeeds(runtime: Ru
     assert runtime.store.budgets.usage(run_id).steps == 2
 
 
+def test_the_observation_that_readies_a_step_reserves_its_model_call_in_its_commit(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = planner.start(runtime, calculator_event())
+    assert run_id is not None
+    action = runtime.store.load(run_id).pending_actions[0]
+    separate: list[tuple[Any, ...]] = []
+    reserve = runtime.store.budgets.reserve
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        separate.append(args)
+        return reserve(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.store.budgets, "reserve", counted)
+    planner.observe(runtime, observation_for(action, 5))
+
+    assert runtime.store.load(run_id).status == RunStatus.succeeded
+    assert separate == []  # no round trip of its own: it went with the observation's commit
+    assert "reserve:model:1" in runtime.store.client.smembers(keys.reservations(run_id))
+    usage = runtime.store.budgets.usage(run_id)
+    calls = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "model_call"]
+    assert usage.steps == len(calls) == 2
+    # Settled to what each call used: the estimate reserved ahead was taken back exactly.
+    assert usage.tokens == sum(c["input_tokens"] + c["output_tokens"] for c in calls)
+
+
 def test_observation_for_an_unknown_action_changes_nothing(runtime: Runtime) -> None:
     run_id = planner.start(runtime, calculator_event())
     assert run_id is not None

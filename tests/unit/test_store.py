@@ -10,6 +10,7 @@ import redis
 
 from tether import keys
 from tether.batch import WriteBatch
+from tether.budgets import Budgets, GuardedReservation
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import BudgetLimits, Observation, RunEvent, TaskEvent
 from tether.state import ChatMessage, RunState, RunStatus
@@ -196,7 +197,10 @@ def test_update_logs_only_the_change_that_won(store: RunStore) -> None:
     def describe(changed: RunState) -> list[RunEvent]:
         return [
             RunEvent(
-                run_id=changed.run_id, kind="stepped", step=changed.step, data={"v": changed.version}
+                run_id=changed.run_id,
+                kind="stepped",
+                step=changed.step,
+                data={"v": changed.version},
             )
         ]
 
@@ -250,6 +254,67 @@ def test_a_commit_that_ran_before_its_reservation_commits_again(
     )
     assert committed is not None and committed.step == 1
     assert store.budgets.usage(state.run_id).tool_calls == 1
+
+
+def test_a_reservation_after_a_commit_is_made_only_by_the_commit_that_won(
+    store: RunStore,
+) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event, limits=BudgetLimits(max_steps=3)))
+    tries: list[GuardedReservation] = []
+
+    def change(current: RunState) -> RunState:
+        if not tries:
+            store.commit(store.load(current.run_id))  # a rival commits first: this try loses
+        return current.model_copy(update={"step": current.step + 1})
+
+    def reserve_after(changed: RunState) -> GuardedReservation:
+        tries.append(GuardedReservation(f"model:{changed.step}", steps=1, tokens=40 + len(tries)))
+        return tries[-1]
+
+    updated = store.update(state.run_id, change, reserve_after=reserve_after)
+    assert updated is not None and len(tries) == 2
+    lost, won = tries
+    assert lost.outcome is None  # its commit lost: nothing spent for it
+    assert won.outcome is not None and won.outcome.granted
+    usage = store.budgets.usage(state.run_id)
+    assert (usage.steps, usage.tokens) == (1, 41)  # the winner's estimate, once
+
+    # Refused by the budget: the commit still stands, and the outcome says why.
+    refused = GuardedReservation("model:big", steps=5)
+    again = store.update(
+        state.run_id,
+        lambda s: s.model_copy(update={"step": s.step + 1}),
+        reserve_after=lambda _: refused,
+    )
+    assert again is not None and again.step == updated.step + 1
+    assert refused.outcome is not None and not refused.outcome.granted
+    assert refused.outcome.limit == "steps"
+    assert store.budgets.usage(state.run_id).steps == 1
+
+
+def test_a_guarded_reservation_is_skipped_once_another_commit_came_after_its_own(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    store.update(state.run_id, lambda s: s.model_copy(update={"step": 1}))
+    token = client.hget(keys.run(state.run_id), "commit")
+    assert token
+    # A rival's commit lands between that commit and its reservation.
+    store.commit(store.load(state.run_id))
+    late = GuardedReservation("model:1", steps=1, tokens=10)
+    pipe = client.pipeline(transaction=False)
+    store.budgets.add_guarded(pipe, state.run_id, late, str(token))
+    assert Budgets.guarded(pipe.execute()[0]) is None
+    assert store.budgets.usage(state.run_id).steps == 0
+    pipe = client.pipeline(transaction=False)
+    store.budgets.add_guarded(
+        pipe, state.run_id, late, str(client.hget(keys.run(state.run_id), "commit"))
+    )
+    made = Budgets.guarded(pipe.execute()[0])
+    assert made is not None and made.granted  # the latest commit's token still holds
+    assert store.budgets.usage(state.run_id).steps == 1
 
 
 def test_update_gives_up_after_its_attempts(store: RunStore) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tether import autonomy
 from tether.agents import get_agent
+from tether.budgets import GuardedReservation
 from tether.messages import (
     Decision,
     ErrorCategory,
@@ -18,7 +19,7 @@ from tether.messages import (
 )
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
-from tether.planner.step import escalation_id, plan
+from tether.planner.step import escalation_id, model_reservation, plan
 from tether.runtime import Runtime
 from tether.state import ChatMessage, HumanWait, RunError, RunState, RunStatus
 
@@ -89,12 +90,22 @@ def observe(rt: Runtime, observation: Observation) -> None:
             )
         ]
 
+    reserved: list[GuardedReservation] = []
+
+    def reserve_after(state: RunState) -> GuardedReservation | None:
+        # The last observation readies the next step: its model call is reserved in
+        # this commit's round trip rather than one of its own.
+        ahead = model_reservation(rt, state) if state.status == RunStatus.running else None
+        reserved[:] = [ahead] if ahead else []
+        return ahead
+
     committed = rt.store.update(
         observation.run_id,
         record,
         log=describe,
         # A failed call of a requires_approval tool tightens its earned autonomy, once.
         side_writes=lambda state: autonomy.failure_writes(get_agent(state.agent), observation),
+        reserve_after=reserve_after,
     )
     if committed is None:
         state = rt.store.load(observation.run_id)
@@ -110,7 +121,7 @@ def observe(rt: Runtime, observation: Observation) -> None:
         redispatch(rt, state)
         return
     if committed.status == RunStatus.running:
-        plan(rt, committed.run_id, committed.step)
+        plan(rt, committed.run_id, committed.step, reserved[0] if reserved else None)
     else:
         redispatch(rt, committed, before=read[0])
 

@@ -7,6 +7,7 @@ import time
 
 from tether import autonomy, metrics, task_context, tracing
 from tether.agents import Agent, get_agent
+from tether.budgets import GuardedReservation
 from tether.errors import (
     BudgetExhaustedError,
     InvalidToolCallError,
@@ -35,13 +36,32 @@ def _lost_commit(rt: Runtime, run_id: str, step: int) -> None:
         redispatch(rt, state)
 
 
-def plan(rt: Runtime, run_id: str, step: int) -> None:
-    """Perform planning step ``step`` of a run, unless it was already committed."""
+def plan(rt: Runtime, run_id: str, step: int, reserved: GuardedReservation | None = None) -> None:
+    """Perform planning step ``step`` of a run, unless it was already committed.
+
+    ``reserved``: its model call's reservation, made by the commit that readied
+    the step (see model_reservation); its outcome None: the step reserves itself.
+    """
     with tracing.step_span(run_id, step):
-        _plan(rt, run_id, step)
+        _plan(rt, run_id, step, reserved)
 
 
-def _plan(rt: Runtime, run_id: str, step: int) -> None:
+def model_reservation(rt: Runtime, state: RunState) -> GuardedReservation | None:
+    """The reservation of the model call that plans ``state``, a run about to be
+    planned; None where planning ends the run before calling (too many messages,
+    a model without a price) and reserves nothing."""
+    if len(state.messages) > rt.settings.max_run_messages:
+        return None
+    agent = get_agent(state.agent)
+    estimate = agent.model.estimate_tokens(state.messages, [t.openai_schema() for t in agent.tools])
+    try:
+        cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
+    except UnknownModelPriceError:
+        return None
+    return GuardedReservation(f"model:{state.step}", steps=1, tokens=estimate, cost_usd=cost_bound)
+
+
+def _plan(rt: Runtime, run_id: str, step: int, reserved: GuardedReservation | None) -> None:
     state = rt.store.load(run_id)
     if (
         state.terminal
@@ -75,24 +95,28 @@ def _plan(rt: Runtime, run_id: str, step: int) -> None:
     agent = get_agent(state.agent)
     tools = [t.openai_schema() for t in agent.tools]
 
-    estimate = agent.model.estimate_tokens(state.messages, tools)
-    # The cost is reserved at its upper bound too: checked only after the call, the
-    # call that crosses max_cost_usd would already have been paid for.
-    try:
-        cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
-    except UnknownModelPriceError as exc:
-        # Intake refuses such runs; this one started before its model lost its price.
-        finish(
-            rt,
-            run_id,
-            step,
-            RunStatus.failed,
-            RunError(category=ErrorCategory.budget, message=str(exc)),
+    if reserved is not None and reserved.outcome is not None:
+        # Reserved by the commit that readied this step, from this very state.
+        estimate, cost_bound, reservation = reserved.tokens, reserved.cost_usd, reserved.outcome
+    else:
+        estimate = agent.model.estimate_tokens(state.messages, tools)
+        # The cost is reserved at its upper bound too: checked only after the call, the
+        # call that crosses max_cost_usd would already have been paid for.
+        try:
+            cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
+        except UnknownModelPriceError as exc:
+            # Intake refuses such runs; this one started before its model lost its price.
+            finish(
+                rt,
+                run_id,
+                step,
+                RunStatus.failed,
+                RunError(category=ErrorCategory.budget, message=str(exc)),
+            )
+            return
+        reservation = rt.store.budgets.reserve(
+            run_id, f"model:{step}", steps=1, tokens=estimate, cost_usd=cost_bound
         )
-        return
-    reservation = rt.store.budgets.reserve(
-        run_id, f"model:{step}", steps=1, tokens=estimate, cost_usd=cost_bound
-    )
     if not reservation.granted:
         # An agent that escalates on budget asks a human to extend it instead of ending.
         wait = asking.budget_wait(
