@@ -31,7 +31,8 @@ def summarise(path: Path, top: int) -> str:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        # --subprocesses adds lines naming a process, whose command line has spaces.
+        if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")
