@@ -213,6 +213,23 @@ class LocalCluster:
         self.cleanup()
         raise ConfigError(f"the local Redis Cluster did not form within {timeout_s:g}s")
 
+    def add_users(self, acl: str) -> None:
+        """Add the users of ``acl`` (a rendered ACL file, see render_acl) on every node.
+
+        The ``default`` user stays as it is: forming the cluster and inspecting its
+        nodes need one that may do anything.
+        """
+        for server in self.servers:
+            client = redis.Redis(port=server.port)
+            for line in acl.splitlines():
+                name, *rules = line.split()[1:] if line.startswith("user ") else [""]
+                if name and name != "default":
+                    client.execute_command("ACL", "SETUSER", name, "reset", *rules)  # type: ignore[no-untyped-call]
+
+    def url_as(self, user: str, password: str) -> str:
+        """A node's URL for logging in as ``user``."""
+        return f"redis://{user}:{password}@127.0.0.1:{self.servers[0].port}"
+
     def _ready(self, client: redis.Redis) -> bool:
         info = str(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
         nodes = str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]

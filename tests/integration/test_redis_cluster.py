@@ -5,13 +5,15 @@ cluster mode on free ports) and TETHER_REDIS_CLUSTER is set; the broker is a
 plain Redis of its own. Runs with tool calls and a human approval go through
 all three services; their keys spread over the nodes, and the writes a commit
 makes to other slots (lifecycle stream, indexes, a thread's history) arrive
-exactly once; a thread's runs keep their order.
+exactly once; a thread's runs keep their order. Every service logs in as its
+own user of the deploy ACL (deploy/redis/users.acl), as in production.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import secrets
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -32,9 +34,13 @@ from tether.evaluation.replay import replay
 from tether.memory import forget, longterm, threads
 from tether.messages import TaskEvent, Verdict
 from tether.planner import intake, reconcile
-from tether.redis_server import LocalCluster, RedisServer
+from tether.redis_server import LocalCluster, RedisServer, render_acl
 from tether.runtime import Runtime
 from tether.store import run_id_for
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")
+SERVICES = ("planner", "executor", "escalation")
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +53,26 @@ def cluster() -> LocalCluster:
 def cluster_stack(
     cluster: LocalCluster, ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DevStack, Runtime]]:
+    """Each service logs in to the cluster as its own user of deploy/redis/users.acl,
+    and this process as the operator, so each test also checks what those users may do."""
+    passwords = {user: secrets.token_hex(16) for user in USERS}
+    template = (ROOT / "deploy" / "redis" / "users.acl").read_text()
+    cluster.add_users(
+        render_acl(template, {f"REDIS_{u.upper()}_PASSWORD": p for u, p in passwords.items()})
+    )
     logs = Path(tmp_path_factory.mktemp("cluster-logs"))
     broker = RedisServer(appendonly=False).start()
+    operator = cluster.url_as("operator", passwords["operator"])
     stack = DevStack(
-        redis_url=cluster.url,
+        redis_url=operator,
+        service_urls={s: cluster.url_as(s, passwords[s]) for s in SERVICES},
         broker_url=broker.url,
         agent_modules=["tests.agents", "tests.memory_agents"],
         log_dir=logs,
         env={"TETHER_REDIS_CLUSTER": "true", "LEDGER_DIR": str(ledger_dir)},
     )
     with started_stack(stack, then=[broker.cleanup, cluster.cleanup]):
-        settings = Settings(redis_url=cluster.url, broker_url=broker.url, redis_cluster=True)
+        settings = Settings(redis_url=operator, broker_url=broker.url, redis_cluster=True)
         yield stack, Runtime(settings)
 
 
