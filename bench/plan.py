@@ -62,6 +62,7 @@ class Plan:
         "inflight",
         "recovery",
         "cluster",
+        "handlers",
     )
 
 
@@ -93,3 +94,5 @@ class Results:
     recovery: dict[str, Any] = field(default_factory=dict)
     # Per-step time with run state on a three-node Redis Cluster and on one Redis.
     cluster: dict[str, Any] = field(default_factory=dict)
+    # Tether's own handlers per step, in one process with Celery left out (bench.handlers).
+    handlers: dict[str, Any] = field(default_factory=dict)

@@ -21,7 +21,10 @@ starts on a free port, with real Celery worker processes:
    next commit, on default settings (bench.recovery);
 6. cluster: per-step time with run state on a three-node Redis Cluster against
    one Redis, runs alternating between two stacks (bench.cluster; it starts
-   its own Redis servers).
+   its own Redis servers);
+7. handlers: what Tether's own handlers cost a step, called in this process
+   with Celery left out, and the Redis CPU and commands they use
+   (bench.handlers).
 
 It prints a table with each figure beside its target and writes
 
@@ -45,6 +48,7 @@ import redis
 
 from bench.cluster import cluster_line, measure_cluster
 from bench.driver import Driver, log
+from bench.handlers import handlers_line, measure_handlers
 from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
 from bench.overhead import measure_overhead, start_stack
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: overhead,longrun,throughput,state,inflight,recovery,cluster",
+        help="comma-separated: overhead,longrun,throughput,state,inflight,recovery,cluster,"
+        "handlers",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default bench/results)"
@@ -146,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if "cluster" in plan.sections:
         log("run state on a three-node Redis Cluster against one Redis")
         measure_cluster(plan, res, args.logs)
+    if "handlers" in plan.sections:
+        log("Tether's handlers in one process, Celery left out")
+        measure_handlers(plan, res)
     res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
 
     rows = table(res, before)
@@ -158,5 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(recovery_line(res.recovery))
     if res.cluster:
         print(cluster_line(res.cluster))
+    if res.handlers:
+        print(handlers_line(res.handlers))
     print(f"\nwrote {out / (name + '.json')}, {out / (name + '.png')} in {res.meta['elapsed_s']} s")
     return 0

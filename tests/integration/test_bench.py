@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.driver import Driver
+from bench.handlers import handlers_line, measure_handlers
 from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
 from bench.overhead import measure_overhead, start_stack
@@ -115,3 +116,19 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     share_row = next(row for row in table(res) if row[0].startswith("Runs in flight, share"))
     assert share_row[1] == f"{n:,} / {m:,} = {share:.2f}"
     assert share_row[2:4] == (f">= {TARGET_INFLIGHT_SHARE}", "met" if share >= 0.75 else "NOT met")
+
+
+def test_bench_measures_what_the_handlers_cost_in_one_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = Plan(quick=True, steps=3, warmup=1, seq_runs=2)
+    res = Results()
+    measure_handlers(plan, res)
+
+    h = res.handlers
+    assert (h["steps_per_run"], h["runs"]) == (3, 2)
+    assert h["executor_ms_per_step"] > 0 and h["planner_ms_per_step"] > 0
+    assert h["redis_cpu_ms_per_step"] >= 0
+    # Every step commits through the run's compare-and-set script, at least twice.
+    assert h["redis_commands_per_step"] > 2 and "evalsha" in h["redis_usec_per_step"]
+    assert handlers_line(h) in capsys.readouterr().err
