@@ -34,8 +34,8 @@ def measure_handlers(plan: Plan, res: Results) -> None:
         rt = Runtime(Settings(redis_url=server.url))
         load_agent_modules(["bench.agents"])
         sent: list[ToolAction | Observation] = []
-        rt.send_action = sent.append  # type: ignore[method-assign]
-        rt.send_observation = sent.append  # type: ignore[method-assign]
+        rt.send_action = sent.append  # type: ignore[method-assign,assignment]
+        rt.send_observation = sent.append  # type: ignore[method-assign,assignment]
         admin = redis.Redis.from_url(server.url, decode_responses=True)
         for _ in range(plan.warmup):
             _run(rt, sent, plan.steps)
