@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from tether import autonomy, metrics, task_context, tracing
 from tether.agents import Agent, get_agent
@@ -53,11 +54,19 @@ def model_reservation(rt: Runtime, state: RunState) -> GuardedReservation | None
     if len(state.messages) > rt.settings.max_run_messages:
         return None
     agent = get_agent(state.agent)
-    estimate = agent.model.estimate_tokens(state.messages, [t.openai_schema() for t in agent.tools])
     try:
-        cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
+        return _model_bounds(agent, state, [t.openai_schema() for t in agent.tools])
     except UnknownModelPriceError:
         return None
+
+
+def _model_bounds(agent: Agent, state: RunState, tools: list[dict[str, Any]]) -> GuardedReservation:
+    """What the model call that plans ``state`` reserves: a step, its token bound and
+    its cost bound; UnknownModelPriceError where a cost limit meets a model without a price."""
+    estimate = agent.model.estimate_tokens(state.messages, tools)
+    # The cost is reserved at its upper bound too: checked only after the call, the
+    # call that crosses max_cost_usd would already have been paid for.
+    cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
     return GuardedReservation(f"model:{state.step}", steps=1, tokens=estimate, cost_usd=cost_bound)
 
 
@@ -95,15 +104,10 @@ def _plan(rt: Runtime, run_id: str, step: int, reserved: GuardedReservation | No
     agent = get_agent(state.agent)
     tools = [t.openai_schema() for t in agent.tools]
 
-    if reserved is not None and reserved.outcome is not None:
-        # Reserved by the commit that readied this step, from this very state.
-        estimate, cost_bound, reservation = reserved.tokens, reserved.cost_usd, reserved.outcome
-    else:
-        estimate = agent.model.estimate_tokens(state.messages, tools)
-        # The cost is reserved at its upper bound too: checked only after the call, the
-        # call that crosses max_cost_usd would already have been paid for.
+    # Reserved already where the commit that readied this step did it, from this very state.
+    if reserved is None or reserved.outcome is None:
         try:
-            cost_bound = reserved_cost_usd(agent.model, estimate, state.limits)
+            reserved = _model_bounds(agent, state, tools)
         except UnknownModelPriceError as exc:
             # Intake refuses such runs; this one started before its model lost its price.
             finish(
@@ -114,9 +118,14 @@ def _plan(rt: Runtime, run_id: str, step: int, reserved: GuardedReservation | No
                 RunError(category=ErrorCategory.budget, message=str(exc)),
             )
             return
-        reservation = rt.store.budgets.reserve(
-            run_id, f"model:{step}", steps=1, tokens=estimate, cost_usd=cost_bound
+        reserved.outcome = rt.store.budgets.reserve(
+            run_id,
+            reserved.reservation_id,
+            steps=reserved.steps,
+            tokens=reserved.tokens,
+            cost_usd=reserved.cost_usd,
         )
+    reservation, estimate, cost_bound = reserved.outcome, reserved.tokens, reserved.cost_usd
     if not reservation.granted:
         # An agent that escalates on budget asks a human to extend it instead of ending.
         wait = asking.budget_wait(
