@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo dev test lint chaos chaos-quick bench bench-quick recovery clean eval
+.PHONY: install demo dev test lint chaos chaos-quick chaos-cluster bench bench-quick recovery clean eval
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ chaos: install
 
 chaos-quick: install
 	$(PY) -m bench.chaos --quick
+
+# The same with run state on a three-node Redis Cluster; the Redis kills fall on
+# the broker and each node in turn.
+chaos-cluster: install
+	$(PY) -m bench.chaos --cluster --seed $(SEED) --json bench/results/chaos-cluster-seed$(SEED).json
 
 # Per-step overhead against bare Celery, throughput, runs in flight, cost of state:
 # a table on stdout, JSON and a PNG in bench/results/ (about 7 minutes; quick: about 2).

@@ -10,12 +10,20 @@ one summary line and exits non-zero if any run was lost or any payment doubled.
 
     python -m bench.chaos            # 1,000 runs
     python -m bench.chaos --quick    # 60 runs, for CI
+    python -m bench.chaos --cluster  # run state on a three-node Redis Cluster
+
+With ``--cluster`` the run state lives on a three-node Redis Cluster (each node
+with its AOF, appendfsync always) and the broker on a Redis of its own; the
+Redis kills fall on the broker and on each node in turn, so commits whose
+writes to other slots are still to be applied (tether.spill) lose their
+writer, their node, or the node they spill to.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -26,15 +34,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.chaos_agents import chaos_script
-from tether import client, escalations
+from tether import client, escalations, keys
 from tether.config import Settings
 from tether.devstack import DevStack
 from tether.errors import ConfigError
 from tether.messages import EscalationKind, Verdict
-from tether.redis_server import RedisServer
+from tether.redis_server import LocalCluster, RedisServer
 from tether.runtime import Runtime
 from tether.store import run_id_for
 from tether.testing.openai_server import ScriptedOpenAIServer
@@ -49,9 +57,15 @@ STALLED_AFTER_S = 45
 
 class Chaos:
     def __init__(
-        self, stack: DevStack, rng: random.Random, kill_every_s: float, redis_every_s: float
+        self,
+        stack: DevStack,
+        rng: random.Random,
+        kill_every_s: float,
+        redis_every_s: float,
+        redis_servers: dict[str, RedisServer],
     ) -> None:
         self.stack = stack
+        self.redis_servers = redis_servers
         self.rng = rng
         self.kill_every_s = kill_every_s
         self.redis_every_s = redis_every_s
@@ -82,13 +96,17 @@ class Chaos:
 
     def _loop(self) -> None:
         last_redis = time.monotonic()
+        # Each Redis in turn (one alone without --cluster), starting at random.
+        turn = self.rng.randrange(len(self.redis_servers))
         while not self.stop.wait(self.kill_every_s * self.rng.uniform(0.5, 1.5)):
-            if self.stack.redis is not None and time.monotonic() - last_redis > self.redis_every_s:
+            if time.monotonic() - last_redis > self.redis_every_s:
+                label, redis = list(self.redis_servers.items())[turn % len(self.redis_servers)]
+                turn += 1
                 with self.lock:
-                    self.stack.redis.kill()
+                    redis.kill()
                     time.sleep(self.rng.uniform(0.2, 2.0))
-                    self._restart_redis(self.stack.redis)
-                    self.kills["redis"] += 1
+                    self._restart_redis(redis)
+                    self.kills[label] += 1
                 last_redis = time.monotonic()
                 continue
             service = self.rng.choice(["planner", "executor"])
@@ -182,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run state on a three-node Redis Cluster, the broker on a Redis of its own",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.kill_every, args.redis_every, args.publish_rate = 60, 4.0, 12.0, 5.0
@@ -207,24 +230,43 @@ def main(argv: list[str] | None = None) -> int:
         "TETHER_RECONCILE_INTERVAL_S": "5",
         "TETHER_LOG_LEVEL": "WARNING",
     }
-    redis = RedisServer(data_dir=work / "redis", appendfsync="always")
     started = time.monotonic()
     published: list[str] = []
     outcomes: dict[str, tuple[str, str | None]] = {}
     chaos: Chaos | None = None
     operator: Operator | None = None
-    with (
-        server,
-        DevStack(
-            agent_modules=["bench.chaos_agents"],
-            concurrency=args.concurrency,
-            env=env,
-            log_dir=work / "logs",
-            redis=redis,
-        ) as stack,
-    ):
-        rt = Runtime(Settings(redis_url=stack.redis_url))
-        chaos = Chaos(stack, rng, args.kill_every, args.redis_every)
+    with server, contextlib.ExitStack() as redis_servers:
+        if args.cluster:
+            cluster = redis_servers.enter_context(LocalCluster(nodes=3, appendfsync="always"))
+            broker = redis_servers.enter_context(
+                RedisServer(data_dir=work / "broker", appendfsync="always")
+            )
+            killed = {"broker": broker} | {
+                f"redis_node{i}": node for i, node in enumerate(cluster.servers, start=1)
+            }
+            settings = Settings(redis_url=cluster.url, broker_url=broker.url, redis_cluster=True)
+            stack = DevStack(
+                redis_url=cluster.url,
+                broker_url=broker.url,
+                agent_modules=["bench.chaos_agents"],
+                concurrency=args.concurrency,
+                env={**env, "TETHER_REDIS_CLUSTER": "true"},
+                log_dir=work / "logs",
+            )
+        else:
+            redis = RedisServer(data_dir=work / "redis", appendfsync="always")
+            killed = {"redis": redis}
+            settings = Settings(redis_url=redis.url)
+            stack = DevStack(
+                agent_modules=["bench.chaos_agents"],
+                concurrency=args.concurrency,
+                env=env,
+                log_dir=work / "logs",
+                redis=redis,
+            )
+        redis_servers.enter_context(stack)
+        rt = Runtime(settings)
+        chaos = Chaos(stack, rng, args.kill_every, args.redis_every, killed)
         operator = Operator(rt, ledger, chaos.rerun_approved)
         chaos.start()
         operator.thread.start()
@@ -247,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             operator.thread.join()
             settle(rt, published, outcomes)
             redriven = count_redriven(rt, published)
+            # Leftovers of a writer that died wait for the reconciler's next look.
+            lifecycle = check_lifecycle(rt, published, STALLED_AFTER_S + 15 if args.cluster else 0)
 
     summary = summarize(args, published, outcomes, ledger, chaos, operator, server, redriven)
+    summary["lifecycle"] = lifecycle
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     print(
         f"chaos: seed={args.seed} published={summary['published']} "
@@ -259,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         f"kills={json.dumps(summary['kills'], sort_keys=True)} "
         f"model_faults={summary['model_faults']} redriven={summary['redriven']} "
         f"operator={json.dumps(summary['operator'], sort_keys=True)} "
+        f"lifecycle={json.dumps(lifecycle, sort_keys=True)} "
         f"elapsed={summary['elapsed_s']}s"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    if summary["lost"] or summary["doubled"]:
+    unaccounted = lifecycle["missing"] + lifecycle["invented"] + lifecycle["spill_left"]
+    if summary["lost"] or summary["doubled"] or unaccounted:
         print(f"chaos: FAILED; worker logs kept in {work / 'logs'}", file=sys.stderr)
         return 1
     shutil.rmtree(work, ignore_errors=True)
@@ -287,9 +334,7 @@ def publish(rt: Runtime, args: argparse.Namespace, published: list[str]) -> None
         time.sleep(interval)
 
 
-def settle(
-    rt: Runtime, published: list[str], outcomes: dict[str, tuple[str, str | None]]
-) -> None:
+def settle(rt: Runtime, published: list[str], outcomes: dict[str, tuple[str, str | None]]) -> None:
     """Note each published event that ended: its run terminal, or the event rejected."""
     for event_id in published:
         if event_id in outcomes:
@@ -303,6 +348,42 @@ def settle(
                 outcomes[event_id] = ("rejected", None)
         except Exception:
             return  # Redis is down for a moment; look again next time
+
+
+def check_lifecycle(rt: Runtime, published: list[str], wait_s: float) -> dict[str, int]:
+    """Every run's log entries in the lifecycle stream, and nothing left to apply.
+
+    ``missing``: log entries with no lifecycle line; ``invented``: lifecycle lines
+    with no log entry; ``spill_left``: runs whose writes to other cluster slots were
+    still not applied after ``wait_s`` (none on one Redis). All three must be 0.
+    ``doubled`` counts lines that came twice: a commit's entries land once, but an
+    entry written outside a commit (a model or tool call, a dead letter) is sent
+    again when Redis dies before its reply, and on a cluster only the line on the
+    node that died is sent again.
+    """
+    run_ids = [run_id_for(event_id) for event_id in published]
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [r for r in run_ids if rt.store.client.llen(keys.spill(keys.run(r)))]
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(2.0)
+    lines: dict[str, collections.Counter[tuple[str, str]]] = collections.defaultdict(
+        collections.Counter
+    )
+    entries = cast(list[tuple[str, dict[str, str]]], rt.store.client.xrange(keys.LIFECYCLE_STREAM))
+    for _, entry in entries:
+        lines[entry["run_id"]][(entry["kind"], entry["step"])] += 1
+    found = {"missing": 0, "invented": 0, "doubled": 0, "spill_left": len(left)}
+    for run_id in run_ids:
+        logged = collections.Counter((e.kind, str(e.step)) for _, e in rt.store.trace(run_id))
+        lifecycle = lines[run_id]
+        found["missing"] += sum(n for k, n in logged.items() if k not in lifecycle)
+        found["invented"] += sum(n for k, n in lifecycle.items() if k not in logged)
+        found["doubled"] += sum(
+            abs(n - logged[k]) for k, n in lifecycle.items() if k in logged and n != logged[k]
+        )
+    return found
 
 
 def count_redriven(rt: Runtime, published: list[str]) -> int:

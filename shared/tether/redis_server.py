@@ -169,11 +169,15 @@ class LocalCluster:
 
     SLOTS = 16384
 
-    def __init__(self, nodes: int = 3) -> None:
+    def __init__(self, nodes: int = 3, appendfsync: str | None = None) -> None:
+        """``appendfsync``: keep each node's writes in an AOF with that policy (the chaos
+        run kills nodes and starts them again); None: nothing on disk."""
         self.servers: list[RedisServer] = []
         self.bus_ports: list[int] = []
         for _ in range(nodes):
-            server = RedisServer(appendonly=False)
+            server = RedisServer(
+                appendonly=appendfsync is not None, appendfsync=appendfsync or "everysec"
+            )
             self.bus_ports.append(free_port())
             server.extra_args = (
                 "--cluster-enabled",

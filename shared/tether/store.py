@@ -19,6 +19,7 @@ from redis.retry import Retry
 from tether import keys, spill
 from tether.batch import Build, WriteBatch
 from tether.budgets import Budgets, BudgetUsage, GuardedReservation
+from tether.cluster_client import RidingCluster
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
 from tether.redact import get_redactor
@@ -53,7 +54,8 @@ def connect(url: str, cluster: bool = False) -> redis.Redis:
     Every write Tether makes is safe to repeat (versioned commits, idempotent
     reservations, SET NX results), so retrying a command whose reply was lost
     is harmless. With ``cluster``, ``url`` names any node of a Redis Cluster and
-    the client finds the rest (TETHER_REDIS_CLUSTER).
+    the client finds the rest (TETHER_REDIS_CLUSTER), riding out a node's restart
+    the same way (tether.cluster_client).
     """
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30)
     if cluster:
@@ -61,7 +63,7 @@ def connect(url: str, cluster: bool = False) -> redis.Redis:
         # alike (slot by slot), which is what the cast says.
         return cast(
             redis.Redis,
-            RedisCluster.from_url(
+            RidingCluster.from_url(
                 url,
                 decode_responses=True,
                 socket_connect_timeout=2,

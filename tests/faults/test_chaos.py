@@ -29,5 +29,8 @@ def test_quick_chaos_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     summary = json.loads(summary_path.read_text())
     assert summary["runs"] == summary["terminal"] == 60
     assert summary["lost"] == 0 and summary["doubled"] == 0
+    # Every log entry reached the lifecycle stream, and nothing was invented there.
+    lifecycle = summary["lifecycle"]
+    assert (lifecycle["missing"], lifecycle["invented"], lifecycle["spill_left"]) == (0, 0, 0)
     assert sum(summary["kills"].values()) >= 3  # the chaos really happened
     assert "lost=0 doubled=0" in done.stdout

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ from tether.messages import TaskEvent, Verdict
 from tether.planner import intake, reconcile
 from tether.redis_server import LocalCluster, RedisServer, render_acl
 from tether.runtime import Runtime
-from tether.store import run_id_for
+from tether.store import connect, run_id_for
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")
@@ -243,3 +245,38 @@ def test_a_run_on_a_cluster_replays_in_a_scratch_redis_of_its_own(
     report = replay(rt, run_id, scratch_redis=stack.broker_url.replace("/0", "/7"))
     assert not report.diverged and report.decision_points > 0
     assert report.replayed_status == "succeeded"
+
+
+def test_commands_and_pipelines_ride_out_a_node_restart() -> None:
+    # A cluster of its own: the module's serves the running stack.
+    with LocalCluster(nodes=3) as restarting:
+        client = connect(restarting.url, cluster=True)
+        keys_by_node = _one_key_per_node(client, restarting)
+        node = restarting.servers[0]
+        node.kill()
+        back = threading.Timer(1.5, node.start)
+        back.start()
+        try:
+            started = time.monotonic()
+            # Without riding out, redis-py gives up within milliseconds of a refused connection.
+            client.set(keys_by_node[node.port], "after the restart")
+            pipe = client.pipeline(transaction=False)
+            for key in keys_by_node.values():
+                pipe.incr(key + ":n")
+            assert pipe.execute() == [1, 1, 1]
+        finally:
+            back.join()
+        assert time.monotonic() - started >= 1.0  # it did wait for the node
+        assert client.get(keys_by_node[node.port]) == "after the restart"
+
+
+def _one_key_per_node(client: redis.Redis, cluster: LocalCluster) -> dict[int, str]:
+    """A key held by each node, by the node's port."""
+    found: dict[int, str] = {}
+    for i in itertools.count():
+        key = f"ride-out:{i}"
+        port = client.get_node_from_key(key).port  # type: ignore[attr-defined]
+        found.setdefault(port, key)
+        if len(found) == len(cluster.servers):
+            return found
+    raise AssertionError("unreachable")
