@@ -37,7 +37,7 @@ test: install
 	$(PY) -m pytest
 
 # 1,000 runs while workers and Redis are killed at random; exits non-zero on any
-# lost run or doubled side effect. chaos-quick is the 60-run version CI runs.
+# lost run, doubled side effect, or log entry missing from the lifecycle stream. chaos-quick is the 60-run version CI runs.
 # SEED picks the run of chance: `make chaos SEED=8`.
 SEED ?= 7
 chaos: install

@@ -6,7 +6,9 @@ workers and SIGKILLs Redis (appendfsync always, so the AOF holds every acknowled
 while the model endpoint injects 429s, 500s, slow and truncated answers and
 malformed tool calls. An operator thread answers escalations as a human would,
 checking the payment ledger before allowing a re-run. At the end it prints
-one summary line and exits non-zero if any run was lost or any payment doubled.
+one summary line and exits non-zero if any run was lost, any payment doubled,
+or a run's event log and its lines in the lifecycle stream disagree
+(check_lifecycle).
 
     python -m bench.chaos            # 1,000 runs
     python -m bench.chaos --quick    # 60 runs, for CI

@@ -12,7 +12,8 @@ a node down is sent again with backoff, for up to about a minute, as
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.cluster import ClusterPipeline, RedisCluster
@@ -22,20 +23,27 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 # What a node that is restarting, or a cluster that has not yet seen it back, answers.
 NODE_DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, SlotNotCoveredError)
 RIDE_OUT_S = 60.0
+T = TypeVar("T")
 
 
-def _riding() -> Retrying:
-    return Retrying(
+def _ride_out(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except NODE_DOWN:
+        pass  # the common case above builds no retry loop: this is every command's path
+    riding = Retrying(
         retry=retry_if_exception_type(NODE_DOWN),
         wait=wait_exponential(multiplier=0.05, max=2.0),
         stop=stop_after_delay(RIDE_OUT_S),
         reraise=True,
     )
+    return riding(call)
 
 
 class RidingCluster(RedisCluster):
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        return _riding()(super().execute_command, *args, **kwargs)
+        command = super().execute_command
+        return _ride_out(lambda: command(*args, **kwargs))  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         pipe: ClusterPipeline = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
@@ -60,4 +68,4 @@ class RidingPipeline(ClusterPipeline):
                 raise down  # the whole pipeline again: what ran already is safe to repeat
             return replies
 
-        return _riding()(attempt)
+        return _ride_out(attempt)
