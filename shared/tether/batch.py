@@ -51,6 +51,11 @@ class WriteBatch:
         return held
 
     @property
+    def holding(self) -> bool:
+        """Inside a task: a held write goes out with the next round trip."""
+        return self._held() is not None
+
+    @property
     def pending(self) -> int:
         return len(self._held() or ())
 

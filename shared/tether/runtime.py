@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
-from tether import celery_app, tracing
+from tether import celery_app, held_publish, tracing
 from tether.config import Settings, get_settings
 from tether.messages import Decision, Escalation, Observation, TaskEvent, ToolAction
 from tether.metrics import PUBLISHED_AT_HEADER
@@ -43,23 +43,38 @@ class Runtime:
     def celery(self) -> Celery:
         return celery_app.create_app(self.settings)
 
+    @cached_property
+    def broker_is_store(self) -> bool:
+        """Whether the broker's queues live in the run store's Redis (no TETHER_BROKER_URL)."""
+        return self.settings.broker_url is None and not self.settings.redis_cluster
+
     def _send(self, task: str, shown: str, *, trace_run: str | None = None, **kwargs: Any) -> None:
         """Publish ``task``; ``trace_run`` names its run where ``kwargs`` do not (tether.tracing)."""
-        # What the message's consumer may read (the log, settled budgets) goes out first.
-        self.store.flush()
         queue = celery_app.QUEUE_OF[task]
         # ``shown`` is what task events, Flower and worker logs show instead of the
         # payload: shorter to render per message, and no tool arguments in them.
         # The publish time, for the queue-wait histogram and the age of a queue's oldest message.
         # Published in its run's trace context, whoever publishes it (a client, the reconciler).
         with tracing.publishing(trace_run or tracing.message_run_id(task, kwargs)) as traced:
-            self.celery.send_task(
-                task,
-                kwargs=kwargs,
-                kwargsrepr=shown,
-                headers={PUBLISHED_AT_HEADER: time.time(), **traced},
+            options: dict[str, Any] = {
+                "kwargs": kwargs,
+                "kwargsrepr": shown,
+                "headers": {PUBLISHED_AT_HEADER: time.time(), **traced},
                 **celery_app.direct_route(queue),
-            )
+            }
+            if self.broker_is_store and self.store.batch.holding:
+                # Inside a task: the message goes out with the task's held writes
+                # (tether.held_publish). The anonymous exchange needs no declaring.
+                with (
+                    self.celery.producer_or_acquire() as producer,
+                    held_publish.publishing_into(self.store.batch),
+                    producer.batch(),
+                ):
+                    self.celery.send_task(task, producer=producer, declare=[], **options)
+                return
+            # What the message's consumer may read (the log, settled budgets) goes out first.
+            self.store.flush()
+            self.celery.send_task(task, **options)
 
     def publish_event(self, event: TaskEvent) -> None:
         self._send(

@@ -41,7 +41,11 @@ class TetherTask(Task):  # type: ignore[misc]
             ):
                 log.error("dead_letter", task=self.name, task_id=self.request.id, reason=reason)
             return None
-        return super().__call__(*args, **kwargs)
+        result = super().__call__(*args, **kwargs)
+        # The messages it published are held writes (tether.held_publish): they leave
+        # before the task counts as done, and a failure to send them fails the task.
+        get_runtime().store.flush()
+        return result
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded | WorkerLostError):

@@ -43,7 +43,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from tether import keys
+from tether import held_publish, keys
 
 # A consumer renews its heartbeat, and looks for dead consumers, every HEARTBEAT_S;
 # one whose heartbeat is missing for CONSUMER_DEAD_AFTER_S is dead, and its
@@ -179,6 +179,18 @@ class ReliableChannel(kombu_redis.Channel):
         if self._shared_client is None:
             self._shared_client = self._create_client()
         yield self._shared_client
+
+    # publishing ------------------------------------------------------------------
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        return held_publish.target() is not None or bool(super().supports_batch_publish)
+
+    def create_publish_batch(self, max_size: int) -> Any:
+        writes = held_publish.target()
+        if writes is None:
+            return super().create_publish_batch(max_size)
+        return held_publish.HeldPublishes(self, writes)
 
     # consuming -------------------------------------------------------------------
 
