@@ -2,16 +2,20 @@
 
 The executor's and the planner's handlers (tether.executor.execute,
 tether.planner.observe and the step it plans) are called in this process, one
-run at a time, against a Redis of their own; what they would publish goes on a
-list here instead. Each call is wrapped in a task's begin and end, as a worker
-does (held-back writes go out with the next round trip). So the figures hold
-Tether's work alone, without Celery's (the publishing, the consuming, the
-prefork hand-off) and without the contention of several processes on the
-cores: the cost each change to the hot path moves, measured with little noise.
+run at a time, against a Redis of their own. What they publish goes onto the
+queues as a worker's would (tether.held_publish, inside the task), and the
+harness takes it from there, outside the timing. Each call is wrapped in a
+task's begin and end, as a worker does (held-back writes go out with the next
+round trip). So the figures hold Tether's work and its publishing, without
+Celery's consuming (the landing move, the prefork hand-off, the ack) and
+without the contention of several processes on the cores: the cost each
+change to the hot path moves, measured with little noise.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import statistics
 import time
 import uuid
@@ -23,6 +27,7 @@ from bench.driver import log
 from bench.plan import Plan, Results
 from tether import executor, planner
 from tether.agents import load_agent_modules
+from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
 from tether.config import Settings
 from tether.messages import Observation, ToolAction
 from tether.redis_server import RedisServer
@@ -33,15 +38,12 @@ def measure_handlers(plan: Plan, res: Results) -> None:
     with RedisServer() as server:
         rt = Runtime(Settings(redis_url=server.url))
         load_agent_modules(["bench.agents"])
-        sent: list[ToolAction | Observation] = []
-        rt.send_action = sent.append  # type: ignore[method-assign,assignment]
-        rt.send_observation = sent.append  # type: ignore[method-assign,assignment]
         admin = redis.Redis.from_url(server.url, decode_responses=True)
         for _ in range(plan.warmup):
-            _run(rt, sent, plan.steps)
+            _run(rt, plan.steps)
         admin.config_resetstat()
         cpu_before = _redis_cpu(admin)
-        per_run = [_run(rt, sent, plan.steps) for _ in range(plan.seq_runs)]
+        per_run = [_run(rt, plan.steps) for _ in range(plan.seq_runs)]
         redis_cpu = _redis_cpu(admin) - cpu_before
         stats: dict[str, dict[str, Any]] = admin.info("commandstats")
     steps = plan.steps * plan.seq_runs
@@ -61,13 +63,12 @@ def measure_handlers(plan: Plan, res: Results) -> None:
     log(handlers_line(res.handlers))
 
 
-def _run(rt: Runtime, sent: list[ToolAction | Observation], steps: int) -> dict[str, float]:
+def _run(rt: Runtime, steps: int) -> dict[str, float]:
     """One run of the N-step agent, handler by handler; ms per step in each service."""
     spent = {"executor": 0.0, "planner": 0.0}
     event = {"event_id": f"handlers-{uuid.uuid4().hex}", "agent": "bench_stepper"}
     _as_task(rt, planner.start, {**event, "input": f"steps={steps}"})
-    while sent:
-        message = sent.pop(0)
+    while (message := _next_message(rt)) is not None:
         started = time.perf_counter()
         if isinstance(message, ToolAction):
             _as_task(rt, executor.execute, message)
@@ -76,6 +77,19 @@ def _run(rt: Runtime, sent: list[ToolAction | Observation], steps: int) -> dict[
             _as_task(rt, planner.observe, message)
             spent["planner"] += time.perf_counter() - started
     return {service: seconds / steps * 1000 for service, seconds in spent.items()}
+
+
+def _next_message(rt: Runtime) -> ToolAction | Observation | None:
+    """The oldest message a handler published, decoded as its worker would."""
+    for queue, field, model in (
+        (TOOLS_QUEUE, "action", ToolAction),
+        (PLAN_QUEUE, "observation", Observation),
+    ):
+        raw = rt.store.client.rpop(queue)
+        if raw is not None:
+            _args, kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            return model.model_validate(kwargs[field])  # type: ignore[attr-defined]
+    return None
 
 
 def _as_task(rt: Runtime, handler: Any, message: Any) -> None:

@@ -131,4 +131,6 @@ def test_bench_measures_what_the_handlers_cost_in_one_process(
     assert h["redis_cpu_ms_per_step"] >= 0
     # Every step commits through the run's compare-and-set script, at least twice.
     assert h["redis_commands_per_step"] > 2 and "evalsha" in h["redis_usec_per_step"]
+    # Its messages went through Celery onto the queues (and their task-sent events).
+    assert {"lpush", "publish"} <= set(h["redis_usec_per_step"])
     assert handlers_line(h) in capsys.readouterr().err
