@@ -19,7 +19,7 @@ import json
 import statistics
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -81,14 +81,15 @@ def _run(rt: Runtime, steps: int) -> dict[str, float]:
 
 def _next_message(rt: Runtime) -> ToolAction | Observation | None:
     """The oldest message a handler published, decoded as its worker would."""
-    for queue, field, model in (
+    messages: tuple[tuple[str, str, type[ToolAction] | type[Observation]], ...] = (
         (TOOLS_QUEUE, "action", ToolAction),
         (PLAN_QUEUE, "observation", Observation),
-    ):
-        raw = rt.store.client.rpop(queue)
+    )
+    for queue, field, model in messages:
+        raw = cast(bytes | None, rt.store.client.rpop(queue))
         if raw is not None:
             _args, kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            return model.model_validate(kwargs[field])  # type: ignore[attr-defined]
+            return model.model_validate(kwargs[field])
     return None
 
 
