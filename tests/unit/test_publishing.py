@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tether import celery_app
+from tether import celery_app, held_publish
 from tether import runtime as runtime_module
 from tether.config import Settings
 from tether.runtime import Runtime
@@ -109,3 +109,20 @@ def test_a_tasks_held_messages_leave_before_the_task_returns(
         ]
     finally:
         runtime.store.end_task()
+
+
+def test_a_held_publish_batch_outside_a_task_sends_at_once(runtime: Runtime) -> None:
+    # Nothing would send held writes later outside a task: the batch's end sends them.
+    with (
+        runtime.celery.producer_or_acquire() as producer,
+        held_publish.publishing_into(runtime.store.batch),
+        producer.batch(),
+    ):
+        runtime.celery.send_task(
+            celery_app.STEP,
+            kwargs={"run_id": "run_c", "step": 0},
+            producer=producer,
+            **celery_app.direct_route("tether.plan"),
+        )
+        assert runtime.store.client.llen("tether.plan") == 0
+    assert [_kwargs(m) for m in _queued(runtime, "tether.plan")] == [{"run_id": "run_c", "step": 0}]
