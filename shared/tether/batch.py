@@ -1,9 +1,9 @@
 """Writes that need no reply, sent together with the next Redis round trip.
 
-Inside a task, the store holds back event-log appends and budget settlements
-and sends them in one pipeline with whatever it sends next (a read, a commit,
-a reservation), before any message is published (Runtime flushes), and at the
-latest when the task ends. Redis runs a pipeline's commands in order, so
+Inside a task, the store holds back event-log appends, budget settlements and
+the messages the task publishes (tether.held_publish), and sends them in one
+pipeline with whatever it sends next (a read, a commit, a reservation), and at
+the latest when the task's body ends (TetherTask). Redis runs a pipeline's commands in order, so
 nothing that comes after a held-back write can overtake it. Outside a task
 (the CLI, tests, the client API) nothing is held back.
 """

@@ -60,17 +60,19 @@ class Runtime:
                 "kwargs": kwargs,
                 "kwargsrepr": shown,
                 "headers": {PUBLISHED_AT_HEADER: time.time(), **traced},
+                # The anonymous exchange needs no declaring (celery_app.direct_route).
+                "declare": [],
                 **celery_app.direct_route(queue),
             }
             if self.broker_is_store and self.store.batch.holding:
                 # Inside a task: the message goes out with the task's held writes
-                # (tether.held_publish). The anonymous exchange needs no declaring.
+                # (tether.held_publish).
                 with (
                     self.celery.producer_or_acquire() as producer,
                     held_publish.publishing_into(self.store.batch),
                     producer.batch(),
                 ):
-                    self.celery.send_task(task, producer=producer, declare=[], **options)
+                    self.celery.send_task(task, producer=producer, **options)
                 return
             # What the message's consumer may read (the log, settled budgets) goes out first.
             self.store.flush()
@@ -125,8 +127,9 @@ class Runtime:
 
 
 # A store knows where a task begins and ends (RunStore.begin_task): inside one
-# it holds back log appends and settlements until its next round trip, and
-# sends whatever is still held when the task ends.
+# it holds back log appends, settlements and published messages until its next
+# round trip, and sends whatever is still held when the task ends (a failed task:
+# one that returned has sent them already, TetherTask).
 _stores: weakref.WeakSet[RunStore] = weakref.WeakSet()
 
 

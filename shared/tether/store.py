@@ -529,7 +529,8 @@ class RunStore:
         return event
 
     def flush(self) -> None:
-        """Send the writes held back so far (before a message is published)."""
+        """Send the writes held back so far (before a message published without
+        holding, and when a task's body ends)."""
         self.batch.flush()
 
     def trace(self, run_id: str, after: str = "-") -> list[tuple[str, RunEvent]]:
