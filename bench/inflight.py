@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from bench import hooks
-from bench.driver import Driver, Lifecycle, log, percentile, redis_pid
+from bench.driver import POLL_S, Driver, Lifecycle, log, percentile, redis_pid
 from bench.plan import TARGET_INFLIGHT_SHARE, TARGET_P99_S, Plan, Results
 from bench.procs import CpuMeter, ModelServer, Workers
 
@@ -189,9 +189,11 @@ def _ramp(
     kinds: list[tuple[float, str]] = []
     failed = 0
 
-    def follow(block_ms: int) -> None:
+    def follow() -> None:
+        """Take in what the lifecycle stream has, then wait POLL_S: a read blocked on the
+        stream would wake the driver for every entry, on the cores the runs need."""
         nonlocal failed
-        for fields in lc.poll(block_ms):
+        for fields in lc.poll(None):
             now = time.time()
             kind = fields.get("kind", "")
             if kind in ("model_call", "run_finished"):
@@ -202,6 +204,7 @@ def _ramp(
                     durations.append(now - started)
             elif kind == "model_failed":
                 failed += 1
+        time.sleep(POLL_S)
 
     def top_up(target: int, budget: int) -> int:
         """Submit runs until ``target`` are in flight, at most ``budget`` now."""
@@ -221,12 +224,11 @@ def _ramp(
         while len(in_flight) < level:
             ramped = int((time.monotonic() - ramp_start) / run_s * (level - start_count))
             top_up(min(level, start_count + 1 + ramped), level)
-            follow(0)
-            time.sleep(0.01)
+            follow()
         settle_end = time.monotonic() + plan.settle_s
         while time.monotonic() < settle_end:
             top_up(level, level)
-            follow(50)
+            follow()
         meter = CpuMeter(groups, flat=["driver"]).start()
         w0 = time.time()
         durations.clear()
@@ -234,12 +236,12 @@ def _ramp(
         counts: list[int] = []
         while time.time() - w0 < plan.window_s:
             top_up(level, level)
-            follow(50)
+            follow()
             counts.append(len(in_flight))
         w1 = time.time()
         cpu = meter.stop()
         time.sleep(hooks.FLUSH_EVERY_S * 2)
-        follow(0)
+        follow()
         samples = [s for s in hooks.read_samples(delay_dir) if w0 <= s[0] <= w1]
         delays = [d for _, d, _ in samples]
         plan_delays = [d for _, d, q in samples if q == "tether.plan"]
@@ -285,5 +287,5 @@ def _ramp(
     # Let what is in flight end before the workers stop.
     deadline = time.monotonic() + 30
     while in_flight and time.monotonic() < deadline:
-        follow(200)
+        follow()
     return levels

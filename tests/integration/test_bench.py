@@ -8,10 +8,12 @@ measured from real runs on real workers and reaches the report.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from bench import driver as bench_driver
 from bench.driver import Driver
 from bench.handlers import handlers_line, measure_handlers
 from bench.inflight import record_share, run_inflight
@@ -32,7 +34,7 @@ from tether.redis_server import RedisServer
 
 
 def test_bench_measures_overhead_and_state_on_real_workers(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One level of a few runs with a 0.25 s model on one process per service: the
     # in-flight line's arithmetic and plumbing, in seconds rather than the bench's minutes.
@@ -63,6 +65,14 @@ def test_bench_measures_overhead_and_state_on_real_workers(
             measure_long_run(plan, driver, res)
             measure_state(plan, driver, res)
             measure_throughput(plan, driver, workers, 1, res, commands=False)
+            # A run or chain is timed to its worker's own stamp, not to when the
+            # harness, looking only every POLL_S, notices that it ended.
+            monkeypatch.setattr(bench_driver, "POLL_S", 1.0)
+            for timed in (lambda: driver.tether_run(3), lambda: driver.bare_chain(7)):
+                called = time.perf_counter()
+                took = timed()
+                noticed = time.perf_counter() - called
+                assert noticed >= 1.0 and 0 < took < 0.9
         finally:
             workers.stop()
         res.inflight["threads"] = run_inflight(plan, server.url, "threads", tmp_path / "logs")
