@@ -10,7 +10,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_shutting_down
 from pydantic import BaseModel, ValidationError
 
-from tether import deadletters, metrics, task_context, time_limits, tracing
+from tether import deadletters, gevent_poll, metrics, task_context, time_limits, tracing
 from tether.agents import load_agent_modules
 from tether.errors import StaleStateError
 from tether.messages import ErrorCategory
@@ -87,6 +87,7 @@ def service_app(service: str) -> Celery:
     tracing.setup(rt.settings, service)
     task_context.install(service)
     time_limits.enforce_soft_time_limit_under_gevent()
+    gevent_poll.install_at_worker_init()
 
     @worker_init.connect(weak=False)
     def _load_agents(**_: Any) -> None:
