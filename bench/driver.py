@@ -5,12 +5,14 @@ for bare Celery, without adding work to the system it times: the Driver
 submits Tether runs and bare hop chains through their ordinary clients, and
 each end is the moment the worker that ended it stamped (the run state's
 ``finished_at``, the time a bare chain's last hop pushes to its DONE list),
-on the wall clock the start is read from. The Driver learns of those ends by
-looking every POLL_S, the same way for both: a read blocked on the lifecycle
-stream is woken by every entry, four a Tether step against one push per bare
-chain, and those wake-ups would take the cores from the runs it times. The
-statistics helpers are here so that every section reports medians and
-percentiles computed the same way.
+on the wall clock the start is read from. The Driver learns of those ends the
+same way for both, without a read that every step wakes (a read blocked on
+the lifecycle stream is woken by every entry, four a Tether step against one
+push per bare chain, on the cores it times): it sleeps through most of what
+the last run of the kind took, then looks every millisecond, so that the
+next run does not start on workers left idle. The statistics helpers are
+here so that every section reports medians and percentiles computed the same
+way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -30,8 +33,12 @@ from tether.celery_app import create_app
 from tether.config import Settings
 from tether.runtime import Runtime
 
-# How often the Driver looks for ends; it times them by the workers' own stamps.
+# How often the harness looks for ends it does not time (long runs, the in-flight ramp).
 POLL_S = 0.02
+# A timed run or chain: the Driver sleeps through DUE of what the last one of its kind
+# took, then looks every DUE_POLL_S, so that the next starts on workers still warm.
+DUE = 0.8
+DUE_POLL_S = 0.001
 
 
 def log(message: str) -> None:
@@ -89,16 +96,23 @@ class Driver:
             else redis.Redis.from_url(redis_url, decode_responses=True)
         )
         self.bare_app = create_app(settings, name="bench-bare-client")
+        self._took: dict[str, float] = {}
 
     def submit(self, agent: str, text: str) -> str:
         return tether_client.submit(agent, text, runtime=self.rt)
 
     def tether_run(self, steps: int) -> float:
-        lc = Lifecycle(self.redis)
-        started = time.time()
-        run_id = self.submit("bench_stepper", f"steps={steps}")
-        wait_finished(lc, {run_id}, 60)
-        return self.finished_at(run_id) - started
+        return self.tether_batch(1, steps)
+
+    def _await(self, kind: str, ended: Callable[[], bool], timeout_s: float) -> None:
+        """Return once ``ended()`` (see the module's doc: DUE, DUE_POLL_S)."""
+        began = time.monotonic()
+        time.sleep(DUE * self._took.get(kind, 0.0))
+        while not ended():
+            if time.monotonic() - began > timeout_s:
+                raise TimeoutError(f"{kind} did not end within {timeout_s:g} s")
+            time.sleep(DUE_POLL_S)
+        self._took[kind] = time.monotonic() - began
 
     def finished_at(self, run_id: str) -> float:
         """When the run's terminal commit was made (stamped by its worker), epoch seconds."""
@@ -113,39 +127,38 @@ class Driver:
             raise RuntimeError(f"bench run {run_id} ended {state.status} after {state.step} steps")
 
     def bare_chain(self, hops: int) -> float:
-        chain = uuid.uuid4().hex
-        started = time.time()
-        send_hop(self.bare_app, chain, hops, 0)
-        return self._bare_done({chain}, 60)[chain] - started
-
-    def _bare_done(self, chains: set[str], timeout_s: float) -> dict[str, float]:
-        """When each chain's last hop ended (its own stamp), looking every POLL_S."""
-        seen: dict[str, float] = {}
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for item in cast(list[str], self.redis.lpop(DONE, 1000) or []):
-                chain, stamp = item.split()
-                if chain in chains:
-                    seen[chain] = float(stamp)
-            if len(seen) == len(chains):
-                return seen
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(chains) - len(seen)} bare chains did not finish")
-            time.sleep(POLL_S)
+        return self.bare_batch(1, hops)
 
     def tether_batch(self, runs: int, steps: int) -> float:
+        """Seconds from the first submission to the last run's end (its worker's stamp)."""
         lc = Lifecycle(self.redis)
         started = time.time()
         ids = {self.submit("bench_stepper", f"steps={steps}") for _ in range(runs)}
-        wait_finished(lc, ids, 300)
+        seen: set[str] = set()
+
+        def ended() -> bool:
+            seen.update(f["run_id"] for f in lc.poll(None) if f.get("kind") == "run_finished")
+            return ids <= seen
+
+        self._await(f"tether {runs}x{steps}", ended, 60 + 3 * runs)
         return max(self.finished_at(run_id) for run_id in ids) - started
 
     def bare_batch(self, chains: int, hops: int) -> float:
+        """Seconds from the first chain sent to the last one's end (its last hop's stamp)."""
         names = {uuid.uuid4().hex for _ in range(chains)}
+        stamps: dict[str, float] = {}
         started = time.time()
         for chain in names:
             send_hop(self.bare_app, chain, hops, 0)
-        return max(self._bare_done(names, 300).values()) - started
+
+        def ended() -> bool:
+            for item in cast(list[str], self.redis.lpop(DONE, 1000) or []):
+                chain, stamp = item.split()
+                stamps[chain] = float(stamp)
+            return names <= stamps.keys()
+
+        self._await(f"bare {chains}x{hops}", ended, 60 + 3 * chains)
+        return max(stamps[chain] for chain in names) - started
 
     def command_stats(self) -> dict[str, int]:
         stats = cast(dict[str, dict[str, Any]], self.redis.info("commandstats"))

@@ -66,8 +66,9 @@ def test_bench_measures_overhead_and_state_on_real_workers(
             measure_state(plan, driver, res)
             measure_throughput(plan, driver, workers, 1, res, commands=False)
             # A run or chain is timed to its worker's own stamp, not to when the
-            # harness, looking only every POLL_S, notices that it ended.
-            monkeypatch.setattr(bench_driver, "POLL_S", 1.0)
+            # harness, looking only every DUE_POLL_S, notices that it ended.
+            monkeypatch.setattr(bench_driver, "DUE", 0.0)
+            monkeypatch.setattr(bench_driver, "DUE_POLL_S", 1.0)
             for timed in (lambda: driver.tether_run(3), lambda: driver.bare_chain(7)):
                 called = time.perf_counter()
                 took = timed()
