@@ -9,8 +9,9 @@ on the wall clock the start is read from. The Driver learns of those ends the
 same way for both, without a read that every step wakes (a read blocked on
 the lifecycle stream is woken by every entry, four a Tether step against one
 push per bare chain, on the cores it times): it sleeps through most of what
-the last run of the kind took, then looks every millisecond, so that the
-next run does not start on workers left idle. The statistics helpers are
+the last run of the kind took, then looks a hundred times as often (every
+millisecond at most), so that the next run does not start on workers left
+idle. The statistics helpers are
 here so that every section reports medians and percentiles computed the same
 way.
 """
@@ -33,11 +34,14 @@ from tether.celery_app import create_app
 from tether.config import Settings
 from tether.runtime import Runtime
 
-# How often the harness looks for ends it does not time (long runs, the in-flight ramp).
+# How often the harness looks for ends it does not time (long runs, the in-flight ramp),
+# and for a timed kind's first end, when it has no duration to go by.
 POLL_S = 0.02
 # A timed run or chain: the Driver sleeps through DUE of what the last one of its kind
-# took, then looks every DUE_POLL_S, so that the next starts on workers still warm.
+# took, then looks DUE_LOOKS times as often as that took, every DUE_POLL_S at most,
+# so that the next starts on workers still warm.
 DUE = 0.8
+DUE_LOOKS = 100
 DUE_POLL_S = 0.001
 
 
@@ -107,11 +111,13 @@ class Driver:
     def _await(self, kind: str, ended: Callable[[], bool], timeout_s: float) -> None:
         """Return once ``ended()`` (see the module's doc: DUE, DUE_POLL_S)."""
         began = time.monotonic()
-        time.sleep(DUE * self._took.get(kind, 0.0))
+        took = self._took.get(kind)
+        look = POLL_S if took is None else max(DUE_POLL_S, took / DUE_LOOKS)
+        time.sleep(DUE * (took or 0.0))
         while not ended():
             if time.monotonic() - began > timeout_s:
                 raise TimeoutError(f"{kind} did not end within {timeout_s:g} s")
-            time.sleep(DUE_POLL_S)
+            time.sleep(look)
         self._took[kind] = time.monotonic() - began
 
     def finished_at(self, run_id: str) -> float:

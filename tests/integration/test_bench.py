@@ -66,7 +66,7 @@ def test_bench_measures_overhead_and_state_on_real_workers(
             measure_state(plan, driver, res)
             measure_throughput(plan, driver, workers, 1, res, commands=False)
             # A run or chain is timed to its worker's own stamp, not to when the
-            # harness, looking only every DUE_POLL_S, notices that it ended.
+            # harness, looking only every second (DUE_POLL_S at least), notices that it ended.
             monkeypatch.setattr(bench_driver, "DUE", 0.0)
             monkeypatch.setattr(bench_driver, "DUE_POLL_S", 1.0)
             for timed in (lambda: driver.tether_run(3), lambda: driver.bare_chain(7)):
