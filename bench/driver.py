@@ -11,9 +11,8 @@ the lifecycle stream is woken by every entry, four a Tether step against one
 push per bare chain, on the cores it times): it sleeps through most of what
 the last run of the kind took, then looks a hundred times as often (every
 millisecond at most), so that the next run does not start on workers left
-idle. The statistics helpers are
-here so that every section reports medians and percentiles computed the same
-way.
+idle. The statistics helpers are here so that every section reports medians
+and percentiles computed the same way.
 """
 
 from __future__ import annotations

@@ -36,13 +36,10 @@ class ReadyFirstPoll(gevent.select.poll):  # type: ignore[misc]
         super().__init__()
         self._os = _os_poll()
 
+    # gevent's modify() registers again, so this keeps both polls' masks alike.
     def register(self, fd: Any, eventmask: int = _DEFAULT_MASK) -> None:
         super().register(fd, eventmask)
         self._os.register(fd, eventmask)
-
-    def modify(self, fd: Any, eventmask: int) -> None:
-        super().modify(fd, eventmask)
-        self._os.modify(fd, eventmask)
 
     def unregister(self, fd: Any) -> None:
         super().unregister(fd)

@@ -79,6 +79,8 @@ def test_a_poll_that_waits_lets_other_greenlets_run() -> None:
         p.unregister(a.fileno())
         p.register(b, select.POLLIN)
         assert p.poll(50) == []
+        p.modify(b, select.POLLOUT)  # a socket with room to write is ready at once
+        assert p.poll(0) == [(b.fileno(), select.POLLOUT)]
         print("ok")
     """)
     assert out.strip() == "ok"
