@@ -56,11 +56,10 @@ class Lifecycle:
         last = cast(list[Any], client.xrevrange(keys.LIFECYCLE_STREAM, count=1))
         self.last_id = last[0][0] if last else "0-0"
 
-    def poll(self, block_ms: int | None = 1000) -> list[dict[str, str]]:
-        """Entries since the last poll; ``block_ms`` None: do not wait for one."""
+    def poll(self) -> list[dict[str, str]]:
+        """Entries since the last poll, without waiting for one (see the module's doc)."""
         reply = cast(
-            list[Any],
-            self.client.xread({keys.LIFECYCLE_STREAM: self.last_id}, block=block_ms, count=5000),
+            list[Any], self.client.xread({keys.LIFECYCLE_STREAM: self.last_id}, count=5000)
         )
         if not reply:
             return []
@@ -68,20 +67,20 @@ class Lifecycle:
         self.last_id = entries[-1][0]
         return [fields for _, fields in entries]
 
+    def finished(self) -> set[str]:
+        """The runs whose run_finished entry came since the last poll."""
+        return {f["run_id"] for f in self.poll() if f.get("kind") == "run_finished"}
+
 
 def wait_finished(lc: Lifecycle, run_ids: set[str], timeout_s: float) -> None:
     """Return once every run in ``run_ids`` has its run_finished entry, looking every POLL_S."""
-    seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
-    while True:
-        for fields in lc.poll(None):
-            if fields.get("kind") == "run_finished" and fields.get("run_id") in run_ids:
-                seen.add(fields["run_id"])
-        if len(seen) == len(run_ids):
-            return
+    seen = lc.finished()
+    while not run_ids <= seen:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(run_ids) - len(seen)} of {len(run_ids)} runs did not finish")
+            raise TimeoutError(f"{len(run_ids - seen)} of {len(run_ids)} runs did not finish")
         time.sleep(POLL_S)
+        seen |= lc.finished()
 
 
 class Driver:
@@ -142,7 +141,7 @@ class Driver:
         seen: set[str] = set()
 
         def ended() -> bool:
-            seen.update(f["run_id"] for f in lc.poll(None) if f.get("kind") == "run_finished")
+            seen.update(lc.finished())
             return ids <= seen
 
         self._await(f"tether {runs}x{steps}", ended, 60 + 3 * runs)

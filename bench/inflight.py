@@ -193,7 +193,7 @@ def _ramp(
         """Take in what the lifecycle stream has, then wait POLL_S: a read blocked on the
         stream would wake the driver for every entry, on the cores the runs need."""
         nonlocal failed
-        for fields in lc.poll(None):
+        for fields in lc.poll():
             now = time.time()
             kind = fields.get("kind", "")
             if kind in ("model_call", "run_finished"):

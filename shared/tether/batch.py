@@ -3,8 +3,9 @@
 Inside a task, the store holds back event-log appends, budget settlements and
 the messages the task publishes (tether.held_publish), and sends them in one
 pipeline with whatever it sends next (a read, a commit, a reservation), and at
-the latest when the task's body ends (TetherTask). Redis runs a pipeline's commands in order, so
-nothing that comes after a held-back write can overtake it. Outside a task
+the latest when the task's body ends (TetherTask). Redis runs a pipeline's
+commands in order, so nothing that comes after a held-back write can overtake
+it. Outside a task
 (the CLI, tests, the client API) nothing is held back.
 """
 

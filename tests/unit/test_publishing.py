@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from typing import Any
 
 import pytest
+import redis
 
 from tether import celery_app, held_publish
 from tether import runtime as runtime_module
@@ -126,3 +128,29 @@ def test_a_held_publish_batch_outside_a_task_sends_at_once(runtime: Runtime) -> 
         )
         assert runtime.store.client.llen("tether.plan") == 0
     assert [_kwargs(m) for m in _queued(runtime, "tether.plan")] == [{"run_id": "run_c", "step": 0}]
+
+
+def test_a_task_whose_held_messages_cannot_be_sent_fails(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Failing, the task's message is not acknowledged (task_acks_on_failure_or_timeout
+    # is off) and comes back: its handler publishes again, so no message is lost.
+    monkeypatch.setattr(runtime_module, "_runtime", runtime)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]
+    unreachable = redis.Redis(port=dead_port, socket_connect_timeout=0.5, retry=None)
+
+    @runtime.celery.task(base=TetherTask, name="tests.publishes_then_loses_redis", shared=False)
+    def publishes_then_loses_redis() -> None:
+        runtime.send_step("run_d", 1)
+        monkeypatch.setattr(runtime.store.batch, "client", unreachable)
+
+    runtime.store.begin_task()
+    try:
+        with pytest.raises(redis.ConnectionError):
+            publishes_then_loses_redis()
+    finally:
+        monkeypatch.undo()
+        runtime.store.end_task()
+    assert runtime.store.client.llen("tether.plan") == 0
