@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import redis
 
-from bench.bare import DONE, send_hop
+from bench import bare, floor
 from tether import client as tether_client
 from tether import keys
 from tether.celery_app import create_app
@@ -149,19 +149,28 @@ class Driver:
 
     def bare_batch(self, chains: int, hops: int) -> float:
         """Seconds from the first chain sent to the last one's end (its last hop's stamp)."""
+        return self._chains("bare", bare.send_hop, bare.DONE, chains, hops)
+
+    def floor_chain(self, hops: int) -> float:
+        """Seconds from sending a bench.floor chain to its last hop's stamp."""
+        return self._chains("floor", floor.send_hop, floor.DONE, 1, hops)
+
+    def _chains(
+        self, kind: str, send: Callable[..., None], done: str, chains: int, hops: int
+    ) -> float:
         names = {uuid.uuid4().hex for _ in range(chains)}
         stamps: dict[str, float] = {}
         started = time.time()
         for chain in names:
-            send_hop(self.bare_app, chain, hops, 0)
+            send(self.bare_app, chain, hops, 0)
 
         def ended() -> bool:
-            for item in cast(list[str], self.redis.lpop(DONE, 1000) or []):
+            for item in cast(list[str], self.redis.lpop(done, 1000) or []):
                 chain, stamp = item.split()
                 stamps[chain] = float(stamp)
             return names <= stamps.keys()
 
-        self._await(f"bare {chains}x{hops}", ended, 60 + 3 * chains)
+        self._await(f"{kind} {chains}x{hops}", ended, 60 + 3 * chains)
         return max(stamps[chain] for chain in names) - started
 
     def command_stats(self) -> dict[str, int]:

@@ -7,15 +7,20 @@ Celery-based runtime could do. The two are interleaved on the same Redis and
 the same worker settings so that a shared machine's noise falls on both alike
 and the ratio measures Tether, not the box. The CPU each side used (its worker
 processes and Redis, metered around each of its runs alone) is compared the
-same way. start_stack brings up that stack
+same way. A third side, bench.floor's chains (two bare hops a step plus the
+least Redis work the design asks of a step), is interleaved with them: the
+ratio no implementation of the design could go below on these cores. start_stack brings up that stack
 (Tether's services and the bare queues side by side); the throughput and
 state measurements run on it too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from bench import floor
 from bench.bare import QUEUES
 from bench.driver import Driver, log, redis_pid, stats_ms
 from bench.plan import TARGET_CPU_RATIO, TARGET_RATIO, Plan, Results
@@ -33,26 +38,44 @@ def start_stack(redis_url: str, concurrency: int, log_dir: Path | None) -> Worke
 
 
 def measure_overhead(plan: Plan, driver: Driver, workers: Workers, res: Results) -> None:
+    floor_workers = Workers(driver.redis_url)
+    for queue in floor.QUEUES:
+        floor_workers.bare(queue, app="bench.floor")
+    try:
+        floor_workers.wait_ready()
+        _measure(plan, driver, workers, floor_workers, res)
+    finally:
+        floor_workers.stop()
+
+
+def _measure(
+    plan: Plan, driver: Driver, workers: Workers, floor_workers: Workers, res: Results
+) -> None:
     steps, hops = plan.steps, 2 * plan.steps + 1
+    sides: dict[str, Callable[[], float]] = {
+        "tether": lambda: driver.tether_run(steps),
+        "bare": lambda: driver.bare_chain(hops),
+        "floor": lambda: driver.floor_chain(hops),
+    }
     for _ in range(plan.warmup):
-        driver.tether_run(steps)
-        driver.bare_chain(hops)
+        for run in sides.values():
+            run()
     redis = [redis_pid(driver.redis)]
-    tether_pids = [*workers.pids("planner"), *workers.pids("executor"), *redis]
-    bare_pids = [*workers.pids("bare_"), *redis]
-    tether_times: list[float] = []
-    bare_times: list[float] = []
+    pids = {
+        "tether": [*workers.pids("planner"), *workers.pids("executor"), *redis],
+        "bare": [*workers.pids("bare_"), *redis],
+        "floor": [*floor_workers.pids("floor_"), *redis],
+    }
+    times: dict[str, list[float]] = {side: [] for side in sides}
     # Summed over all runs, not a median per run: CPU times tick in 10 ms steps.
-    cpu = {"tether": 0.0, "bare": 0.0}
-    for _ in range(plan.seq_runs):  # interleaved, so noise hits both alike
-        meter = CpuMeter({"tether": tether_pids}).start()
-        tether_times.append(driver.tether_run(steps) / steps)
-        cpu["tether"] += meter.seconds()["tether"]
-        meter = CpuMeter({"bare": bare_pids}).start()
-        bare_times.append(driver.bare_chain(hops) / steps)
-        cpu["bare"] += meter.seconds()["bare"]
-    t, b = stats_ms(tether_times), stats_ms(bare_times)
-    tc, bc = (round(1000 * cpu[side] / (plan.seq_runs * steps), 3) for side in ("tether", "bare"))
+    cpu = dict.fromkeys(sides, 0.0)
+    for _ in range(plan.seq_runs):  # interleaved, so noise hits all alike
+        for side, run in sides.items():
+            meter = CpuMeter({side: pids[side]}).start()
+            times[side].append(run() / steps)
+            cpu[side] += meter.seconds()[side]
+    t, b, f = (stats_ms(times[side]) for side in sides)
+    tc, bc, fc = (round(1000 * cpu[side] / (plan.seq_runs * steps), 3) for side in sides)
     res.overhead = {
         "steps_per_run": steps,
         "bare_hops_per_run": hops,
@@ -68,8 +91,22 @@ def measure_overhead(plan: Plan, driver: Driver, workers: Workers, res: Results)
         "bare_cpu_ms_per_step": bc,
         "cpu_ratio": round(tc / max(1e-9, bc), 3),
         "target_cpu_ratio": TARGET_CPU_RATIO,
+        # bench.floor: two bare hops plus the least Redis work the design asks of a step.
+        "floor_ms_per_step": f,
+        "floor_ratio": round(f["median"] / b["median"], 3),
+        "floor_cpu_ms_per_step": fc,
+        "floor_cpu_ratio": round(fc / max(1e-9, bc), 3),
     }
     log(
         f"overhead: tether {t['median']} ms/step, bare {b['median']} ms/step, ratio {res.overhead['ratio']}"
     )
     log(f"cpu: tether {tc} ms/step, bare {bc} ms/step, ratio {res.overhead['cpu_ratio']}")
+    log(floor_line(res.overhead))
+
+
+def floor_line(overhead: dict[str, Any]) -> str:
+    return (
+        f"floor: {overhead['floor_ms_per_step']['median']} ms/step, "
+        f"ratio {overhead['floor_ratio']}; cpu {overhead['floor_cpu_ms_per_step']} ms/step, "
+        f"ratio {overhead['floor_cpu_ratio']}"
+    )

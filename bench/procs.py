@@ -113,14 +113,18 @@ class Workers:
         ]
         self.processes[name] = _spawn(argv, env, self._log(name), self.tree)
 
-    def bare(self, queue: str, *, concurrency: int = 2, pool: str = "prefork") -> None:
-        name = f"bare_{queue}"
+    def bare(
+        self, queue: str, *, concurrency: int = 2, pool: str = "prefork", app: str = "bench.bare"
+    ) -> None:
+        """A worker of ``app``'s hops (bench.bare, or bench.floor's), named ``bare_QUEUE``
+        or ``floor_QUEUE``."""
+        name = f"{app.rsplit('.', 1)[-1]}_{queue}"
         argv = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "bench.bare",
+            app,
             "worker",
             "-Q",
             queue,

@@ -77,6 +77,17 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 prev(lambda b: f"{b.overhead['cpu_ratio']:.2f}x"),
             )
         )
+    if o and "floor_ratio" in o:
+        rows.append(
+            (
+                "  floor: bare hops + the least Redis work a step needs (bench.floor), ms",
+                f"{o['floor_ms_per_step']['median']:.2f} = {o['floor_ratio']:.2f}x, "
+                f"CPU {o['floor_cpu_ms_per_step']:.2f} = {o['floor_cpu_ratio']:.2f}x",
+                "",
+                "",
+                prev(lambda b: f"{b.overhead['floor_ratio']:.2f}x"),
+            )
+        )
     lr = res.long_run
     if lr:
         for what, ratio, first, last, unit in (

@@ -7,6 +7,7 @@ measured from real runs on real workers and reaches the report.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import driver as bench_driver
+from bench import floor
 from bench.driver import Driver
 from bench.handlers import handlers_line, measure_handlers
 from bench.inflight import record_share, run_inflight
@@ -27,6 +29,7 @@ from bench.plan import (
     Plan,
     Results,
 )
+from bench.procs import Workers
 from bench.report import table
 from bench.state import measure_state
 from bench.throughput import measure_throughput
@@ -86,6 +89,9 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     assert o["ratio"] == round(tether / bare, 3)
     cpu = o["tether_cpu_ms_per_step"], o["bare_cpu_ms_per_step"]
     assert cpu[0] > 0 and cpu[1] > 0 and o["cpu_ratio"] == round(cpu[0] / cpu[1], 3)
+    floor = o["floor_ms_per_step"]["median"], o["floor_cpu_ms_per_step"]
+    assert o["floor_ratio"] == round(floor[0] / bare, 3)
+    assert floor[1] > 0 and o["floor_cpu_ratio"] == round(floor[1] / cpu[1], 3)
 
     lr = res.long_run
     assert lr["steps"] == 6 and lr["step_1_ms"] > 0 and lr["step_n_ms"] > 0
@@ -102,6 +108,8 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     rows = {row[0]: row for row in table(res)}
     ratio_row = rows["Per-step overhead ratio, Tether / bare"]
     assert ratio_row[1] == f"{o['ratio']:.2f}x" and ratio_row[2] == f"<= {TARGET_RATIO}x"
+    floor_row = next(row for name, row in rows.items() if name.strip().startswith("floor:"))
+    assert floor_row[1].startswith(f"{floor[0]:.2f} = {o['floor_ratio']:.2f}x, CPU")
     long_row = rows["Long run (6 steps, 4 KB tool outputs), time, step 6 / step 1"]
     assert long_row[2] == f"<= {TARGET_LONG_RATIO}x"
     memory_row = rows["Redis memory per idle run, excl. event log, bytes"]
@@ -127,6 +135,40 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     share_row = next(row for row in table(res) if row[0].startswith("Runs in flight, share"))
     assert share_row[1] == f"{n:,} / {m:,} = {share:.2f}"
     assert share_row[2:4] == (f">= {TARGET_INFLIGHT_SHARE}", "met" if share >= 0.75 else "NOT met")
+
+
+def test_a_floor_chain_does_the_least_redis_work_of_each_step(tmp_path: Path) -> None:
+    with RedisServer() as server:
+        driver = Driver(server.url)
+        workers = Workers(server.url, log_dir=tmp_path / "logs")
+        for queue in floor.QUEUES:
+            workers.bare(queue, app="bench.floor")
+        try:
+            workers.wait_ready()
+            assert 0 < driver.floor_chain(7) < 30
+        finally:
+            workers.stop()
+        client = driver.redis
+        (run,) = client.keys("bench:floor:{*}")
+        chain = run.removeprefix("bench:floor:{").removesuffix("}")
+        # 3 steps: 4 planning hops, each committing what came back, the first 3 their
+        # decisions too; 3 tool hops, each leasing its action and storing its result.
+        assert client.hget(run, "version") == "7" and client.llen(f"{run}:messages") == 7
+        assert client.hget(f"{run}:budget", "steps") == "7"
+        # Log entries: an observation per planning hop, a model call and a decision per
+        # decision, a tool call per tool hop; each with its lifecycle line.
+        kinds = [json.loads(e["event"])["kind"] for _, e in client.xrange(f"{run}:log")]
+        assert sorted(kinds) == sorted(
+            ["observation"] * 4 + ["model_call", "decision"] * 3 + ["tool_call"] * 3
+        )
+        assert client.xlen(floor.LIFECYCLE) == 13
+        for step in (2, 4, 6):
+            action = f"bench:floor:action:{{{chain}}}:{step}"
+            assert client.exists(action, f"{action}:lock") == 2
+            assert json.loads(client.get(action))["ok"] is True
+        # The queues are Tether's kind: each message landed and was acknowledged.
+        assert client.llen(floor.QUEUES[0]) == client.llen(floor.QUEUES[1]) == 0
+        assert client.hlen("unacked") == 0
 
 
 def test_bench_measures_what_the_handlers_cost_in_one_process(
