@@ -26,6 +26,10 @@ from bench.driver import Driver, log, redis_pid, stats_ms
 from bench.plan import TARGET_CPU_RATIO, TARGET_RATIO, Plan, Results
 from bench.procs import CpuMeter, Workers
 
+# What the harness itself sends while a run or chain goes (watching for its end, the
+# counts themselves), left out of the commands per step; no worker sends these.
+HARNESS_READS = ("xread", "xrevrange", "lpop", "info")
+
 
 def start_stack(redis_url: str, concurrency: int, log_dir: Path | None) -> Workers:
     workers = Workers(redis_url, log_dir=log_dir)
@@ -38,7 +42,7 @@ def start_stack(redis_url: str, concurrency: int, log_dir: Path | None) -> Worke
 
 
 def measure_overhead(plan: Plan, driver: Driver, workers: Workers, res: Results) -> None:
-    floor_workers = Workers(driver.redis_url)
+    floor_workers = Workers(driver.redis_url, log_dir=workers.log_dir)
     for queue in floor.QUEUES:
         floor_workers.bare(queue, app="bench.floor")
     try:
@@ -69,11 +73,17 @@ def _measure(
     times: dict[str, list[float]] = {side: [] for side in sides}
     # Summed over all runs, not a median per run: CPU times tick in 10 ms steps.
     cpu = dict.fromkeys(sides, 0.0)
+    commands = dict.fromkeys(sides, 0)
     for _ in range(plan.seq_runs):  # interleaved, so noise hits all alike
         for side, run in sides.items():
+            before = driver.command_stats()
             meter = CpuMeter({side: pids[side]}).start()
             times[side].append(run() / steps)
             cpu[side] += meter.seconds()[side]
+            after = driver.command_stats()
+            commands[side] += sum(
+                after[name] - before.get(name, 0) for name in after if name not in HARNESS_READS
+            )
     t, b, f = (stats_ms(times[side]) for side in sides)
     tc, bc, fc = (round(1000 * cpu[side] / (plan.seq_runs * steps), 3) for side in sides)
     res.overhead = {
@@ -96,6 +106,10 @@ def _measure(
         "floor_ratio": round(f["median"] / b["median"], 3),
         "floor_cpu_ms_per_step": fc,
         "floor_cpu_ratio": round(fc / max(1e-9, bc), 3),
+        # Redis commands per step, those inside scripts included, of each side's runs.
+        "commands_per_step": {
+            side: round(commands[side] / (plan.seq_runs * steps), 1) for side in sides
+        },
     }
     log(
         f"overhead: tether {t['median']} ms/step, bare {b['median']} ms/step, ratio {res.overhead['ratio']}"
@@ -105,8 +119,10 @@ def _measure(
 
 
 def floor_line(overhead: dict[str, Any]) -> str:
+    commands = overhead["commands_per_step"]
     return (
         f"floor: {overhead['floor_ms_per_step']['median']} ms/step, "
         f"ratio {overhead['floor_ratio']}; cpu {overhead['floor_cpu_ms_per_step']} ms/step, "
-        f"ratio {overhead['floor_cpu_ratio']}"
+        f"ratio {overhead['floor_cpu_ratio']}; commands per step {commands['floor']} "
+        f"(bare {commands['bare']}, tether {commands['tether']})"
     )

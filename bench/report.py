@@ -82,7 +82,9 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
             (
                 "  floor: bare hops + the least Redis work a step needs (bench.floor), ms",
                 f"{o['floor_ms_per_step']['median']:.2f} = {o['floor_ratio']:.2f}x, "
-                f"CPU {o['floor_cpu_ms_per_step']:.2f} = {o['floor_cpu_ratio']:.2f}x",
+                f"CPU {o['floor_cpu_ms_per_step']:.2f} = {o['floor_cpu_ratio']:.2f}x, "
+                f"{o['commands_per_step']['floor']:.1f} commands "
+                f"(bare {o['commands_per_step']['bare']:.1f})",
                 "",
                 "",
                 prev(lambda b: f"{b.overhead['floor_ratio']:.2f}x"),

@@ -64,7 +64,7 @@ def measure_throughput(
         driver.bare_batch(plan.tp_runs, 2 * steps + 1)
         after = driver.command_stats()
         bare_delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        for own in ("blpop", "info"):
+        for own in ("lpop", "info"):
             bare_delta.pop(own, None)
         row["bare_redis_commands_per_step"] = round(sum(bare_delta.values()) / total_steps, 1)
     res.throughput.append(row)

@@ -92,6 +92,9 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     floor = o["floor_ms_per_step"]["median"], o["floor_cpu_ms_per_step"]
     assert o["floor_ratio"] == round(floor[0] / bare, 3)
     assert floor[1] > 0 and o["floor_cpu_ratio"] == round(floor[1] / cpu[1], 3)
+    # The floor's scripts and writes come on top of what a bare hop sends.
+    commands = o["commands_per_step"]
+    assert commands["tether"] > commands["floor"] > commands["bare"] > 0
 
     lr = res.long_run
     assert lr["steps"] == 6 and lr["step_1_ms"] > 0 and lr["step_n_ms"] > 0
