@@ -42,6 +42,9 @@ POLL_S = 0.02
 DUE = 0.8
 DUE_LOOKS = 100
 DUE_POLL_S = 0.001
+# What the harness itself sends while runs go (watching for their ends, reading the
+# counts), left out of Redis commands per step; no worker sends these.
+HARNESS_READS = ("xread", "xrevrange", "lpop", "info", "config|resetstat")
 
 
 def log(message: str) -> None:

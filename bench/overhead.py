@@ -9,9 +9,9 @@ and the ratio measures Tether, not the box. The CPU each side used (its worker
 processes and Redis, metered around each of its runs alone) is compared the
 same way. A third side, bench.floor's chains (two bare hops a step plus the
 least Redis work the design asks of a step), is interleaved with them: the
-ratio no implementation of the design could go below on these cores. start_stack brings up that stack
-(Tether's services and the bare queues side by side); the throughput and
-state measurements run on it too.
+ratio no implementation of the design could go below on these cores.
+start_stack brings up the stack (Tether's services and the bare queues side
+by side); the throughput and state measurements run on it too.
 """
 
 from __future__ import annotations
@@ -22,13 +22,9 @@ from typing import Any
 
 from bench import floor
 from bench.bare import QUEUES
-from bench.driver import Driver, log, redis_pid, stats_ms
+from bench.driver import HARNESS_READS, Driver, log, redis_pid, stats_ms
 from bench.plan import TARGET_CPU_RATIO, TARGET_RATIO, Plan, Results
 from bench.procs import CpuMeter, Workers
-
-# What the harness itself sends while a run or chain goes (watching for its end, the
-# counts themselves), left out of the commands per step; no worker sends these.
-HARNESS_READS = ("xread", "xrevrange", "lpop", "info")
 
 
 def start_stack(redis_url: str, concurrency: int, log_dir: Path | None) -> Workers:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bench.driver import Driver, log, redis_pid
+from bench.driver import HARNESS_READS, Driver, log, redis_pid
 from bench.plan import Plan, Results
 from bench.procs import CpuMeter, Workers
 
@@ -52,10 +52,7 @@ def measure_throughput(
     }
     if commands:
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        # The harness's own reads (following the lifecycle stream, commandstats) are left out.
-        for own in ("xread", "xrevrange", "info", "config|resetstat"):
-            delta.pop(own, None)
-        delta = {k: v for k, v in delta.items() if v > 0}
+        delta = {k: v for k, v in delta.items() if v > 0 and k not in HARNESS_READS}
         row["redis_commands_per_step"] = round(sum(delta.values()) / total_steps, 1)
         row["redis_commands_by_name"] = {
             k: round(v / total_steps, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1])
@@ -63,9 +60,7 @@ def measure_throughput(
         before = driver.command_stats()
         driver.bare_batch(plan.tp_runs, 2 * steps + 1)
         after = driver.command_stats()
-        bare_delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        for own in ("lpop", "info"):
-            bare_delta.pop(own, None)
+        bare_delta = {k: after[k] - before.get(k, 0) for k in after if k not in HARNESS_READS}
         row["bare_redis_commands_per_step"] = round(sum(bare_delta.values()) / total_steps, 1)
     res.throughput.append(row)
     log(
