@@ -180,6 +180,13 @@ class Driver:
         stats = cast(dict[str, dict[str, Any]], self.redis.info("commandstats"))
         return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
+    def commands_since(self, before: dict[str, int]) -> dict[str, int]:
+        """Redis commands sent since ``before`` (a command_stats()), by name, those run
+        inside scripts included and the harness's own (HARNESS_READS) left out."""
+        after = self.command_stats()
+        sent = {name: calls - before.get(name, 0) for name, calls in after.items()}
+        return {name: n for name, n in sent.items() if n > 0 and name not in HARNESS_READS}
+
 
 def stats_ms(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)

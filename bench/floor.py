@@ -150,7 +150,7 @@ def _commit(chain: str, version: int, message: str, marker: str, *entries: str) 
         PAYLOADS["doc"],
         message,
         marker,
-        version,
+        version,  # the step the lifecycle lines name: any number of the same size will do
         *entries,
     )
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import floor
 from bench.bare import QUEUES
-from bench.driver import HARNESS_READS, Driver, log, redis_pid, stats_ms
+from bench.driver import Driver, log, redis_pid, stats_ms
 from bench.plan import TARGET_CPU_RATIO, TARGET_RATIO, Plan, Results
 from bench.procs import CpuMeter, Workers
 
@@ -76,10 +76,7 @@ def _measure(
             meter = CpuMeter({side: pids[side]}).start()
             times[side].append(run() / steps)
             cpu[side] += meter.seconds()[side]
-            after = driver.command_stats()
-            commands[side] += sum(
-                after[name] - before.get(name, 0) for name in after if name not in HARNESS_READS
-            )
+            commands[side] += sum(driver.commands_since(before).values())
     t, b, f = (stats_ms(times[side]) for side in sides)
     tc, bc, fc = (round(1000 * cpu[side] / (plan.seq_runs * steps), 3) for side in sides)
     res.overhead = {

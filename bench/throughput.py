@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bench.driver import HARNESS_READS, Driver, log, redis_pid
+from bench.driver import Driver, log, redis_pid
 from bench.plan import Plan, Results
 from bench.procs import CpuMeter, Workers
 
@@ -37,7 +37,7 @@ def measure_throughput(
     ).start()
     before = driver.command_stats() if commands else {}
     elapsed = driver.tether_batch(plan.tp_runs, steps)
-    after = driver.command_stats() if commands else {}
+    delta = driver.commands_since(before) if commands else {}
     cpu = meter.stop()
     bare_elapsed = driver.bare_batch(plan.tp_runs, 2 * steps + 1)
     total_steps = plan.tp_runs * steps
@@ -51,16 +51,13 @@ def measure_throughput(
         "cpu_cores_total": round(sum(cpu.values()), 2),
     }
     if commands:
-        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        delta = {k: v for k, v in delta.items() if v > 0 and k not in HARNESS_READS}
         row["redis_commands_per_step"] = round(sum(delta.values()) / total_steps, 1)
         row["redis_commands_by_name"] = {
             k: round(v / total_steps, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1])
         }
         before = driver.command_stats()
         driver.bare_batch(plan.tp_runs, 2 * steps + 1)
-        after = driver.command_stats()
-        bare_delta = {k: after[k] - before.get(k, 0) for k in after if k not in HARNESS_READS}
+        bare_delta = driver.commands_since(before)
         row["bare_redis_commands_per_step"] = round(sum(bare_delta.values()) / total_steps, 1)
     res.throughput.append(row)
     log(
