@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tether import celery_app, tracing
+from tether import celery_app, redact, tracing
 from tether.config import Settings
 from tether.messages import (
     Decision,
@@ -176,3 +176,34 @@ def test_spans_of_a_run_hang_under_its_root_and_the_root_is_exported_at_its_end(
     # Only the root takes the run's ids: the next span is random again.
     with tracing.step_span("run_other", 0) as other:
         assert other.get_span_context().span_id != root_id
+
+
+def test_a_failing_tools_span_status_is_redacted(
+    exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tool's error may quote what it was called with, a key among it: the span
+    # leaves for the trace backend, so its status description goes through the redactor.
+    monkeypatch.setattr(redact, "_redactor", redact.Redactor(literals=["hunter2-db-password"]))
+    error = (
+        "auth failed with sk-live-abcdefghijklmnopqrstu "
+        "for postgres://app:hunter2-db-password@db/ledger"
+    )
+    with tracing.tool_call(ACTION) as tool:
+        tracing.record_outcome(
+            tool,
+            Observation(
+                action_id=ACTION.action_id,
+                run_id=RUN,
+                step=0,
+                tool=ACTION.tool,
+                tool_call_id="call_1",
+                ok=False,
+                error=error,
+                error_category=ErrorCategory.tool_permanent,
+            ),
+        )
+    (span,) = exported.get_finished_spans()
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == (
+        f"auth failed with {redact.REDACTED} for postgres://app:{redact.REDACTED}@db/ledger"
+    )
