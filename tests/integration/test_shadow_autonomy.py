@@ -23,7 +23,7 @@ from tether.messages import TaskEvent, Verdict
 from tether.runtime import Runtime
 from tether.store import run_id_for
 
-MODULES = ["tests.evaluation_agents"]
+MODULES = ["tests.evaluation_agents", "tests.shadow_approval_agents"]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,29 @@ def test_shadow_runs_without_side_effects_budget_or_humans(
     table = cli(eval_stack, "shadow", "report", "--agent", "shadow_primary")
     # Rich wraps the table to the terminal; the summary line is what a reader checks.
     assert "actions agree 0, outcome agrees 0, fully agree 0" in table
+
+
+def test_a_shadow_never_runs_a_safe_read_that_needs_approval(
+    rt: Runtime, eval_stack: DevStack
+) -> None:
+    # export_customers is idempotent and safe_in_shadow, but approval-required: the
+    # approval outranks the safe mark, so the shadow's call is held back, not run.
+    event_id = f"shadow-approval-{uuid.uuid4().hex[:8]}"
+    primary_id = client.submit(
+        "approval_primary", "Anything to export?", event_id=event_id, runtime=rt
+    )
+    shadow_id = run_id_for(shadow_event_id("approval_candidate", event_id))
+    wait_status(rt, primary_id, "succeeded")
+    shadowed = wait_status(rt, shadow_id, "succeeded")
+
+    assert [line for line in read_ledger() if line.startswith(shadow_id)] == []
+    (outcome,) = shadowed.completed_actions
+    assert outcome.tool == "export_customers" and not outcome.ok
+    assert outcome.error is not None and "was not run: this is a shadow run" in outcome.error
+    trace = [e for _, e in rt.store.trace(shadow_id)]
+    assert [(e.data["tool"], e.data["mode"]) for e in trace if e.kind == "shadow_tool"] == [
+        ("export_customers", "not_run")
+    ]
 
 
 def _pay(rt: Runtime, cents: int) -> str:
