@@ -19,7 +19,9 @@ from tests.stacks import started_stack
 from tether import client, keys
 from tether.config import Settings
 from tether.devstack import DevStack
-from tether.memory import forget, threads
+from tether.evaluation.runner import run_trial
+from tether.evaluation.scenario import Scenario, ScenarioEvent
+from tether.memory import forget, longterm, threads
 from tether.memory.window import Turn, fit
 from tether.messages import ErrorCategory, TaskEvent
 from tether.planner import reconcile
@@ -258,6 +260,45 @@ def test_a_lost_hand_over_is_recovered_and_starts_once(mrt: Runtime, mstack: Dev
     ]
 
 
+def test_a_queued_event_rejected_when_its_turn_comes_gives_way_to_the_next(
+    mrt: Runtime,
+) -> None:
+    thread = f"r-{uuid.uuid4().hex[:8]}"
+    # The thread's run, held by this test; behind it an event queued while its agent
+    # still existed (a rolling deploy then removed it), and a valid one.
+    head = TaskEvent(event_id=f"{thread}-0", agent="threaded", input="hold", thread_id=thread)
+    assert threads.admit(mrt, head) == threads.STARTS_NOW
+    gone = TaskEvent(event_id=f"{thread}-1", agent="renamed-away", input="x", thread_id=thread)
+    assert threads.admit(mrt, gone) == 1
+    after = TaskEvent(
+        event_id=f"{thread}-2", agent="threaded", input="hello after", thread_id=thread
+    )
+    mrt.publish_event(after)
+    deadline = time.monotonic() + 10
+    while len(threads.queued(mrt, thread)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads.queued(mrt, thread) == [head.event_id, gone.event_id, after.event_id]
+    state = RunState(
+        run_id=run_id_for(head.event_id),
+        event_id=head.event_id,
+        agent="threaded",
+        goal=head.input,
+        thread_id=thread,
+    )
+    mrt.store.create(head, state)
+    # Its end hands the thread over to the event whose agent is gone: rejected, it
+    # leaves the queue and the next event runs.
+    finish(mrt, state.run_id, None, RunStatus.succeeded, None, result="done")
+    ran = done(mrt, run_id_for(after.event_id))
+    assert ran.status == RunStatus.succeeded
+    time.sleep(1.0)  # time for a hand-over loop to show
+    reasons = [r["reason"] for r in mrt.store.rejected(1000) if gone.event_id in r["reason"]]
+    assert len(reasons) == 1 and "renamed-away" in reasons[0]
+    assert mrt.store.get(run_id_for(gone.event_id)) is None
+    assert threads.queued(mrt, thread) == []
+    assert [t.event_id for t in threads.turns(mrt, thread)] == [head.event_id, after.event_id]
+
+
 def test_the_window_trims_and_summarises_as_configured(mrt: Runtime) -> None:
     for agent in ("narrow", "summarising"):
         thread = f"w-{agent}-{uuid.uuid4().hex[:6]}"
@@ -332,6 +373,30 @@ def test_memory_remembers_per_subject_with_limits_and_logs_writes(mrt: Runtime) 
     assert "full" in (full.result or "")  # max_items=3: refused, told to the model
     nobody = done(mrt, client.submit("memo", "remember a=1", runtime=mrt))
     assert "customer_id" in (nobody.result or "")
+
+
+def test_an_evaluation_run_remembers_apart_from_the_production_agent(mrt: Runtime) -> None:
+    who = f"cust-{uuid.uuid4().hex[:8]}"
+    meta = {"customer_id": who}
+    wrote = done(mrt, client.submit("memo", "remember last_order=1042", metadata=meta, runtime=mrt))
+    assert wrote.status == RunStatus.succeeded
+    production = mrt.store.client.hgetall(keys.memory("memo", who))
+    assert [i.value for i in longterm.items(mrt.store.client, "memo", who)] == ["1042"]
+    scenario = Scenario(
+        name="remembers in evaluation",
+        agent="memo",
+        event=ScenarioEvent(input="remember last_order=eval-9", metadata=meta),
+    )
+    trial = run_trial(scenario, 1, runtime=mrt)
+    assert trial.status == "succeeded", trial.error
+    # The production agent's memory is as it was; the evaluation's is its own.
+    assert mrt.store.client.hgetall(keys.memory("memo", who)) == production
+    assert [i.value for i in longterm.items(mrt.store.client, "eval:memo", who)] == ["eval-9"]
+    writes = [e.data for _, e in mrt.store.trace(trial.run_id) if e.kind == "memory_write"]
+    assert [w["agent"] for w in writes] == ["eval:memo"]
+    # A production run recalls nothing the evaluation wrote.
+    recalled = done(mrt, client.submit("memo", "recall order", metadata=meta, runtime=mrt))
+    assert "1042" in (recalled.result or "") and "eval-9" not in (recalled.result or "")
 
 
 def test_forget_leaves_no_key_behind(mrt: Runtime, mstack: DevStack) -> None:

@@ -41,6 +41,7 @@ from tether.metrics import PUBLISHED_AT_HEADER
 from tether.models.prices import reserved_cost_usd
 from tether.state import ChatMessage, RunState
 from tether.store import run_id_for
+from tether.telemetry import log
 from tether.versioned import SideWrite
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from tether.runtime import Runtime
 
 ADMIT_SCRIPT = files("tether.memory").joinpath("threads.lua").read_text()
+SKIP_SCRIPT = files("tether.memory").joinpath("thread_skip.lua").read_text()
 # Turns kept per thread; older ones leave the history for good.
 MAX_TURNS = 200
 # What admit says of an event besides its place in the queue.
@@ -108,13 +110,30 @@ def next_seq(rt: Runtime, thread_id: str) -> int:
 
 
 def skip(rt: Runtime, event: TaskEvent) -> list[str]:
-    """An event intake rejected: the thread no longer waits for its number."""
-    if event.thread_id is None or event.thread_seq is None:
+    """An event intake rejected: the thread no longer waits for its number, and the event
+    leaves the queue, so that the next one starts (thread_skip.lua).
+
+    A queued event is rejected when its turn comes if its agent went away meanwhile (a
+    rolling deploy): left at the head, the hand-over would publish it again and again.
+    """
+    if event.thread_id is None:
         return []
-    rt.store.client.zadd(
-        keys.thread_skipped(event.thread_id), {str(event.thread_seq): event.thread_seq}
+    thread_id = event.thread_id
+    dropped = rt.store.client.register_script(SKIP_SCRIPT)(
+        keys=[
+            keys.thread_queue(thread_id),
+            keys.thread_events(thread_id),
+            keys.thread_order(thread_id),
+            keys.thread_seq(thread_id),
+            keys.thread_skipped(thread_id),
+        ],
+        args=[event.event_id, event.thread_seq or ""],
     )
-    return hand_over(rt, event.thread_id)
+    if int(cast(int, dropped)):
+        log.warning("thread_event_dropped", event_id=event.event_id, thread_id=thread_id)
+    elif event.thread_seq is None:
+        return []  # never queued and no number to stop waiting for: nothing changed
+    return hand_over(rt, thread_id)
 
 
 def _published_at() -> float:
