@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from tether import keys
 from tether.agents import Agent
 from tether.errors import TetherError, ToolTimeoutError, TransientToolError
+from tether.memory import longterm
 from tether.models.base import ModelClient, ModelResponse
 from tether.models.prices import prompt_token_bound
 from tether.models.scripted import ScriptedModel, tool_call
@@ -324,12 +325,17 @@ def _fixture_or_real(
 def eval_agent(base: Agent) -> Agent:
     """``base`` as evaluation runs see it: named eval:<name>, model and tools behind the scenario."""
     # Everything else is the agent's own (its version too), except that an evaluation
-    # run is nobody's shadow and earns no autonomy: every approval asks.
+    # run is nobody's shadow and earns no autonomy: every approval asks; and it
+    # remembers and recalls under its own name, leaving production memory untouched.
+    name = eval_agent_name(base.name)
+    tools = base.tools
+    if base.memory is not None:
+        tools = longterm.over_memory_of(tools, name, base.memory)
     return replace(
         base,
-        name=eval_agent_name(base.name),
+        name=name,
         model=HarnessModel(base.model),
-        tools=[_harnessed(t) for t in base.tools],
+        tools=[_harnessed(t) for t in tools],
         policies=list(base.policies),
         version=base.version,
         shadow_of=None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 REMEMBER_SCRIPT = files("tether.memory").joinpath("remember.lua").read_text()
 assert LIFECYCLE_MAXLEN == 100_000  # remember.lua caps the lifecycle stream the same way
 RECALL_LIMIT = 20
+MEMORY_TOOLS = ("remember", "recall")
 
 
 class MemoryToolError(TetherError):
@@ -98,6 +100,18 @@ def items(client: Any, agent: str, subject: str) -> list[MemoryItem]:
 
 def agents(client: Any) -> list[str]:
     return sorted(cast(set[str], client.smembers(keys.MEMORY_AGENTS)))
+
+
+def over_memory_of(tools: Sequence[Tool], agent: str, config: MemoryConfig) -> list[Tool]:
+    """``tools`` with the built-in ``remember`` and ``recall`` (in the same places) over
+    ``agent``'s memory: an evaluation variant's own, never the production agent's
+    (tether.evaluation.harness). An agent's own tools of those names stay as they are."""
+    own = {t.name: t for t in config.tools(agent)}
+    return [own[t.name] if _built_in(t) else t for t in tools]
+
+
+def _built_in(candidate: Tool) -> bool:
+    return candidate.name in MEMORY_TOOLS and getattr(candidate.fn, "__module__", "") == __name__
 
 
 def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
