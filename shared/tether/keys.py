@@ -153,6 +153,11 @@ def consumer_recovering(consumer_id: str) -> str:
     return f"{PREFIX}:consumer:{consumer_id}:recovering"
 
 
+# When consumers last swept for dead ones, and since when they have watched
+# without a gap, in Redis time (tether.transport: liveness across a Redis outage).
+CONSUMERS_CLOCK = f"{PREFIX}:consumers:clock"
+
+
 def autonomy(agent: str, tool: str) -> str:
     """The earned-autonomy record of one agent's tool (tether.autonomy)."""
     return f"{PREFIX}:autonomy:{agent}:{tool}"

@@ -7,12 +7,24 @@ must sit above the longest task, so a dead pod stalls its runs for minutes.
 
 Here a consumer moves each message (BLMOVE) into a landing list of its own, and
 records it as unacknowledged, in its held set, and off the landing list in one
-MULTI. Each consumer keeps a heartbeat key alive; once it lapses, any other
-worker puts the dead consumer's landed and held messages back on their queues
-(``recover_dead_consumers``). A live consumer's messages are never restored by
-the visibility timeout, however long they run. A message put back after its
-consumer died counts one more delivery in its headers (``tether_deliveries``),
-for the delivery cap.
+script, which records nothing when the message is no longer on the landing list
+(a shutdown's give-back took it first: one message is back on its queue or in a
+worker's hands, never both). Each delivery gets a delivery tag of its own, so a
+consumer's ack, reject or restore acts only on its own delivery: a stalled
+consumer whose message went to another one meanwhile undoes nothing when it
+wakes.
+
+Each consumer keeps a heartbeat key alive; once it lapses, any other worker
+puts the dead consumer's landed and held messages back on their queues
+(``recover_dead_consumers``). Liveness is judged in Redis time, and only over
+time Redis was watched: after a gap in the sweeps (Redis stopped, restarted or
+cut off longer than the heartbeat's life), no consumer is judged dead until
+every one has had a full window to beat again. A consumer that has not beaten
+for that long re-registers before it lands anything, so nothing it lands lies
+where no recovery looks. A registered consumer's messages are never restored by
+the visibility timeout, however long they run and however many there are. A
+message put back after its consumer died counts one more delivery in its
+headers (``tether_deliveries``), for the delivery cap.
 
 The move needs a single source list, so it is used when a channel consumes one
 of Tether's queues alone, with one priority step (every Tether service does);
@@ -21,6 +33,10 @@ otherwise the channel falls back to kombu's BRPOP.
 Once its worker starts shutting down (``stop_consuming``), a consumer moves no
 more messages, and puts what its last move brought straight back on its queue:
 Celery would hold it, unstarted, until every running task had finished.
+
+This subclasses kombu's Redis channel and QoS internals (the BRPOP read, the
+restore, the unacked index), which change between kombu's minor versions: the
+package pins kombu to ``TESTED_KOMBU``, and a test fails on any other.
 """
 
 from __future__ import annotations
@@ -45,9 +61,12 @@ from kombu.utils.json import dumps, loads
 
 from tether import held_publish, keys
 
+# The kombu minor versions whose internals this module was tested against.
+TESTED_KOMBU = ("5.7",)
+
 # A consumer renews its heartbeat, and looks for dead consumers, every HEARTBEAT_S;
-# one whose heartbeat is missing for CONSUMER_DEAD_AFTER_S is dead, and its
-# messages go back to their queues.
+# one whose heartbeat is missing for CONSUMER_DEAD_AFTER_S of watched Redis time is
+# dead, and its messages go back to their queues.
 HEARTBEAT_S = 2.0
 CONSUMER_DEAD_AFTER_S = 10
 DELIVERIES_HEADER = "tether_deliveries"
@@ -55,9 +74,40 @@ DELIVERIES_HEADER = "tether_deliveries"
 # inspect) takes no heartbeat that would outlive its short-lived consumer.
 LANDED_QUEUES = "tether."
 
-CLAIM_SCRIPT = files("tether").joinpath("consumers.lua").read_text()
 
-RETURN_SCRIPT = files("tether").joinpath("return_landed.lua").read_text()
+def _lua(name: str) -> str:
+    return files("tether").joinpath(name).read_text()
+
+
+CLAIM_SCRIPT = _lua("consumers.lua")
+RETURN_SCRIPT = _lua("return_landed.lua")
+RECORD_SCRIPT = _lua("record_landed.lua")
+PROTECT_SCRIPT = _lua("protect_held.lua")
+FORGET_SCRIPT = _lua("forget_consumer.lua")
+
+
+def _script(client: redis.Redis, text: str) -> Any:
+    # redis-py's Script: sent by SHA1, loaded again where Redis lost it.
+    return client.register_script(text)
+
+
+def sweep_gap_s() -> float:
+    """The longest gap between sweeps after which the watch goes on.
+
+    A live consumer beats every HEARTBEAT_S: while Redis is away for less than
+    this, no live consumer's heartbeat can lapse.
+    """
+    return CONSUMER_DEAD_AFTER_S / 2
+
+
+def _clock() -> float:
+    # Runs on while the process is stopped (SIGSTOP), as Redis's clock does.
+    return time.monotonic()
+
+
+class GivenBack(Empty):
+    """A landed message was put back on its queue before this consumer recorded it."""
+
 
 _stopping = threading.Event()
 _consuming: weakref.WeakSet[ReliableChannel] = weakref.WeakSet()
@@ -108,17 +158,23 @@ class QoS(kombu_redis.QoS):
         delivery = message.delivery_info
         consumer = self.channel.consumer_id
         assert consumer is not None  # a channel lands messages only once it has an id
-        with self.pipe_or_acquire() as pipe:
-            # One MULTI: the message is unacknowledged, held and off the landing list together.
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-            pipe.hset(
+        recorded = self.channel.script(RECORD_SCRIPT)(
+            keys=[
+                keys.consumer_landing(consumer),
+                self.unacked_index_key,
                 self.unacked_key,
+                keys.consumer_held(consumer),
+            ],
+            args=[
+                landed,
                 delivery_tag,
+                time.time(),
                 dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
-            )
-            pipe.sadd(keys.consumer_held(consumer), delivery_tag)
-            pipe.lrem(keys.consumer_landing(consumer), 1, landed)
-            pipe.execute()
+            ],
+        )
+        if not recorded:
+            # The shutdown's give-back (or a recovery) put it back on its queue first.
+            raise GivenBack()
         virtual.QoS.append(self, message, delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
@@ -138,16 +194,7 @@ class QoS(kombu_redis.QoS):
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         with self.channel.conn_or_acquire() as client:
-            live = live_consumers(client)
-            ceil = time.time() - self.visibility_timeout
-            overdue = client.zrange(
-                self.unacked_index_key, 0, ceil, byscore=True, offset=0, num=100
-            )
-            for tag in overdue or []:
-                tag = bytes_to_str(tag)
-                if any(client.sismember(keys.consumer_held(c), tag) for c in live):
-                    # Held by a live worker: still running, however long; look again later.
-                    client.zadd(self.unacked_index_key, {tag: time.time()}, xx=True)
+            protect_held(client, self.unacked_index_key)
         super().restore_visible(start, num, interval)
 
 
@@ -170,6 +217,9 @@ class ReliableChannel(kombu_redis.Channel):
     _heartbeat: threading.Thread | None = None
     _stopped: threading.Event | None = None
     _owner_pid: int | None = None
+    # When the last heartbeat that Redis answered was sent (_clock()).
+    _beat_sent: float = float("-inf")
+    _scripts: dict[str, Any] | None = None
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
@@ -179,6 +229,16 @@ class ReliableChannel(kombu_redis.Channel):
         if self._shared_client is None:
             self._shared_client = self._create_client()
         yield self._shared_client
+
+    def script(self, text: str) -> Any:
+        """A Lua script on the channel's client, registered once."""
+        if self._scripts is None:
+            self._scripts = {}
+        registered = self._scripts.get(text)
+        if registered is None:
+            with self.conn_or_acquire() as client:
+                registered = self._scripts[text] = _script(client, text)
+        return registered
 
     # publishing ------------------------------------------------------------------
 
@@ -209,6 +269,11 @@ class ReliableChannel(kombu_redis.Channel):
             return
         self._start_heartbeat(sources[0])
         assert self.consumer_id is not None
+        if _clock() - self._beat_sent >= CONSUMER_DEAD_AFTER_S - HEARTBEAT_S:
+            # Its heartbeat may have lapsed (a stall, Redis away) and a recovery may have
+            # forgotten it: registered again before it lands anything, or a message it
+            # landed and then died with would lie where no recovery looks.
+            self._beat(sources[0])
         self._landing_source = sources[0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
@@ -240,8 +305,13 @@ class ReliableChannel(kombu_redis.Channel):
                 self._return_landed(source)
                 raise Empty()
             queue = bytes_to_str(source).rsplit(self.sep, 1)[0]
+            payload = loads(bytes_to_str(item))
+            # A delivery tag of this delivery's own: kombu's comes from the message, and
+            # a message put back keeps it, so a stalled consumer's late ack would erase
+            # the record of the consumer that took the message after it.
+            payload["properties"]["delivery_tag"] = uuid.uuid4().hex
             try:
-                self.connection._deliver(loads(bytes_to_str(item)), queue)
+                self.connection._deliver(payload, queue)
             except BaseException:
                 self._return_landed(source)
                 raise
@@ -266,7 +336,7 @@ class ReliableChannel(kombu_redis.Channel):
             if queue is None:
                 client.lrem(landing, 1, landed)  # type: ignore[arg-type]
             else:
-                client.eval(RETURN_SCRIPT, 2, landing, queue, landed)
+                self.script(RETURN_SCRIPT)(keys=[landing, queue], args=[landed])
 
     def give_back_landed(self) -> None:
         """Put every message on this consumer's landing list back on its queue."""
@@ -304,11 +374,13 @@ class ReliableChannel(kombu_redis.Channel):
 
     def _beat(self, source: str) -> None:
         assert self.consumer_id is not None
+        sent = _clock()
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             pipe.set(keys.consumer_alive(self.consumer_id), source, ex=CONSUMER_DEAD_AFTER_S)
             pipe.hset(keys.CONSUMERS, self.consumer_id, source)
             pipe.execute()
+        self._beat_sent = max(self._beat_sent, sent)
 
     def _beat_forever(self, source: str) -> None:
         # Every consumer also looks for dead ones: recovery needs no other process.
@@ -340,29 +412,37 @@ class RedisTransport(kombu_redis.Transport):
     Channel = ReliableChannel
 
 
-def live_consumers(client: redis.Redis) -> list[str]:
-    consumers = [bytes_to_str(c) for c in client.hkeys(keys.CONSUMERS)]
-    alive = client.exists(*(keys.consumer_alive(c) for c in consumers)) if consumers else 0
-    if alive == len(consumers):
-        return consumers
-    return [c for c in consumers if client.exists(keys.consumer_alive(c))]
+def registered_consumers(client: redis.Redis) -> list[str]:
+    return [bytes_to_str(c) for c in client.hkeys(keys.CONSUMERS)]
+
+
+def protect_held(client: redis.Redis, unacked_index_key: str) -> int:
+    """Keep every message a registered consumer holds off the visibility timeout.
+
+    One script for them all, however many: a dead consumer's messages go back by
+    recovery, in seconds, and a live one's are still running.
+    """
+    held = [keys.consumer_held(c) for c in registered_consumers(client)]
+    if not held:
+        return 0
+    return int(_script(client, PROTECT_SCRIPT)(keys=[unacked_index_key, *held], args=[time.time()]))
 
 
 def recover_dead_consumers(client: redis.Redis, qos: QoS) -> list[str]:
     """Put every dead consumer's landed and held messages back on their queues."""
+    consumers = registered_consumers(client)
+    pairs = [
+        key for c in consumers for key in (keys.consumer_alive(c), keys.consumer_recovering(c))
+    ]
+    claimed = _script(client, CLAIM_SCRIPT)(
+        keys=[keys.CONSUMERS_CLOCK, *pairs],
+        args=[uuid.uuid4().hex, CONSUMER_DEAD_AFTER_S, sweep_gap_s()],
+    )
     recovered = []
-    for consumer in [bytes_to_str(c) for c in client.hkeys(keys.CONSUMERS)]:
-        claimed = client.eval(
-            CLAIM_SCRIPT,
-            2,
-            keys.consumer_alive(consumer),
-            keys.consumer_recovering(consumer),
-            "1",
-            CONSUMER_DEAD_AFTER_S,
-        )
-        if claimed:
-            recover_consumer(client, qos, consumer)
-            recovered.append(consumer)
+    for number in claimed or []:
+        consumer = consumers[int(number) - 1]
+        recover_consumer(client, qos, consumer)
+        recovered.append(consumer)
     return recovered
 
 
@@ -371,18 +451,26 @@ def recover_consumer(client: redis.Redis, qos: QoS, consumer: str, own: bool = F
 
     Landed messages were never recorded, so they go back as they were; held
     ones are restored by kombu (which counts one more delivery). A recoverer
-    that dies midway leaves the rest for the next, once its claim lapses.
+    that dies midway leaves the rest for the next, once its claim lapses. A
+    consumer that beats again meanwhile (it was only stalled) stays registered.
     """
     source = client.hget(keys.CONSUMERS, consumer)
     landing = keys.consumer_landing(consumer)
     if source is not None:
         while client.lmove(landing, bytes_to_str(source), "LEFT", "RIGHT") is not None:
             pass
-    for tag in client.smembers(keys.consumer_held(consumer)):
-        qos.restore_by_tag(bytes_to_str(tag), client)
-    pipe = client.pipeline()
-    pipe.delete(keys.consumer_held(consumer), keys.consumer_recovering(consumer))
-    if own:
-        pipe.delete(keys.consumer_alive(consumer))
-    pipe.hdel(keys.CONSUMERS, consumer)
-    pipe.execute()
+    held = keys.consumer_held(consumer)
+    tags = [bytes_to_str(tag) for tag in client.smembers(held)]
+    for tag in tags:
+        qos.restore_by_tag(tag, client)
+    if tags:
+        client.srem(held, *tags)
+    _script(client, FORGET_SCRIPT)(
+        keys=[
+            keys.CONSUMERS,
+            keys.consumer_alive(consumer),
+            held,
+            keys.consumer_recovering(consumer),
+        ],
+        args=[consumer, "1" if own else "0"],
+    )

@@ -5,16 +5,27 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import kombu
 import pytest
 import redis
 from kombu import Connection, Consumer, Message, Producer, Queue
+from packaging.requirements import Requirement
 
-from tether import keys
-from tether.transport import DELIVERIES_HEADER, RedisTransport, recover_dead_consumers
+from tether import keys, transport
+from tether.transport import (
+    DELIVERIES_HEADER,
+    TESTED_KOMBU,
+    RedisTransport,
+    recover_dead_consumers,
+)
 
 QUEUE = "tether.test"
+OTHER_QUEUE = "tether.test.other"
 
 
 @pytest.fixture
@@ -28,22 +39,64 @@ def connection(redis_url: str) -> Iterator[Connection]:
     conn.release()
 
 
-def publish(conn: Connection, body: str) -> None:
-    Producer(conn.channel()).publish(body, exchange="", routing_key=QUEUE, serializer="json")
+def connect(redis_url: str) -> Connection:
+    return Connection(
+        redis_url,
+        transport=RedisTransport,
+        transport_options={"visibility_timeout": 1, "priority_steps": [0]},
+    )
 
 
-def take_one(conn: Connection) -> tuple[Message, Consumer]:
+def publish(conn: Connection, body: str, queue: str = QUEUE) -> None:
+    Producer(conn.channel()).publish(body, exchange="", routing_key=queue, serializer="json")
+
+
+def take(
+    conn: Connection, n: int = 1, consumer: Consumer | None = None, queue: str = QUEUE
+) -> tuple[list[Message], Consumer]:
     got: list[Message] = []
-    consumer = Consumer(conn, [Queue(QUEUE)], callbacks=[lambda _body, m: got.append(m)])
-    consumer.consume()
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
+    if consumer is None:
+        consumer = Consumer(conn, [Queue(queue)], callbacks=[lambda _body, m: got.append(m)])
+        consumer.consume()
+    else:
+        consumer.callbacks = [lambda _body, m: got.append(m)]
+    deadline = time.monotonic() + 5 + n / 20
+    while len(got) < n and time.monotonic() < deadline:
         try:
             conn.drain_events(timeout=0.5)
         except TimeoutError:
             continue
-    assert got, "no message arrived"
+    assert len(got) == n, f"{len(got)} of {n} messages arrived"
+    return got, consumer
+
+
+def take_one(conn: Connection) -> tuple[Message, Consumer]:
+    got, consumer = take(conn)
     return got[0], consumer
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def stall(client: redis.Redis, consumer: Consumer) -> str:
+    """As if its worker stopped (SIGSTOP, a GC pause): no heartbeat, then recovered."""
+    channel = consumer.channel
+    channel._stopped.set()
+    stalled: str = channel.consumer_id
+    client.delete(keys.consumer_alive(stalled))
+    recover_dead_consumers(client, channel.qos)  # or another consumer's sweep did
+    assert client.hget(keys.CONSUMERS, stalled) is None
+    return stalled
+
+
+def bodies(client: redis.Redis, queue: str = QUEUE) -> list[Any]:
+    return [
+        json.loads(base64.b64decode(json.loads(raw)["body"])) for raw in client.lrange(queue, 0, -1)
+    ]
 
 
 def test_a_taken_message_is_held_by_its_consumer_until_acknowledged(
@@ -104,3 +157,135 @@ def test_a_dead_consumers_landed_and_held_messages_go_back_to_the_queue(
     assert client.hget(keys.CONSUMERS, dead) is None
     assert client.exists(keys.consumer_landing(dead), keys.consumer_held(dead)) == 0
     assert bodies == ["held", "landed"]
+
+
+@pytest.mark.parametrize("late", ["ack", "reject", "requeue"])
+def test_a_stalled_consumer_waking_up_acts_only_on_its_own_delivery(
+    connection: Connection, redis_url: str, late: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    publish(connection, "start run")
+    first, stalled_consumer = take_one(connection)
+    stall(client, stalled_consumer)
+    assert bodies(client) == ["start run"]  # recovered: back on its queue
+
+    other = connect(redis_url)
+    try:
+        second, taker = take_one(other)
+        taker_id = taker.channel.consumer_id
+        # The stalled consumer wakes up and finishes with the message it had.
+        if late == "ack":
+            first.ack()
+        else:
+            first.reject(requeue=late == "requeue")
+        assert bodies(client) == []  # not put back while the other consumer holds it
+        assert client.hexists("unacked", second.delivery_tag)
+        assert client.smembers(keys.consumer_held(taker_id)) == {second.delivery_tag}
+
+        # The consumer that holds it now dies: the message comes back, once.
+        stall(client, taker)
+        assert bodies(client) == ["start run"]
+    finally:
+        other.release()
+
+
+def test_every_message_a_live_consumer_holds_outlives_the_visibility_timeout(
+    connection: Connection, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    producer = Producer(connection.channel())
+    for i in range(150):
+        producer.publish(f"long job {i}", exchange="", routing_key=QUEUE, serializer="json")
+    held, consumer = take(connection, 150)
+    time.sleep(1.5)  # every one past the 1 s visibility timeout
+    consumer.channel.qos.restore_visible(num=1000, interval=1)
+    assert client.llen(QUEUE) == 0  # none handed to anyone else
+    assert client.hlen("unacked") == 150
+    for message in held:
+        message.ack()
+
+
+def test_a_give_back_racing_the_record_leaves_one_copy_only(
+    connection: Connection, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM lands after the "stopping" check and before the record: the shutdown
+    thread gives back what has landed while the consumer goes on to record it."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    got: list[Message] = []
+    consumer = Consumer(connection, [Queue(QUEUE)], callbacks=[lambda _b, m: got.append(m)])
+    consumer.consume()
+    channel = consumer.channel
+    deliver = channel.connection._deliver
+    raced: list[bool] = []
+
+    def give_back_first(payload: Any, queue: str) -> None:
+        if not raced:
+            raced.append(True)
+            channel.give_back_landed()  # what stop_consuming's thread does
+        deliver(payload, queue)
+
+    monkeypatch.setattr(channel.connection, "_deliver", give_back_first)
+    publish(connection, "start run")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # long enough for a second copy to arrive too
+        try:
+            connection.drain_events(timeout=0.5)
+        except TimeoutError:
+            continue
+    assert raced
+    assert [m.payload for m in got] == ["start run"]  # run once, by one worker
+    assert client.llen(QUEUE) == 0
+    assert client.hlen("unacked") == 1
+    got[0].ack()
+    assert client.hlen("unacked") == 0
+
+
+def test_a_consumer_forgotten_while_stalled_registers_again_before_it_lands(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "CONSUMER_DEAD_AFTER_S", 2)
+    monkeypatch.setattr(transport, "HEARTBEAT_S", 0.4)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    stalled_conn, sweeper_conn = connect(redis_url), connect(redis_url)
+    try:
+        # Another worker, consuming another queue, sweeps for dead consumers.
+        sweeper = Consumer(sweeper_conn, [Queue(OTHER_QUEUE)])
+        sweeper.consume()
+        with pytest.raises(TimeoutError):
+            sweeper_conn.drain_events(timeout=0.2)
+
+        publish(stalled_conn, "start run")
+        _, consumer = take(stalled_conn)
+        channel = consumer.channel
+        stalled = channel.consumer_id
+        channel._stopped.set()  # its heartbeat stops: a stall past CONSUMER_DEAD_AFTER_S
+        wait_until(lambda: client.hget(keys.CONSUMERS, stalled) is None, "a recovery")
+        assert bodies(client) == ["start run"]
+
+        # It wakes up and takes the message again before its heartbeat thread beats.
+        again, _ = take(stalled_conn, consumer=consumer)
+        assert client.hget(keys.CONSUMERS, stalled) == QUEUE
+        assert client.smembers(keys.consumer_held(stalled)) == {again[0].delivery_tag}
+        # Then it dies for good: the message must come back, not lie stranded.
+        wait_until(lambda: bodies(client) == ["start run"], "the message to come back")
+        assert client.hget(keys.CONSUMERS, stalled) is None
+    finally:
+        stalled_conn.release()
+        sweeper_conn.release()
+
+
+def test_kombu_is_a_version_the_transport_was_tested_on() -> None:
+    """The transport subclasses kombu's internals: an untested kombu must fail here."""
+    minor = ".".join(kombu.__version__.split(".")[:2])
+    assert minor in TESTED_KOMBU, (
+        f"kombu {kombu.__version__} is installed; tether.transport was tested on kombu "
+        f"{', '.join(TESTED_KOMBU)}: test the transport on it, then add it to TESTED_KOMBU "
+        "and widen the pin in pyproject.toml"
+    )
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pins = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    pin = next(r.specifier for r in pins if r.name == "kombu")
+    for tested in TESTED_KOMBU:
+        assert pin.contains(f"{tested}.0") and pin.contains(f"{tested}.99")
+    major, newest = max(tuple(map(int, v.split("."))) for v in TESTED_KOMBU)
+    assert not pin.contains(f"{major}.{newest + 1}.0"), f"pyproject lets kombu past {pin}"
