@@ -5,12 +5,22 @@ commit as the escalation change it reports (versioned.lua appends), so it is
 never lost and never sent for a change that did not commit, and committing
 never waits for a webhook. The escalation service's background thread
 (``Notifier``) reads the stream as a consumer group and POSTs each entry to
-every configured webhook: a JSON body, signed with HMAC-SHA256 under
-``TETHER_WEBHOOK_SECRET`` (header ``X-Tether-Signature: sha256=<hex>``), retried
-with exponential backoff (tenacity). A delivery is recorded per (escalation,
-event, webhook) once it succeeds, so an entry delivered again after a crash, or
-claimed by another worker, reaches no webhook twice. An entry whose webhooks
-still fail stays pending and is retried later, by this worker or another.
+every configured webhook: a JSON body in the Standard Webhooks form
+(standardwebhooks.com): ``webhook-id`` (the notification's id, the same on every
+attempt and from every worker: what a receiver deduplicates on),
+``webhook-timestamp`` and, under ``TETHER_WEBHOOK_SECRET``, ``webhook-signature``
+(``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``); the older
+``X-Tether-Signature: sha256=<hex of the body's HMAC>`` is still sent. Each POST is
+retried with exponential backoff (tenacity).
+
+Sending to a webhook takes a lease first, in the key that records the delivery
+(one script: delivered already, someone else sending, or ours now), renewed for as
+long as the send lasts; success replaces it with the delivered mark. So an entry
+that another worker claims while a slow webhook holds this one up (its retries can
+outlast the claim's idle time), or one delivered again after a crash, reaches no
+webhook twice, unless a worker stalls past its lease mid-send: then the same
+``webhook-id`` arrives twice. An entry whose webhooks still fail stays pending and
+is retried later, by this worker or another.
 """
 
 from __future__ import annotations
@@ -24,9 +34,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
+from standardwebhooks import Webhook
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from tether import keys
@@ -38,8 +53,11 @@ from tether.versioned import Append
 GROUP = "webhooks"
 SIGNATURE_HEADER = "X-Tether-Signature"
 STREAM_MAXLEN = 100_000
-# How long an entry a worker took may sit undelivered before another worker takes it.
+# How long an entry a worker took may sit undelivered before another worker takes it
+# (one still sending it holds a lease: the taker skips it).
 CLAIM_IDLE_MS = 30_000
+# A send's lease on one (notification, webhook); its sender renews it every third of it.
+SEND_LEASE_MS = 15_000
 # How long a delivery is remembered (and so deduplicated).
 DELIVERED_TTL_S = 14 * 24 * 3600
 
@@ -94,6 +112,18 @@ def verify(secret: str, payload: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, payload), signature)
 
 
+def webhook(secret: str) -> Webhook:
+    """The Standard Webhooks signer and verifier for ``secret``; a receiver calls
+    ``webhook(secret).verify(body, headers)``. A ``whsec_<base64>`` secret is the key it
+    encodes, as the standard has it; any other secret is its UTF-8 bytes."""
+    return Webhook(secret if secret.startswith("whsec_") else secret.encode())
+
+
+def notification_id(fields: dict[str, str]) -> str:
+    """The notification's ``webhook-id``: one escalation's one event, however often sent."""
+    return f"{fields['escalation_id']}:{fields['event']}"
+
+
 def _target(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
@@ -109,6 +139,29 @@ return 0
 """
 
 
+# A send's lease, in the key that records the delivery ("1" once delivered), so the
+# check and the taking are one step.
+_TAKE_SCRIPT = """
+local held = redis.call('GET', KEYS[1])
+if held == '1' then return 'delivered' end
+if held then return 'busy' end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 'go'
+"""
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class Notifier:
     """Delivers the notification stream to the webhooks; one per escalation worker."""
 
@@ -119,6 +172,11 @@ class Notifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_waiting_check = 0.0
+        self._take = client.register_script(_TAKE_SCRIPT)
+        self._renew = client.register_script(_RENEW_SCRIPT)
+        self._release = client.register_script(_RELEASE_SCRIPT)
+        secret = settings.webhook_secret
+        self._signer = webhook(secret) if secret else None
 
     # -- the background thread -----------------------------------------------------
 
@@ -167,8 +225,10 @@ class Notifier:
         delivered = 0
         for entry_id, fields in entries:
             if self.deliver(fields):
-                self.client.xack(keys.NOTIFICATIONS, GROUP, entry_id)
-                self.client.xdel(keys.NOTIFICATIONS, entry_id)
+                pipe = self.client.pipeline(transaction=True)
+                pipe.xack(keys.NOTIFICATIONS, GROUP, entry_id)
+                pipe.xdel(keys.NOTIFICATIONS, entry_id)
+                pipe.execute()
                 delivered += 1
         return delivered
 
@@ -224,23 +284,61 @@ class Notifier:
         return queued
 
     def deliver(self, fields: dict[str, str]) -> bool:
-        """POST one notification to every webhook not yet reached; True once all have it."""
+        """POST one notification to every webhook not yet reached; True once all have it.
+
+        A webhook another worker is sending it to now counts as not yet reached: the
+        entry stays pending, and that worker acknowledges it once every webhook has it.
+        """
         payload = fields["body"].encode()
-        delivery = f"{fields['escalation_id']}:{fields['event']}"
+        delivery = notification_id(fields)
         ok = True
         for url in self.settings.webhooks:
             marker = keys.notified(fields["escalation_id"], fields["event"], _target(url))
-            if self.client.exists(marker):
-                continue  # reached before (a redelivered entry): never twice
-            try:
-                self._post(url, payload, delivery, fields["event"])
-            except Exception as exc:  # kept pending, retried later
-                ok = False
-                log.warning("webhook_failed", url=url, delivery=delivery, error=repr(exc))
-                continue
-            self.client.set(marker, "1", ex=DELIVERED_TTL_S)
+            with self._sending(marker) as taken:
+                if taken == "delivered":
+                    continue  # reached before (a redelivered entry): never twice
+                if taken == "busy":
+                    ok = False
+                    continue
+                try:
+                    self._post(url, payload, delivery, fields["event"])
+                except Exception as exc:  # kept pending, retried later
+                    ok = False
+                    log.warning("webhook_failed", url=url, delivery=delivery, error=repr(exc))
+                    continue
+                self.client.set(marker, "1", ex=DELIVERED_TTL_S)
             log.info("webhook_delivered", url=url, delivery=delivery)
         return ok
+
+    @contextmanager
+    def _sending(self, marker: str) -> Iterator[str]:
+        """Take the send's lease on ``marker`` and keep it for as long as the block runs:
+        "go", else "delivered" or "busy" (another worker is sending) and no lease."""
+        token = f"sending:{self.consumer}:{uuid.uuid4().hex}"
+        taken = str(self._take(keys=[marker], args=[token, SEND_LEASE_MS]))
+        if taken != "go":
+            yield taken
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(SEND_LEASE_MS / 3000):
+                try:
+                    if not self._renew(keys=[marker], args=[token, SEND_LEASE_MS]):
+                        log.warning("webhook_lease_lost", marker=marker)
+                        return
+                except redis.RedisError as exc:  # Redis away: try again next time
+                    log.warning("webhook_lease_renewal_failed", marker=marker, error=repr(exc))
+
+        renewer = threading.Thread(target=renew, name="tether-webhook-lease", daemon=True)
+        renewer.start()
+        try:
+            yield taken
+        finally:
+            done.set()
+            renewer.join()
+            # A delivered send left "1" in place of the lease: that stays.
+            self._release(keys=[marker], args=[token])
 
     def _post(self, url: str, payload: bytes, delivery: str, event: str) -> None:
         headers = {
@@ -248,6 +346,7 @@ class Notifier:
             "User-Agent": "tether-notifier",
             "X-Tether-Event": event,
             "X-Tether-Delivery": delivery,
+            "webhook-id": delivery,
         }
         if self.settings.webhook_secret:
             headers[SIGNATURE_HEADER] = sign(self.settings.webhook_secret, payload)
@@ -257,6 +356,12 @@ class Notifier:
             reraise=True,
         ):
             with attempt:
+                # Each attempt is stamped and signed when it goes: a receiver refuses
+                # a timestamp more than five minutes off, and retries can take that long.
+                now = datetime.now(UTC)
+                headers["webhook-timestamp"] = str(int(now.timestamp()))
+                if self._signer is not None:
+                    headers["webhook-signature"] = self._signer.sign(delivery, now, payload)
                 request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.settings.webhook_timeout_s) as r:
                     if r.status >= 300:
