@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from tests.agents import add
+from tests.agents import add, record_payment
 from tether import Agent, BudgetLimits, ScriptedModel
-from tether.messages import BudgetEscalation
+from tether.messages import BudgetEscalation, EscalationKind
 from tether.models import ModelResponse, text, tool_call
 from tether.state import ChatMessage
 
@@ -63,4 +63,21 @@ budgeted = Agent(
     tools=[add],
     budget=BudgetLimits(max_steps=2, max_tool_calls=20, max_wall_s=600),
     escalate_on_budget=BudgetEscalation(ceiling=BudgetLimits(max_steps=5)),
+)
+
+
+# Its approvals expire after 2 s (other kinds take the default): the reconciler then
+# ends the run rejected, escalation_expired (issue 22, invariant 8).
+impatient = Agent(
+    name="impatient",
+    instructions="Pay what the user asks, with approval, if someone approves in time.",
+    model=ScriptedModel(
+        [
+            tool_call("record_payment", {"account": "acme", "cents": 900}),
+            text("paid acme 900 cents"),
+        ],
+        label="impatient",
+    ),
+    tools=[record_payment],
+    escalation_expiry_s={EscalationKind.approval_required: 2.0},
 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from tether.autonomy import EarnedAutonomy
 from tether.errors import ConfigError, InvalidToolCallError, UnknownAgentError
 from tether.memory.longterm import MemoryConfig
-from tether.messages import BudgetEscalation, BudgetLimits, ToolAction
+from tether.messages import BudgetEscalation, BudgetLimits, EscalationKind, ToolAction
 from tether.models.base import ModelClient
 from tether.state import RunState
 from tether.tools import Tool
@@ -57,6 +57,10 @@ class Agent:
     keep_in_thread: list[str] = field(default_factory=list)
     # Long-term memory per subject: adds the remember and recall tools (tether.memory.longterm).
     memory: MemoryConfig | None = None
+    # How long its escalations wait for a decision before they expire and the run ends
+    # rejected (escalation_expired): seconds for every kind, or per kind (kinds left out
+    # take TETHER_ESCALATION_EXPIRY_S, as does None).
+    escalation_expiry_s: float | dict[EscalationKind, float] | None = None
 
     def __post_init__(self) -> None:
         if self.memory is not None and "remember" not in {t.name for t in self.tools}:
@@ -75,6 +79,16 @@ class Agent:
                 object.__setattr__(
                     self, "instructions", f"{self.instructions}\n\n{CONFIDENCE_INSTRUCTIONS}"
                 )
+        expiries = (
+            self.escalation_expiry_s.values()
+            if isinstance(self.escalation_expiry_s, dict)
+            else [self.escalation_expiry_s or 1.0]
+        )
+        if any(s <= 0 for s in expiries):
+            raise ConfigError(
+                f"agent {self.name!r}: escalation_expiry_s must be positive seconds, "
+                f"got {self.escalation_expiry_s!r}"
+            )
         names = [t.name for t in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -98,6 +112,13 @@ class Agent:
             separators=(",", ":"),
         )
         return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+    def expiry_s(self, kind: EscalationKind, default: float) -> float:
+        """How long an escalation of ``kind`` waits for a human before it expires."""
+        declared = self.escalation_expiry_s
+        if isinstance(declared, dict):
+            return float(declared.get(kind, default))
+        return float(default if declared is None else declared)
 
     def thread_keep(self) -> list[str]:
         """Tools whose calls a thread's history keeps."""

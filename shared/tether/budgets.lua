@@ -1,5 +1,8 @@
 -- Atomic budget reservation and settlement for one run.
--- KEYS[1]: the run's budget hash (max_* limits, started_at, used counters)
+-- KEYS[1]: the run's budget hash (max_* limits, started_at, used counters; paused_at and
+-- waited_ms: human time is not agent time, so the wall clock stands still from paused_at
+-- while the run waits for a human, and waited_ms, the time it waited before, is not
+-- counted: tether.budgets.human_clock writes both in the commits that start and end a wait)
 -- KEYS[2]: the set of reservation ids already applied (makes retries harmless)
 -- ARGV[1]: 'reserve', 'settle', or 'check' (a reservation of nothing: the wall-time
 -- check of an action, which charges nothing twice and so keeps no marker)
@@ -69,7 +72,7 @@ if op == 'reserve' or op == 'check' then
   -- stray keys behind it.
   local h = redis.call('HMGET', KEYS[1], 'max_wall_s', 'started_at',
     'max_steps', 'max_tool_calls', 'max_tokens', 'max_cost_usd',
-    'steps', 'tool_calls', 'tokens', 'cost_usd')
+    'steps', 'tool_calls', 'tokens', 'cost_usd', 'paused_at', 'waited_ms')
   if h[2] == false then
     return {0, 'no budget is open for this run: it is unknown or has expired', ''}
   end
@@ -78,9 +81,10 @@ if op == 'reserve' or op == 'check' then
     return tonumber(v)
   end
   local wall = limit(h[1])
-  local started = tonumber(h[2])
-  if wall ~= nil and now - started > wall then
-    return {0, string.format('wall time %.1fs is over max_wall_s=%s', now - started, wall), 'wall_s'}
+  local elapsed = (limit(h[11]) or now) - tonumber(h[2]) - (limit(h[12]) or 0) / 1000
+  if wall ~= nil and elapsed > wall then
+    return {0, string.format('wall time %.1fs (time waiting for humans not counted) is over '
+      .. 'max_wall_s=%s', elapsed, wall), 'wall_s'}
   end
   -- Counters are written back in one HSET from the values just read, not one
   -- HINCRBY each: a reservation is the commonest script a step runs.

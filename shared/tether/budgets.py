@@ -5,12 +5,18 @@ workers serialise on the script, so together they cannot overspend. Model
 calls reserve an estimate and settle to the real usage afterwards. Each
 reservation has an id derived from the run, step and action, so a redelivered
 message re-reserving is a no-op rather than a double charge.
+
+Human time is not agent time (invariant 8): the wall clock stops while a run
+waits for a human and goes on when it stops waiting (``human_clock``, written
+by the run's own commits), and a human's budget extension is written with the
+escalation record's commit or not at all (``extension_writes``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any, cast
 
@@ -21,6 +27,8 @@ from redis.client import Pipeline
 from tether import keys
 from tether.batch import Script, WriteBatch
 from tether.messages import BudgetLimits
+from tether.state import RunState
+from tether.versioned import SideWrite
 
 _SCRIPT = Script(files("tether").joinpath("budgets.lua").read_text())
 
@@ -239,6 +247,55 @@ class Budgets:
         (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
         return self.reservation(reply)
 
+    def extension_writes(
+        self,
+        run_id: str,
+        escalation_id: str,
+        *,
+        limit: str,
+        by: float,
+        ceiling: float | None,
+        extender: str,
+    ) -> tuple[Reservation, list[SideWrite]]:
+        """An extension as writes for the escalation record's commit, and whether it may go.
+
+        budgets.lua answers as for ``extend`` (ceiling, one extension per escalation)
+        without spending; the raise is then written by the record's compare-and-set,
+        so a decision that loses its commit raises nothing. Nothing else moves a
+        run's limit while it waits on this escalation (one budget wait at a time),
+        so the value read here is the value the commit raises.
+        """
+        args = [
+            keys.budget(run_id),
+            keys.reservations(run_id),
+            "extend",
+            escalation_id,
+            limit,
+            repr(float(by)) if limit == "cost_usd" or not float(by).is_integer() else int(by),
+            "" if ceiling is None else repr(ceiling),
+            extender,
+            "dry",
+        ]
+        field = f"max_{limit}"
+
+        def build(pipe: Pipeline) -> None:
+            _SCRIPT.add(pipe, 2, *args)
+            pipe.hget(keys.budget(run_id), field)
+
+        reply, current = self._batch.run(build)
+        verdict = self.reservation(reply)
+        if not verdict.granted or verdict.reason == "duplicate" or current in (None, ""):
+            return verdict, []
+        raised = float(current) + float(by)
+        integral = limit in ("steps", "tool_calls", "tokens")
+        value = str(int(raised)) if integral and raised.is_integer() else repr(raised)
+        writes = [
+            SideWrite(
+                "HSET", keys.budget(run_id), (field, value, f"extended:{escalation_id}", extender)
+            )
+        ]
+        return verdict, writes
+
     def limit(self, run_id: str, limit: str) -> float | None:
         """The current maximum of one limit (after any extensions); None: unbounded."""
         (value,) = self._batch.run(lambda pipe: pipe.hget(keys.budget(run_id), f"max_{limit}"))
@@ -248,10 +305,44 @@ class Budgets:
         (found,) = self._batch.run(lambda pipe: pipe.hgetall(keys.budget(run_id)))
         raw = cast(dict[str, str], found)
         started = float(raw.get("started_at") or time.time())
+        # As budgets.lua counts it: time spent waiting for humans is left out.
+        until = float(raw.get("paused_at") or time.time())
+        waited = int(raw.get("waited_ms") or 0) / 1000
         return BudgetUsage(
             steps=int(raw.get("steps", 0)),
             tool_calls=int(raw.get("tool_calls", 0)),
             tokens=int(raw.get("tokens", 0)),
             cost_usd=float(raw.get("cost_usd", 0.0)),
-            wall_s=max(0.0, time.time() - started),
+            wall_s=max(0.0, until - started - waited),
         )
+
+
+def human_clock(
+    before: RunState, after: RunState, now: float | None = None
+) -> tuple[RunState, list[SideWrite]]:
+    """Stop a run's wall clock in the commit that makes it wait for a human, and start it
+    again, crediting the wait, in the commit that ends the wait (invariant 8).
+
+    Returns ``after`` with its waiting_since and human_wait_s brought up to date, and
+    the budget writes that go in with the same commit: a commit that loses stops or
+    credits nothing, and only one commit can end a wait. budgets.lua reads paused_at
+    (the clock stands still from then) and waited_ms (never counted).
+    """
+    waited, waits = bool(before.awaiting_human), bool(after.awaiting_human)
+    if waited == waits:
+        return after, []
+    now = time.time() if now is None else now
+    budget = keys.budget(after.run_id)
+    if waits:
+        at = datetime.fromtimestamp(now, UTC)
+        paused = after.model_copy(update={"waiting_since": at})
+        return paused, [SideWrite("HSET", budget, ("paused_at", repr(now)))]
+    since = before.waiting_since
+    span = max(0.0, now - since.timestamp()) if since is not None else 0.0
+    resumed = after.model_copy(
+        update={"waiting_since": None, "human_wait_s": before.human_wait_s + span}
+    )
+    writes = [SideWrite("HDEL", budget, ("paused_at",))]
+    if span:
+        writes.append(SideWrite("HINCRBY", budget, ("waited_ms", round(span * 1000))))
+    return resumed, writes

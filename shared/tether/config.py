@@ -140,8 +140,32 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 5
     webhook_retry_wait_max_s: float = 5.0
-    escalation_waiting_after_s: float = 3600.0
+    escalation_waiting_after_s: float | None = Field(
+        default=None,
+        description="Age (s) at which a pending escalation's 'escalation_waiting' reminder goes "
+        "out; unset: at TETHER_ESCALATION_WAITING_AT of its expiry window",
+    )
     escalation_waiting_check_s: float = 30.0
+    escalation_expiry_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds an escalation waits for a decision before it expires and its run "
+        "ends rejected (escalation_expired); an agent's escalation_expiry_s overrides it",
+    )
+    escalation_waiting_at: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Fraction of an escalation's expiry window after which the webhooks get "
+        "its 'escalation_waiting' reminder",
+    )
+    escalation_expiring_at: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="Fraction of an escalation's expiry window after which the webhooks get "
+        "its last reminder, 'escalation_expiring'",
+    )
 
     @property
     def webhooks(self) -> list[str]:

@@ -50,9 +50,15 @@ class UnknownEscalationError(TetherError):
 
 
 class EscalationClosedError(TetherError):
-    def __init__(self, escalation_id: str, status: str) -> None:
+    """A decision for an escalation that no longer takes one: ``status`` is decided,
+    closed (its run ended) or expired; ``why`` says what happened and what to do."""
+
+    def __init__(self, escalation_id: str, status: str, why: str | None = None) -> None:
+        self.escalation_id = escalation_id
+        self.status = status
         super().__init__(
-            f"escalation {escalation_id!r} is already {status}; a decision is recorded once and cannot be changed"
+            f"escalation {escalation_id!r} is already {status}"
+            + (f": {why}" if why else "; a decision is recorded once and cannot be changed")
         )
 
 

@@ -3,12 +3,20 @@
 Records are versioned documents, so a decision is recorded once even when two
 people (or two deliveries) decide at the same moment. A record, its indexes and
 the log entry that describes the change are written in one step, as is closing
-the escalations of a run that ends (``close_writes``, in the run's own commit).
+the escalations of a run that ends (``close_writes``, in the run's own commit),
+and a budget extension (with the decision that grants it, or not at all).
+
+An escalation ends by a decision or by its own expiry, never by the run's budget
+(invariant 8): each expires at ``expires_at`` (Agent.escalation_expiry_s, per
+kind, else TETHER_ESCALATION_EXPIRY_S); ``expire`` records that, as a decision
+would be recorded, and the planner's reconciler then ends the run ``rejected``
+(tether.planner.reconcile.expire_escalations).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import cast
 
 from tether import autonomy, keys, metrics, notifications, operators
@@ -16,6 +24,7 @@ from tether.errors import (
     DecisionRefusedError,
     EscalationClosedError,
     StaleStateError,
+    TetherError,
     UnknownEscalationError,
 )
 from tether.messages import Decision, Escalation, RunEvent, Verdict, utcnow
@@ -34,8 +43,46 @@ def load(rt: Runtime, escalation_id: str) -> tuple[EscalationRecord, int]:
         raise UnknownEscalationError(escalation_id)
     record = EscalationRecord.model_validate_json(doc)
     if closed is not None and record.status == "pending":
-        record = record.model_copy(update={"status": "closed"})
+        record = record.model_copy(update={"status": "closed", "closed_reason": str(closed)})
     return record, int(version or 0)
+
+
+def expiry_s(rt: Runtime, escalation: Escalation) -> float:
+    """How long ``escalation`` waits for a decision: its agent's escalation_expiry_s for
+    its kind, else TETHER_ESCALATION_EXPIRY_S."""
+    from tether.agents import get_agent  # agents import tools and models: only when asked
+
+    default = rt.settings.escalation_expiry_s
+    try:
+        agent = get_agent(escalation.agent)
+    except TetherError:  # an agent this service does not load: the setting holds
+        return default
+    return agent.expiry_s(escalation.kind, default)
+
+
+def closed_why(record: EscalationRecord) -> str:
+    """Why a record takes no decision any more, and what to do: for EscalationClosedError."""
+    if record.status == "decided" and record.decision is not None:
+        d = record.decision
+        return (
+            f"{d.verdict} by {d.by} at {d.at.isoformat()}; a decision is recorded once and "
+            "cannot be changed"
+        )
+    if record.status == "expired":
+        e = record.escalation
+        waited = (record.expires_at - e.created_at).total_seconds() if record.expires_at else 0
+        return (
+            f"no one decided it within {waited:.0f}s of {e.created_at.isoformat()}, so it "
+            f"expired and run {e.run_id} ended rejected (escalation_expired); resubmit the "
+            "task with a new event id to try again, and decide sooner or raise the agent's "
+            "escalation_expiry_s"
+        )
+    if record.status == "closed":
+        return (
+            f"its run ended before anyone decided ({record.closed_reason or 'run ended'}); "
+            "nothing waits for this decision any more: resubmit the task if it still needs doing"
+        )
+    return "it takes no decision"
 
 
 def _step(escalation: Escalation) -> int:
@@ -44,7 +91,8 @@ def _step(escalation: Escalation) -> int:
 
 def open_escalation(rt: Runtime, escalation: Escalation) -> None:
     """Keep an escalation pending; a redelivered one, or one its run closed, is left as it is."""
-    record = EscalationRecord(escalation=escalation)
+    expires_at = escalation.created_at + timedelta(seconds=expiry_s(rt, escalation))
+    record = EscalationRecord(escalation=escalation, expires_at=expires_at)
     key = keys.escalation(escalation.escalation_id)
     created = escalation.created_at.timestamp()
     opened = RunEvent(
@@ -55,6 +103,7 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
             "escalation_id": escalation.escalation_id,
             "kind": escalation.kind,
             "reason": escalation.reason,
+            "expires_at": expires_at.isoformat(),
         },
     )
     rt.store.flush()  # what this task logged before comes first in the log
@@ -71,6 +120,11 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
             side_writes=[
                 SideWrite("ZADD", keys.PENDING_ESCALATIONS, (created, escalation.escalation_id)),
                 SideWrite("ZADD", keys.ALL_ESCALATIONS, (created, escalation.escalation_id)),
+                SideWrite(
+                    "ZADD",
+                    keys.EXPIRING_ESCALATIONS,
+                    (expires_at.timestamp(), escalation.escalation_id),
+                ),
             ],
         )
     except StaleStateError:
@@ -95,7 +149,7 @@ def open_escalation(rt: Runtime, escalation: Escalation) -> None:
 
 def check_decision(record: EscalationRecord, decision: Decision) -> None:
     if record.status != "pending":
-        raise EscalationClosedError(decision.escalation_id, record.status)
+        raise EscalationClosedError(decision.escalation_id, record.status, closed_why(record))
     if decision.verdict == Verdict.answer and not decision.answer:
         raise ValueError("an answer decision needs the answer text")
     allowed = record.escalation.verdicts()
@@ -115,11 +169,35 @@ def check_decision(record: EscalationRecord, decision: Decision) -> None:
             )
 
 
+def extension_writes(rt: Runtime, record: EscalationRecord, decision: Decision) -> list[SideWrite]:
+    """The budget raise a decision grants, as writes for the record's own commit: a
+    decision that loses its compare-and-set raises nothing (invariant 3).
+
+    Raises DecisionRefusedError past the ceiling, or when someone else extended it first.
+    """
+    budget = record.escalation.budget
+    assert budget is not None and decision.extend_by is not None  # check_decision made sure
+    granted, writes = rt.store.budgets.extension_writes(
+        record.escalation.run_id,
+        decision.escalation_id,
+        limit=budget.limit,
+        by=decision.extend_by,
+        ceiling=budget.ceiling,
+        extender=decision.extension_id(),
+    )
+    if not granted.granted:
+        raise DecisionRefusedError(
+            f"extension of {budget.limit} on {decision.escalation_id!r} refused: {granted.reason}"
+        )
+    return writes
+
+
 def extend_budget(
     rt: Runtime, record: EscalationRecord, decision: Decision, *, check: bool = False
 ) -> None:
     """Spend a budget extension in budgets.lua, once per escalation and within its ceiling
-    (``check``: only say whether it would be spent).
+    (``check``: only say whether it would be spent; a decision's own extension is
+    written with its record, ``extension_writes``).
 
     Raises DecisionRefusedError past the ceiling, or when someone else extended it first;
     the same decision again (a redelivery, a retried command) is harmless.
@@ -173,11 +251,25 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
         return record
     try:
         check_decision(record, decision)
-        if decision.verdict == Verdict.extend:
-            # Before the record: the budget script decides which extension is spent.
-            extend_budget(rt, record, decision)
+        # Spent by the record's commit below, with it or not at all.
+        extension = (
+            extension_writes(rt, record, decision) if decision.verdict == Verdict.extend else []
+        )
     except (EscalationClosedError, DecisionRefusedError) as exc:
         log.warning("decision_refused", escalation_id=decision.escalation_id, reason=str(exc))
+        if isinstance(exc, EscalationClosedError) and record.status in ("closed", "expired"):
+            # A late decision is no silent one: the run's log says it came, and why it
+            # changed nothing.
+            rt.store.log(
+                record.escalation.run_id,
+                "decision_refused",
+                _step(record.escalation),
+                escalation_id=decision.escalation_id,
+                verdict=decision.verdict,
+                by=decision.by,
+                reason=str(exc),
+            )
+            rt.store.flush()
         return None
     decided = record.model_copy(update={"status": "decided", "decision": decision})
     key = keys.escalation(decision.escalation_id)
@@ -221,8 +313,10 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
             ],
             side_writes=[
                 SideWrite("ZREM", keys.PENDING_ESCALATIONS, (decision.escalation_id,)),
+                SideWrite("ZREM", keys.EXPIRING_ESCALATIONS, (decision.escalation_id,)),
                 # The tool's earned-autonomy record counts the decision with it, once.
                 *autonomy.decision_writes(record.escalation, decision),
+                *extension,
             ],
         )
     except StaleStateError:
@@ -247,11 +341,62 @@ def close_writes(waits: Sequence[HumanWait], why: str, ttl_s: int) -> list[SideW
         key = keys.escalation(wait.escalation_id)
         writes += [
             SideWrite("ZREM", keys.PENDING_ESCALATIONS, (wait.escalation_id,)),
+            SideWrite("ZREM", keys.EXPIRING_ESCALATIONS, (wait.escalation_id,)),
             SideWrite("HSET", key, ("closed", why)),
             SideWrite("HINCRBY", key, ("version", 1)),
             SideWrite("EXPIRE", key, (ttl_s,)),
         ]
     return writes
+
+
+def expire(rt: Runtime, escalation_id: str, now: datetime) -> EscalationRecord | None:
+    """Record a pending escalation as expired once its expires_at has passed.
+
+    Returns the record as it now stands (expired, or decided or closed by whoever
+    came first: the compare-and-set lets one of them win), or None while it is not
+    due. Its run is ended by the caller (tether.planner.reconcile.expire_escalations),
+    which does so again if it finds the record expired and its run still waiting.
+    """
+    record, version = load(rt, escalation_id)
+    if record.status != "pending":
+        return record
+    if record.expires_at is None or record.expires_at > now:
+        return None
+    expired = record.model_copy(update={"status": "expired"})
+    e = record.escalation
+    key = keys.escalation(escalation_id)
+    logged = RunEvent(
+        run_id=e.run_id,
+        kind="escalation_expired",
+        step=_step(e),
+        data={
+            "escalation_id": escalation_id,
+            "kind": e.kind,
+            "opened_at": e.created_at.isoformat(),
+            "expires_at": record.expires_at.isoformat(),
+            "recorded_at": utcnow().isoformat(),
+        },
+    )
+    rt.store.flush()
+    try:
+        rt.store.docs.write(
+            key,
+            expired.model_dump_json(),
+            version,
+            expire=[key],
+            ttl_s=rt.store.run_ttl_s,
+            appends=[
+                *log_appends(logged),
+                *notifications.appends(rt.settings, e, notifications.EXPIRED),
+            ],
+            # It stays in the expiring index until its run has ended (the caller's part).
+            side_writes=[SideWrite("ZREM", keys.PENDING_ESCALATIONS, (escalation_id,))],
+        )
+    except StaleStateError:  # decided, closed or expired by someone else meanwhile
+        return load(rt, escalation_id)[0]
+    metrics.ESCALATIONS_EXPIRED.labels(e.agent, e.kind).inc()
+    log.warning("escalation_expired", escalation_id=escalation_id, run_id=e.run_id, kind=e.kind)
+    return expired
 
 
 def list_escalations(

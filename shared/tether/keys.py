@@ -31,6 +31,8 @@ REJECTED_STREAM = f"{PREFIX}:rejected"
 DEAD_STREAM = f"{PREFIX}:dead"
 PENDING_ESCALATIONS = f"{PREFIX}:escalations:pending"
 ALL_ESCALATIONS = f"{PREFIX}:escalations"
+# Pending escalations by when they expire (tether.planner.reconcile ends their runs).
+EXPIRING_ESCALATIONS = f"{PREFIX}:escalations:expiring"
 # Webhook notifications of escalations, waiting for delivery (tether.notifications).
 NOTIFICATIONS = f"{PREFIX}:notifications"
 # Feedback recorded, per agent, version and score: JSON [agent, version, score] -> count,
@@ -234,6 +236,11 @@ def notified(escalation_id: str, event: str, target: str) -> str:
     return f"{PREFIX}:notified:{escalation_id}:{event}:{target}"
 
 
+def notify_reminder(escalation_id: str, event: str) -> str:
+    """Set once ``event``, a reminder of a pending escalation, was queued (as notify_waiting)."""
+    return f"{PREFIX}:notify:waiting:{{{NOTIFICATIONS}}}:{escalation_id}:{event}"
+
+
 def notify_waiting(escalation_id: str) -> str:
     """Set when an escalation's "still waiting" notification was queued, once; in the
     notification stream's slot, since one script writes both."""
@@ -249,6 +256,7 @@ _SPILLED_TO = {
     NOTIFICATIONS,
     RUN_INDEX,
     PENDING_ESCALATIONS,
+    EXPIRING_ESCALATIONS,
     ALL_ESCALATIONS,
     FEEDBACK_COUNTS,
     THREADS,

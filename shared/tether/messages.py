@@ -97,6 +97,8 @@ class ErrorCategory(StrEnum):
     budget = "budget"
     policy_denied = "policy_denied"
     human_rejected = "human_rejected"
+    # An escalation no one decided before its expiry (Agent.escalation_expiry_s).
+    escalation_expired = "escalation_expired"
     cancelled = "cancelled"
     internal = "internal"
 

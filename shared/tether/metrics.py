@@ -113,6 +113,11 @@ BUDGET_EXHAUSTED = Counter(
 ESCALATIONS_OPENED = Counter(
     "tether_escalations_opened_total", "Escalations opened", ["agent", "kind"]
 )
+ESCALATIONS_EXPIRED = Counter(
+    "tether_escalations_expired_total",
+    "Escalations no one decided before they expired",
+    ["agent", "kind"],
+)
 DEAD_LETTERS = Counter(
     "tether_dead_letters_total", "Messages that became dead letters", ["task", "category"]
 )

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from standardwebhooks import Webhook
@@ -49,6 +49,9 @@ from tether.config import Settings
 from tether.messages import Decision, Escalation, utcnow
 from tether.telemetry import log
 from tether.versioned import Append
+
+if TYPE_CHECKING:
+    from tether.state import EscalationRecord
 
 GROUP = "webhooks"
 SIGNATURE_HEADER = "X-Tether-Signature"
@@ -62,9 +65,47 @@ SEND_LEASE_MS = 15_000
 DELIVERED_TTL_S = 14 * 24 * 3600
 
 OPENED, DECIDED, WAITING = "escalation_opened", "escalation_decided", "escalation_waiting"
+# Reminders come before an escalation expires (TETHER_ESCALATION_WAITING_AT and
+# TETHER_ESCALATION_EXPIRING_AT of its window), and EXPIRED with the expiry's commit.
+EXPIRING, EXPIRED = "escalation_expiring", "escalation_expired"
 
 
-def body(escalation: Escalation, event: str, decision: Decision | None = None) -> str:
+REMINDERS = (WAITING, EXPIRING)
+
+
+def reminder_marker(escalation_id: str, event: str) -> str:
+    # The first reminder keeps the key it always had: one queued before an upgrade counts.
+    if event == WAITING:
+        return keys.notify_waiting(escalation_id)
+    return keys.notify_reminder(escalation_id, event)
+
+
+def reminders_due(settings: Settings, record: EscalationRecord, now: float) -> list[str]:
+    """Which reminders of a pending escalation are due at ``now``, in order."""
+    opened = record.escalation.created_at.timestamp()
+    window = (
+        record.expires_at.timestamp() - opened
+        if record.expires_at is not None
+        else settings.escalation_expiry_s
+    )
+    waiting_after = (
+        settings.escalation_waiting_after_s
+        if settings.escalation_waiting_after_s is not None
+        else settings.escalation_waiting_at * window
+    )
+    due = [WAITING] if now >= opened + waiting_after else []
+    if record.expires_at is not None and now >= opened + settings.escalation_expiring_at * window:
+        due.append(EXPIRING)
+    return due
+
+
+def body(
+    escalation: Escalation,
+    event: str,
+    decision: Decision | None = None,
+    *,
+    expires_at: datetime | None = None,
+) -> str:
     return json.dumps(
         {
             "event": event,
@@ -78,6 +119,7 @@ def body(escalation: Escalation, event: str, decision: Decision | None = None) -
             "budget": escalation.budget.model_dump(mode="json") if escalation.budget else None,
             "answers": [str(v) for v in escalation.verdicts()],
             "decision": decision.model_dump(mode="json") if decision else None,
+            "expires_at": expires_at.isoformat() if expires_at else None,
             "at": utcnow().isoformat(),
         },
         sort_keys=True,
@@ -137,7 +179,6 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
 end
 return 0
 """
-
 
 # A send's lease, in the key that records the delivery ("1" once delivered), so the
 # check and the taking are one step.
@@ -246,20 +287,23 @@ class Notifier:
         return [e for e in reply[1] if e and e[1]]
 
     def queue_waiting(self, now: float) -> int:
-        """A notification for each escalation pending longer than the configured age, once."""
+        """The reminders now due for each pending escalation, each once.
+
+        "escalation_waiting" at TETHER_ESCALATION_WAITING_AFTER_S, if set, else at
+        TETHER_ESCALATION_WAITING_AT of its expiry window; "escalation_expiring" at
+        TETHER_ESCALATION_EXPIRING_AT of it, while a human can still decide in time.
+        """
         from tether import escalations
         from tether.errors import UnknownEscalationError
         from tether.runtime import Runtime
 
-        cutoff = now - self.settings.escalation_waiting_after_s
-        ids = cast(
-            list[str],
-            self.client.zrangebyscore(keys.PENDING_ESCALATIONS, "-inf", cutoff, start=0, num=100),
-        )
+        # The oldest pending first: those are the ones whose reminders fall due.
+        ids = cast(list[str], self.client.zrange(keys.PENDING_ESCALATIONS, 0, 999))
         queued = 0
         rt: Runtime | None = None
         for escalation_id in ids:
-            if self.client.exists(keys.notify_waiting(escalation_id)):
+            markers = {event: reminder_marker(escalation_id, event) for event in REMINDERS}
+            if all(self.client.exists(m) for m in markers.values()):
                 continue
             rt = rt or Runtime(self.settings)
             try:
@@ -268,19 +312,20 @@ class Notifier:
                 continue
             if record.status != "pending":
                 continue
-            queued += int(
-                self.client.eval(
-                    _WAITING_SCRIPT,
-                    2,
-                    keys.notify_waiting(escalation_id),
-                    keys.NOTIFICATIONS,
-                    DELIVERED_TTL_S,
-                    STREAM_MAXLEN,
-                    escalation_id,
-                    WAITING,
-                    body(record.escalation, WAITING),
+            for event in reminders_due(self.settings, record, now):
+                queued += int(
+                    self.client.eval(
+                        _WAITING_SCRIPT,
+                        2,
+                        markers[event],
+                        keys.NOTIFICATIONS,
+                        DELIVERED_TTL_S,
+                        STREAM_MAXLEN,
+                        escalation_id,
+                        event,
+                        body(record.escalation, event, expires_at=record.expires_at),
+                    )
                 )
-            )
         return queued
 
     def deliver(self, fields: dict[str, str]) -> bool:

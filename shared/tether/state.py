@@ -173,9 +173,15 @@ class EscalationRecord(BaseModel):
     """An escalation as the escalation service keeps it."""
 
     escalation: Escalation
-    # closed: the run ended (finished, cancelled) before anyone decided.
-    status: Literal["pending", "decided", "closed"] = "pending"
+    # closed: the run ended (finished, cancelled) before anyone decided; expired: no one
+    # decided before expires_at, and the run ended rejected (escalation_expired).
+    status: Literal["pending", "decided", "closed", "expired"] = "pending"
     decision: Decision | None = None
+    # When it expires undecided (Agent.escalation_expiry_s); None: records opened before
+    # escalations expired, which never do.
+    expires_at: datetime | None = None
+    # Why it closed (the run's ending), read from the record's hash; None unless closed.
+    closed_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,11 @@ class RunState(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # Human time is not agent time (invariant 8): when the run began waiting for a human
+    # (None when it waits for none), and the seconds it has waited in all; its wall-time
+    # budget counts neither (tether.budgets.human_clock).
+    waiting_since: datetime | None = None
+    human_wait_s: float = 0.0
     version: int = 0
     # What the run store holds of its messages and completed actions at this version
     # (tether.store): both only grow, so a commit appends what came after instead of

@@ -18,7 +18,7 @@ from redis.retry import Retry
 
 from tether import keys, spill
 from tether.batch import Build, WriteBatch
-from tether.budgets import Budgets, BudgetUsage, GuardedReservation
+from tether.budgets import Budgets, BudgetUsage, GuardedReservation, human_clock
 from tether.cluster_client import RidingCluster
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
 from tether.messages import Observation, RunEvent, TaskEvent, utcnow
@@ -280,11 +280,13 @@ class RunStore:
                     return None
                 state, fresh = self.load(run_id), True
                 continue
+            # Waiting for a human stops the wall clock; the commit ending the wait credits it.
+            changed, clock = human_clock(state, changed)
             committed, current = self._commit(
                 changed,
                 log(changed) if log else (),
                 tool_calls,
-                side_writes(changed) if side_writes else (),
+                [*(side_writes(changed) if side_writes else ()), *clock],
                 reserve_after(changed) if reserve_after else None,
             )
             if committed is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -13,7 +14,8 @@ from rich.table import Table
 
 from tether import client, escalations, operators
 from tether.cli import render
-from tether.messages import Escalation, Verdict
+from tether.errors import EscalationClosedError
+from tether.messages import Decision, Escalation, Verdict
 from tether.runtime import get_runtime
 
 escalations_app = typer.Typer(help="Decide what waits for a human.", no_args_is_help=True)
@@ -26,6 +28,44 @@ TOKEN_FILE = typer.Option(
     exists=True,
     dir_okay=False,
 )
+
+
+WAIT = typer.Option(
+    10.0,
+    "--wait",
+    help="Seconds to wait for the escalation service to record the decision (0: do not wait)",
+)
+
+
+def _recorded(decision: Decision, wait_s: float) -> None:
+    """Wait until the escalation service has recorded ``decision``, so that a decision
+    that came too late (its run ended, the escalation expired) never reads as taken.
+
+    The record was pending when the decision was sent (client.decide checks); it may
+    have closed since. Raises EscalationClosedError (exit 2) when it did; exits 3 when
+    nothing was recorded in time.
+    """
+    if wait_s <= 0:
+        return
+    rt = get_runtime()
+    deadline = time.monotonic() + wait_s
+    while True:
+        record, _ = escalations.load(rt, decision.escalation_id)
+        if record.decision == decision:
+            return
+        if record.status != "pending":
+            raise EscalationClosedError(
+                decision.escalation_id, record.status, escalations.closed_why(record)
+            )
+        if time.monotonic() >= deadline:
+            render.console.print(
+                f"[yellow]sent, not recorded:[/] the escalation service did not record the "
+                f"decision on {decision.escalation_id} within {wait_s:g}s; it is down or "
+                "refused it (see `tether runs trace` of its run for decision_refused): check "
+                "`tether escalations show` before deciding again"
+            )
+            raise typer.Exit(3)
+        time.sleep(0.1)
 
 
 def _who(by: str) -> str:
@@ -88,15 +128,17 @@ def approve(
     by: str = BY,
     reason: str = typer.Option("", help="Why"),
     token_file: Path | None = TOKEN_FILE,
+    wait: float = WAIT,
 ) -> None:
     """Let the held action run; the run resumes."""
-    client.decide(
+    decision = client.decide(
         escalation_id,
         Verdict.approve,
         by=_who(by),
         reason=reason or None,
         token=_token(token_file),
     )
+    _recorded(decision, wait)
     render.console.print(f"approved {escalation_id} as {_who(by)}")
 
 
@@ -106,22 +148,29 @@ def reject(
     reason: str = typer.Option(..., help="Why (recorded in the run)"),
     by: str = BY,
     token_file: Path | None = TOKEN_FILE,
+    wait: float = WAIT,
 ) -> None:
     """Refuse the held action; the run ends `rejected` with its partial result."""
-    client.decide(
+    decision = client.decide(
         escalation_id, Verdict.reject, by=_who(by), reason=reason, token=_token(token_file)
     )
+    _recorded(decision, wait)
     render.console.print(f"rejected {escalation_id} as {_who(by)}")
 
 
 @escalations_app.command()
 def answer(
-    escalation_id: str, text: str, by: str = BY, token_file: Path | None = TOKEN_FILE
+    escalation_id: str,
+    text: str,
+    by: str = BY,
+    token_file: Path | None = TOKEN_FILE,
+    wait: float = WAIT,
 ) -> None:
     """Answer instead of running the action; the model gets the answer and goes on."""
-    client.decide(
+    decision = client.decide(
         escalation_id, Verdict.answer, by=_who(by), answer=text, token=_token(token_file)
     )
+    _recorded(decision, wait)
     render.console.print(f"answered {escalation_id} as {_who(by)}")
 
 
@@ -135,6 +184,7 @@ def extend(
     by: str = typer.Option("", "--by-who", help="Who decides (default: your user name)"),
     reason: str = typer.Option("", help="Why"),
     token_file: Path | None = TOKEN_FILE,
+    wait: float = WAIT,
 ) -> None:
     """Extend the budget limit a budget_exhausted run hit, within the agent's ceiling."""
     from tether.errors import DecisionRefusedError
@@ -152,6 +202,7 @@ def extend(
     except DecisionRefusedError as exc:
         render.console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
+    _recorded(decision, wait)
     render.console.print(
         f"extended max_{decision.limit} of {escalation_id} by {by_amount:g} as {_who(by)}"
     )

@@ -26,17 +26,21 @@ def finish(
     advance: bool = False,
     decision: str | None = None,
     also_log: Callable[[RunState], Sequence[RunEvent]] | None = None,
+    awaiting: str | None = None,
 ) -> RunState | None:
     """End a run unless it already ended (or, with ``step``, moved past that step).
 
     ``advance`` counts the ending as a committed step (the model's final answer).
     The terminal state, ``also_log``'s entries, the ``decision`` that led to it,
     ``run_finished``, and closing the run's open escalations are one commit.
+    ``awaiting``: end it only while it still waits on that escalation.
     """
     closing: list[HumanWait] = []
 
     def end(state: RunState) -> RunState | None:
         if state.terminal or (step is not None and state.step != step):
+            return None
+        if awaiting is not None and awaiting not in {w.escalation_id for w in state.awaiting_human}:
             return None
         closing[:] = state.awaiting_human
         ended = state.model_copy(update={"messages": [*state.messages, *(append or [])]})

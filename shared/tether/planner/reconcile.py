@@ -8,15 +8,22 @@ comes next and every handler is safe to repeat, so a run with no commit for
 waiting for a human only where one of its messages is missing. A run waiting
 in a backlog, or whose tool calls a live executor holds, is not stalled. One
 planner process at a time sweeps, under a lease.
+
+The same sweep ends the runs whose escalations expired (``expire_escalations``):
+only the planner writes run state, and an escalation ends by a decision or by
+its own expiry, never by the run's budget (invariant 8).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
+from typing import cast
 
-from tether import keys
+from tether import escalations, keys
 from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
+from tether.errors import UnknownEscalationError
 from tether.leases import Lease
 from tether.memory import threads
 from tether.messages import ErrorCategory
@@ -27,6 +34,60 @@ from tether.state import RunError, RunState, RunStatus
 from tether.telemetry import log
 
 SWEEP_LIMIT = 1000
+EXPIRE_LIMIT = 100
+
+
+def expire_escalations(
+    rt: Runtime, now: float | None = None, limit: int = EXPIRE_LIMIT
+) -> list[str]:
+    """End the runs of escalations that expired undecided; returns the escalations expired.
+
+    Each is first recorded as expired (tether.escalations.expire: a compare-and-set
+    that a decision recorded before it wins), then its run ends ``rejected``
+    (escalation_expired) if it still waits on it. It leaves the expiring index
+    only then, so a sweeper that dies in between leaves the next sweep to finish.
+    """
+    moment = time.time() if now is None else now
+    at = datetime.fromtimestamp(moment, UTC)
+    due = cast(
+        list[str],
+        rt.store.client.zrangebyscore(
+            keys.EXPIRING_ESCALATIONS, "-inf", moment, start=0, num=limit
+        ),
+    )
+    expired: list[str] = []
+    for escalation_id in due:
+        try:
+            record = escalations.expire(rt, escalation_id, at)
+        except UnknownEscalationError:  # expired with its run's data
+            rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
+            continue
+        if record is None:
+            continue  # its record says later than the index: the record holds
+        if record.status == "expired":
+            e = record.escalation
+            waited = (record.expires_at or at) - e.created_at
+            finish(
+                rt,
+                e.run_id,
+                None,
+                RunStatus.rejected,
+                RunError(
+                    category=ErrorCategory.escalation_expired,
+                    message=f"escalation {escalation_id} ({e.kind}: {e.reason}) expired after "
+                    f"{waited.total_seconds():.0f}s with no decision (the agent's "
+                    "escalation_expiry_s, else TETHER_ESCALATION_EXPIRY_S); the run stopped "
+                    "there and kept its partial result: resubmit the task with a new event "
+                    "id, and decide within the expiry or raise it",
+                ),
+                decision="escalation_expired",
+                awaiting=escalation_id,
+            )
+            expired.append(escalation_id)
+        rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
+    if expired:
+        log.warning("escalations_expired", count=len(expired))
+    return expired
 
 
 def sweep(
@@ -164,5 +225,6 @@ class Reconciler:
                 held = lease.renew() if held else lease.acquire()
                 if held:
                     sweep(self.rt)
+                    expire_escalations(self.rt)
             except Exception as exc:  # Redis away: try again next round
                 log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")

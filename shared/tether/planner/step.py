@@ -154,9 +154,10 @@ def _plan(rt: Runtime, run_id: str, step: int, reserved: GuardedReservation | No
         )
         return
 
-    # Retries of a failing endpoint spend the run's wall-time budget, never more.
+    # Retries of a failing endpoint spend the run's wall-time budget, never more; the time
+    # it waited for humans is not part of it (invariant 8).
     deadline = (
-        state.created_at.timestamp() + state.limits.max_wall_s
+        state.created_at.timestamp() + state.human_wait_s + state.limits.max_wall_s
         if state.limits.max_wall_s is not None
         else None
     )
