@@ -95,9 +95,10 @@ def sweep_gap_s() -> float:
     """The longest gap between sweeps after which the watch goes on.
 
     A live consumer beats every HEARTBEAT_S: while Redis is away for less than
-    this, no live consumer's heartbeat can lapse.
+    this, its silence, a beat on either side included, stays under
+    CONSUMER_DEAD_AFTER_S and no live consumer's heartbeat lapses.
     """
-    return CONSUMER_DEAD_AFTER_S / 2
+    return min(CONSUMER_DEAD_AFTER_S / 2, CONSUMER_DEAD_AFTER_S - 2 * HEARTBEAT_S)
 
 
 def _clock() -> float:
