@@ -306,12 +306,12 @@ class ReliableChannel(kombu_redis.Channel):
                 self._return_landed(source)
                 raise Empty()
             queue = bytes_to_str(source).rsplit(self.sep, 1)[0]
-            payload = loads(bytes_to_str(item))
-            # A delivery tag of this delivery's own: kombu's comes from the message, and
-            # a message put back keeps it, so a stalled consumer's late ack would erase
-            # the record of the consumer that took the message after it.
-            payload["properties"]["delivery_tag"] = uuid.uuid4().hex
             try:
+                payload = loads(bytes_to_str(item))
+                # A delivery tag of this delivery's own: kombu's comes from the message,
+                # and a message put back keeps it, so a stalled consumer's late ack would
+                # erase the record of the consumer that took the message after it.
+                payload["properties"]["delivery_tag"] = uuid.uuid4().hex
                 self.connection._deliver(payload, queue)
             except BaseException:
                 self._return_landed(source)
