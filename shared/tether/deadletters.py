@@ -4,6 +4,10 @@ Each is kept in the stream tether:dead with its task, its arguments and why,
 so an operator can read it (`tether dead list|show`) and, once the cause is
 fixed, put it back on its queue (`tether dead replay`). Handlers are
 idempotent, so a replay is as safe as a redelivery.
+
+A message refused as forged (``refuse``: what it claims is not what Redis
+holds) is kept here too, so an operator can see what was sent; replaying it
+only refuses it again.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import uuid
 from importlib.resources import files
 from typing import Any, cast
 
+from celery import current_task
 from pydantic import BaseModel
 
 from tether import keys, metrics, sentry
 from tether.celery_app import QUEUE_OF, direct_route
 from tether.messages import ErrorCategory, utcnow
 from tether.runtime import Runtime
+from tether.telemetry import log
 
 MAXLEN = 100_000
 SCRIPT = files("tether").joinpath("deadletters.lua").read_text()
@@ -49,10 +55,14 @@ def record(
     reason: str,
     category: ErrorCategory,
     message_id: str | None = None,
+    *,
+    log_run: bool = True,
 ) -> str | None:
     """Keep a message that will not run again; with ``message_id``, once per message.
 
     Returns the entry's id, or None when that message already has its dead letter.
+    ``log_run``: note it in the event log of the run it names (False where that run
+    does not exist: a log of its own would make one up).
     """
     fields = {
         "task": task,
@@ -77,11 +87,64 @@ def record(
     # Counted and reported here, where the letter was written for the first time.
     metrics.DEAD_LETTERS.labels(task, category).inc()
     sentry.report_dead_letter(task, reason, category, run_id)
-    if run_id is not None:
+    if run_id is not None and log_run:
         rt.store.log(
             run_id, "dead_letter", -1, task=task, reason=reason, category=category, id=entry_id
         )
     return str(entry_id)
+
+
+def refuse(
+    rt: Runtime,
+    task: str,
+    kwargs: dict[str, Any],
+    reason: str,
+    detail: str,
+    *,
+    run_id: str | None = None,
+    step: int = -1,
+) -> None:
+    """Refuse a message whose claim the state in Redis does not back: nothing of it runs.
+
+    A message is a claim, not an order (invariant 7): a worker that finds the
+    claim false calls this instead of acting. ``reason`` is a short fixed word
+    (the metric's label), ``detail`` says what did not match. The refusal is
+    logged (``forged_message_refused``), dead-lettered, counted in
+    ``tether_forged_messages_total`` and written to the event log of the run it
+    names where that run exists; a redelivery of the same message is logged
+    again but neither counted nor dead-lettered twice.
+    """
+    log.warning("forged_message_refused", queue=task, reason=reason, detail=detail, run_id=run_id)
+    exists = run_id is not None and rt.store.status(run_id) is not None
+    entry_id = record(
+        rt,
+        task,
+        kwargs,
+        f"forged message refused ({reason}): {detail}; nothing of it ran",
+        ErrorCategory.policy_denied,
+        _message_id(),
+        log_run=exists,
+    )
+    if entry_id is None:
+        return  # this very message was refused before: a redelivery
+    metrics.forged_message_refused(task, reason)
+    if exists and run_id is not None:
+        rt.store.log(
+            run_id,
+            "forged_message_refused",
+            step,
+            queue=task,
+            reason=reason,
+            detail=detail,
+            dead_letter=entry_id,
+        )
+
+
+def _message_id() -> str | None:
+    """The id of the Celery message being handled, if any: its redeliveries share it."""
+    request = getattr(current_task, "request", None)
+    task_id = getattr(request, "id", None)
+    return task_id if isinstance(task_id, str) else None
 
 
 def _parse(entry_id: str, fields: dict[str, str]) -> DeadLetter:

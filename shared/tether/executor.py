@@ -6,6 +6,14 @@ in-flight lock keeps two deliveries of one action from running at once. A
 non-idempotent tool also leaves an in-flight marker before it starts: a later
 delivery that finds the marker but no result knows the first attempt died
 mid-call, and asks a human instead of running the side effect again.
+
+A message is a claim, not an order: an action runs only where the run's
+committed state holds it pending, exactly as sent (tool, agent, arguments,
+step, re-run approval). The planner puts an approval-required action there
+only after its decided approval (a human's recorded decision, or the tool's
+earned autonomy), and a re-run only after a decided unsafe_retry approval,
+which is checked here again against the escalation record. Anything else is
+refused (tether.deadletters.refuse): logged, counted, dead-lettered, not run.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from tenacity import (
     wait_random,
 )
 
-from tether import keys, metrics, tracing
+from tether import celery_app, deadletters, escalations, keys, metrics, tracing
 from tether.agents import get_agent
 from tether.budgets import Reservation
 from tether.errors import (
@@ -35,10 +43,11 @@ from tether.errors import (
     TetherError,
     ToolTimeoutError,
     UnknownAgentError,
+    UnknownEscalationError,
 )
 from tether.evaluation import shadow
 from tether.leases import Lease
-from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction
+from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction, Verdict
 from tether.runtime import Runtime
 from tether.state import RunStatus
 from tether.telemetry import log
@@ -59,11 +68,20 @@ def execute(rt: Runtime, action: ToolAction) -> None:
         # Charges nothing, so it is harmless before the checks below.
         rt.store.budgets.add_check(pipe, action.run_id)
 
-    # Lease, wall-time check, run status and any stored result: one round trip.
-    status, stored, (leased, reserved) = rt.store.action_state(
+    # Lease, wall-time check, run status, any stored result and the action as the
+    # committed state holds it pending: one round trip.
+    status, stored, pending, (leased, reserved) = rt.store.action_state(
         action.run_id, action.action_id, also=open_action
     )
-    if not lease.acquired(leased):
+    acquired = lease.acquired(leased)
+    # A stored result is sent again below, whoever asks: it is what the action did.
+    refused = _distrust(rt, action, status, pending) if stored is None else None
+    if refused is not None:
+        if acquired:
+            lease.release(rt.store.batch)
+        _refuse(rt, action, *refused)
+        return
+    if not acquired:
         if status is None or status.terminal:
             return
         if stored is not None:
@@ -125,7 +143,14 @@ def _perform(
     try:
         tool = agent.tool(action.tool)
     except InvalidToolCallError:
-        _refuse_forged(rt, action)
+        # The planner never publishes one (a model's call to an undeclared tool goes
+        # back to the model), so the executor enforces the agent's allowlist as well.
+        _refuse(
+            rt,
+            action,
+            "undeclared_tool",
+            f"agent {action.agent!r} does not declare tool {action.tool!r}",
+        )
         return None
     if shadow.held_back(agent, tool):
         # The one gate before a tool runs: a shadow's call is simulated or not run at all.
@@ -145,37 +170,86 @@ def _perform(
     return observation
 
 
-def _refuse_forged(rt: Runtime, action: ToolAction) -> None:
-    """Refuse an action for a tool its agent does not declare; tell no model about it.
+def _distrust(
+    rt: Runtime, action: ToolAction, status: RunStatus | None, pending: ToolAction | None
+) -> tuple[str, str] | None:
+    """Why the committed state does not back ``action`` (reason, detail); None: it does.
 
-    The planner never publishes one (a model's call to an undeclared tool goes
-    back to the model as a validation error), so whoever published this one
-    reached the queue without going through a planner: the executor enforces the
-    agent's tool allowlist as well. The refusal goes to the run's event log
-    (``forged_action_refused``) and to tether:rejected; no observation goes to
-    the planner, so the run carries on with the actions it did decide.
+    A run that has ended is no refusal: late deliveries of its actions are normal,
+    and _perform skips them.
     """
-    reason = (
-        f"forged action refused: agent {action.agent!r} does not declare tool "
-        f"{action.tool!r} (action {action.action_id} of run {action.run_id})"
-    )
-    log.warning(
-        "forged_action_refused",
+    if status is None:
+        return "unknown_run", f"run {action.run_id!r} does not exist"
+    if status.terminal:
+        return None
+    if action.rerun_approval is not None:
+        why = _rerun_refusal(rt, action, action.rerun_approval)
+        if why is not None:
+            return "rerun_not_approved", why
+    if pending is None:
+        return (
+            "not_pending",
+            f"action {action.action_id} ({action.tool!r}) is not pending in run "
+            f"{action.run_id}'s committed state",
+        )
+    sent, held = _canonical(action), _canonical(pending)
+    if sent != held:
+        differ = sorted(k for k in sent.keys() | held.keys() if sent.get(k) != held.get(k))
+        return (
+            "differs_from_pending",
+            f"action {action.action_id} ({action.tool!r}) differs from the one pending in "
+            f"run {action.run_id}'s committed state in {', '.join(differ)}",
+        )
+    return None
+
+
+def _canonical(action: ToolAction) -> dict[str, str]:
+    """Each field of ``action`` as canonical JSON, to compare what was sent with what is held."""
+    return {
+        field: json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        for field, value in action.model_dump(mode="json").items()
+    }
+
+
+def _rerun_refusal(rt: Runtime, action: ToolAction, escalation_id: str) -> str | None:
+    """Why ``escalation_id`` does not approve one more attempt of ``action``; None: it does."""
+    try:
+        record, _ = escalations.load(rt, escalation_id)
+    except UnknownEscalationError:
+        return f"re-run approval {escalation_id!r} names no escalation"
+    held = record.escalation
+    if (
+        held.kind != EscalationKind.unsafe_retry
+        or held.action is None
+        or held.action.action_id != action.action_id
+    ):
+        return (
+            f"escalation {escalation_id!r} ({held.kind}) is no unsafe_retry escalation "
+            f"of action {action.action_id}"
+        )
+    if (
+        record.status != "decided"
+        or record.decision is None
+        or record.decision.verdict != Verdict.approve
+    ):
+        verdict = record.decision.verdict if record.decision is not None else "no decision"
+        return f"escalation {escalation_id!r} is {record.status} ({verdict}), not approved"
+    return None
+
+
+def _refuse(rt: Runtime, action: ToolAction, reason: str, detail: str) -> None:
+    """Run nothing of ``action``, tell no model about it (the run goes on with what it
+    decided), and keep it where an operator looks (tether.deadletters.refuse)."""
+    deadletters.refuse(
+        rt,
+        celery_app.EXECUTE,
+        {"action": action.model_dump(mode="json")},
+        reason,
+        f"{detail} (action {action.action_id} of run {action.run_id}, agent "
+        f"{action.agent!r}, tool {action.tool!r})",
         run_id=action.run_id,
-        action_id=action.action_id,
-        agent=action.agent,
-        tool=action.tool,
+        step=action.step,
     )
-    rt.store.log(
-        action.run_id,
-        "forged_action_refused",
-        action.step,
-        action_id=action.action_id,
-        agent=action.agent,
-        tool=action.tool,
-    )
-    rt.store.flush()
-    rt.store.reject(reason, action.model_dump(mode="json"))
 
 
 def _unknown_outcome(
@@ -314,6 +388,12 @@ def _report(
             # This result is the action's first (save_result hands an earlier one back).
             metrics.tool_result_stored(action, observation)
         observation = stored
+    else:
+        # What the planner checks a needs_human observation against (planner.inbox):
+        # written before the observation is sent, as a result is.
+        held = keys.action_held(action.action_id)
+        if not rt.store.batch.defer("set", held, str(needs_human), ex=rt.store.run_ttl_s):
+            rt.store.client.set(held, str(needs_human), ex=rt.store.run_ttl_s)
     rt.store.log(
         action.run_id,
         "tool_call",

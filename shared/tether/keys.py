@@ -122,6 +122,12 @@ def action_inflight(action_id: str) -> str:
     return f"{action_result(action_id)}:inflight"
 
 
+def action_held(action_id: str) -> str:
+    """Which human the executor last asked about the action (an EscalationKind): the
+    planner takes a needs_human observation only where this says so."""
+    return f"{action_result(action_id)}:held"
+
+
 def rejection(event_id: str) -> str:
     return f"{PREFIX}:rejected:{event_id}"
 

@@ -121,6 +121,12 @@ ESCALATIONS_EXPIRED = Counter(
 DEAD_LETTERS = Counter(
     "tether_dead_letters_total", "Messages that became dead letters", ["task", "category"]
 )
+FORGED_MESSAGES = Counter(
+    "tether_forged_messages_total",
+    "Messages refused because the state they claim is not what Redis holds (forged or "
+    "replayed); queue: the task that consumed it",
+    ["queue", "reason"],
+)
 
 
 # counting, on the path where the fact's commit won ----------------------------------
@@ -166,6 +172,11 @@ def tool_result_stored(action: ToolAction, observation: Observation) -> None:
     TOOL_LATENCY.labels(action.agent, action.tool).observe(observation.latency_ms / 1000)
     if not observation.ok and observation.error_category is not None:
         ERRORS.labels(action.agent, observation.error_category, "tool").inc()
+
+
+def forged_message_refused(queue: str, reason: str) -> None:
+    """A message refused as forged, counted where its dead letter was first written."""
+    FORGED_MESSAGES.labels(queue, reason).inc()
 
 
 def queue_wait(queue: str, headers: Mapping[str, Any], now: float | None = None) -> None:

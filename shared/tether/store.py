@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
@@ -21,7 +21,7 @@ from tether.batch import Build, WriteBatch
 from tether.budgets import Budgets, BudgetUsage, GuardedReservation, human_clock
 from tether.cluster_client import RidingCluster
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
-from tether.messages import Observation, RunEvent, TaskEvent, utcnow
+from tether.messages import Observation, RunEvent, TaskEvent, ToolAction, utcnow
 from tether.redact import get_redactor
 from tether.state import ChatMessage, RunState, RunStatus, StoredLists
 from tether.versioned import (
@@ -46,6 +46,12 @@ _OBSERVATIONS = TypeAdapter(list[Observation])
 # Hash fields beside the run's document: how many of its lists' entries it counts, and
 # how often a list was written anew rather than appended to.
 _LISTED = ["messages", "completed", "generation"]
+
+
+class _PendingView(BaseModel):
+    """What the executor reads of a run's document: the actions it waits for."""
+
+    pending_actions: list[ToolAction] = []
 
 
 def connect(url: str, cluster: bool = False) -> redis.Redis:
@@ -215,22 +221,27 @@ class RunStore:
 
     def action_state(
         self, run_id: str, action_id: str, also: Build
-    ) -> tuple[RunStatus | None, Observation | None, list[Any]]:
-        """The run's status and the action's stored result, in one round trip.
+    ) -> tuple[RunStatus | None, Observation | None, ToolAction | None, list[Any]]:
+        """The run's status, the action's stored result and the action as the run's
+        committed state holds it pending (None: it is not pending), in one round trip.
 
         ``also`` queues more commands to go first in the same round trip; their
-        replies come back third.
+        replies come back last.
         """
-        *others, status, raw = self.batch.run(
+        *others, (status, doc), raw = self.batch.run(
             lambda pipe: (
                 also(pipe),
-                pipe.hget(keys.run(run_id), "status"),
+                pipe.hmget(keys.run(run_id), ["status", "doc"]),
                 pipe.get(keys.action_result(action_id)),
             )
         )
         stored = Observation.model_validate_json(raw) if raw else None
         run_status = RunStatus(status) if status is not None else self.status(run_id)
-        return run_status, stored, others
+        pending = None
+        if doc is not None:
+            held = _PendingView.model_validate_json(doc).pending_actions
+            pending = next((a for a in held if a.action_id == action_id), None)
+        return run_status, stored, pending, others
 
     def commit(self, state: RunState) -> RunState:
         """Write ``state`` over the version it was loaded at; StaleStateError if it lost."""

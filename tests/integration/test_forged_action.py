@@ -1,10 +1,10 @@
-"""The executor enforces each agent's tool allowlist, whoever published the action."""
+"""The executor runs only what the run's committed state holds pending, whoever published it."""
 
 from __future__ import annotations
 
 from tests.agents import read_ledger
 from tests.integration.helpers import wait_for, wait_status
-from tether import client
+from tether import client, deadletters
 from tether.devstack import DevStack
 from tether.messages import ToolAction
 from tether.runtime import Runtime
@@ -31,16 +31,17 @@ def test_a_forged_action_for_an_undeclared_tool_is_refused_and_recorded(
     rt.send_action(forged)
 
     def refused() -> bool:
-        return any(e.kind == "forged_action_refused" for _, e in rt.store.trace(run_id))
+        return any(e.kind == "forged_message_refused" for _, e in rt.store.trace(run_id))
 
     wait_for(refused, timeout_s=20)
-    (event,) = [e for _, e in rt.store.trace(run_id) if e.kind == "forged_action_refused"]
-    assert event.data["tool"] == "record_payment"
-    assert event.data["action_id"] == forged.action_id
-    assert any(
-        "forged action refused" in r["reason"] and forged.action_id in r["reason"]
-        for r in rt.store.rejected(200)
-    )
+    (event,) = [e for _, e in rt.store.trace(run_id) if e.kind == "forged_message_refused"]
+    # Not pending in the run's committed state: refused before its tool is even looked up.
+    assert event.data["queue"] == "tether.tools.execute"
+    assert event.data["reason"] == "not_pending"
+    assert forged.action_id in str(event.data["detail"])
+    assert "'record_payment'" in str(event.data["detail"])
+    (letter,) = [d for d in deadletters.list_dead(rt, 500) if d.id == event.data["dead_letter"]]
+    assert letter.kwargs == {"action": forged.model_dump(mode="json")}
 
     # The run goes on with what its model decided, and its model never hears of it.
     state = client.wait(run_id, timeout_s=30, runtime=rt)

@@ -46,6 +46,12 @@ def event(agent: str, event_id: str) -> dict[str, str]:
     return {"event_id": event_id, "agent": agent, "input": "go"}
 
 
+def delivered(runtime: Runtime, observation: Observation) -> None:
+    """Deliver ``observation`` as the executor does: its result stored first, then sent."""
+    runtime.store.save_result(observation)
+    planner.observe(runtime, observation)
+
+
 def observed(action: ToolAction, output: int) -> Observation:
     return Observation(
         action_id=action.action_id,
@@ -108,8 +114,8 @@ def test_a_run_ends_once_with_its_steps_tool_calls_and_duration(runtime: Runtime
     duration_count = sample("tether_run_duration_seconds_count", **finished)
 
     def observe_twice() -> None:
-        planner.observe(runtime, observed(action, 5))
-        planner.observe(runtime, observed(action, 5))  # redelivered
+        delivered(runtime, observed(action, 5))
+        delivered(runtime, observed(action, 5))  # redelivered
         assert planner.finish(runtime, run_id, None, RunStatus.failed, None) is None
 
     assert moved("tether_runs_finished_total", finished, observe_twice) == 1
@@ -149,7 +155,7 @@ def test_budget_exhaustion_counts_its_limit_once(runtime: Runtime) -> None:
         moved(
             "tether_budget_exhausted_total",
             labels,
-            lambda: [planner.observe(runtime, observed(action, 3)) for _ in range(2)],
+            lambda: [delivered(runtime, observed(action, 3)) for _ in range(2)],
         )
         == 1
     )

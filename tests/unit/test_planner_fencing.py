@@ -90,6 +90,26 @@ def observation_for(action: ToolAction, output: Any, ok: bool = True) -> Observa
     )
 
 
+def observe(runtime: Runtime, observation: Observation) -> None:
+    """Deliver ``observation`` as the executor does: its result stored first, then sent.
+
+    The planner takes an observation only as the result the executor stored
+    (tether.planner.inbox), so a test standing in for the executor stores it too.
+    """
+    if observation.needs_human is None:
+        runtime.store.save_result(observation)
+    planner.observe(runtime, observation)
+
+
+def record_decision(runtime: Runtime, escalation: Escalation, decision: Decision) -> None:
+    """Record ``decision`` as the escalation service does before any resume goes out.
+
+    The planner applies a decision only as its escalation's record holds it.
+    """
+    escalations.open_escalation(runtime, escalation)
+    assert escalations.decide(runtime, decision) is not None
+
+
 def calculator_event(event_id: str = "evt-calc") -> dict[str, Any]:
     return {"event_id": event_id, "agent": "calculator", "input": "What is 2 + 3?"}
 
@@ -186,8 +206,8 @@ def test_duplicate_observation_is_recorded_once_and_the_run_succeeds(runtime: Ru
     action = runtime.store.load(run_id).pending_actions[0]
     observation = observation_for(action, 5)
 
-    planner.observe(runtime, observation)
-    planner.observe(runtime, observation)  # redelivered
+    observe(runtime, observation)
+    observe(runtime, observation)  # redelivered
 
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.succeeded
@@ -227,7 +247,7 @@ def test_the_observation_that_readies_a_step_reserves_its_model_call_in_its_comm
         return reserve(*args, **kwargs)
 
     monkeypatch.setattr(runtime.store.budgets, "reserve", counted)
-    planner.observe(runtime, observation_for(action, 5))
+    observe(runtime, observation_for(action, 5))
 
     assert runtime.store.load(run_id).status == RunStatus.succeeded
     assert separate == []  # no round trip of its own: it went with the observation's commit
@@ -246,7 +266,7 @@ def test_observation_for_an_unknown_action_changes_nothing(runtime: Runtime) -> 
     stray = observation_for(before.pending_actions[0], 5).model_copy(
         update={"action_id": f"{run_id}:9:9"}
     )
-    planner.observe(runtime, stray)
+    observe(runtime, stray)
     after = runtime.store.load(run_id)
     assert after.version == before.version
     assert after.status == RunStatus.waiting_tools
@@ -258,7 +278,7 @@ def test_failed_observation_is_fed_to_the_model(runtime: Runtime) -> None:
     run_id = planner.start(runtime, calculator_event())
     assert run_id is not None
     action = runtime.store.load(run_id).pending_actions[0]
-    planner.observe(runtime, observation_for(action, None, ok=False))
+    observe(runtime, observation_for(action, None, ok=False))
     state = runtime.store.load(run_id)
     assert json.loads(state.messages[3].content or "") == {"error": "tool failed"}
     assert state.status == RunStatus.succeeded  # the scripted model answers anyway
@@ -267,7 +287,7 @@ def test_failed_observation_is_fed_to_the_model(runtime: Runtime) -> None:
 def test_plan_on_a_finished_run_is_a_no_op(runtime: Runtime) -> None:
     run_id = planner.start(runtime, calculator_event())
     assert run_id is not None
-    planner.observe(runtime, observation_for(runtime.store.load(run_id).pending_actions[0], 5))
+    observe(runtime, observation_for(runtime.store.load(run_id).pending_actions[0], 5))
     done = runtime.store.load(run_id)
     published = len(queued(runtime, PLAN_QUEUE)), len(queued(runtime, TOOLS_QUEUE))
     for step in (0, 1, 2):
@@ -450,7 +470,7 @@ def test_self_correcting_run_recovers_and_succeeds(runtime: Runtime) -> None:
     assert state.status == RunStatus.waiting_tools
     (action,) = state.pending_actions
     assert action.action_id == f"{run_id}:3:0"
-    planner.observe(runtime, observation_for(action, 5))
+    observe(runtime, observation_for(action, 5))
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.succeeded
     assert state.result == "2 + 3 = 5"
@@ -479,6 +499,7 @@ def test_too_many_invalid_answers_escalate_as_repeated_failure(runtime: Runtime)
     answer = Decision(
         escalation_id=wait.escalation_id, verdict=Verdict.answer, by="ops", answer="use add"
     )
+    record_decision(runtime, escalation, answer)
     planner.resume(runtime, escalation, answer)
     state = runtime.store.load(run_id)
     assert state.awaiting_human == []
@@ -496,6 +517,7 @@ def test_rejecting_a_repeated_failure_ends_the_run_rejected(runtime: Runtime) ->
     reject = Decision(
         escalation_id=wait.escalation_id, verdict=Verdict.reject, by="ops", reason="broken model"
     )
+    record_decision(runtime, wait.escalation(run_id, always_invalid.name), reject)
     planner.resume(runtime, wait.escalation(run_id, always_invalid.name), reject)
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.rejected
@@ -532,7 +554,7 @@ def test_looper_ends_budget_exhausted_with_a_partial_result(runtime: Runtime) ->
         (action,) = state.pending_actions
         output = action.arguments["a"] + action.arguments["b"]
         outputs.append(output)
-        planner.observe(runtime, observation_for(action, output))
+        observe(runtime, observation_for(action, output))
 
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.budget_exhausted
@@ -566,7 +588,7 @@ def test_tool_call_budget_exhaustion(runtime: Runtime) -> None:
     )
     assert run_id is not None
     (action,) = runtime.store.load(run_id).pending_actions
-    planner.observe(runtime, observation_for(action, 4))
+    observe(runtime, observation_for(action, 4))
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.budget_exhausted
     assert state.error is not None
@@ -597,6 +619,7 @@ def test_approval_required_action_waits_for_a_human(runtime: Runtime) -> None:
     assert escalation.action == action
 
     approve = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
+    record_decision(runtime, escalation, approve)
     planner.resume(runtime, escalation, approve)
     planner.resume(runtime, escalation, approve)  # redelivered decision
     state = runtime.store.load(run_id)
@@ -623,7 +646,7 @@ def test_a_run_whose_message_was_lost_is_redriven_once_per_stall(runtime: Runtim
     assert planner.sweep(runtime, stalled_after_s=1) == []  # once per stall, not every sweep
     assert "run_redriven" in kinds(runtime, run_id)
 
-    planner.observe(runtime, observation_for(action, 5))
+    observe(runtime, observation_for(action, 5))
     assert runtime.store.load(run_id).status == RunStatus.succeeded
     assert planner.sweep(runtime, stalled_after_s=0) == []  # finished runs leave the index
     assert runtime.store.client.zscore(keys.ACTIVE_RUNS, run_id) is None

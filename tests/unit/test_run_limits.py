@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.unit.test_planner_fencing import calculator_event, observation_for
+from tests.unit.test_planner_fencing import calculator_event, observation_for, observe
 from tether import executor, planner
 from tether.agents import load_agent_modules
 from tether.config import Settings
@@ -28,7 +28,7 @@ def test_a_run_past_the_message_cap_ends_failed_before_the_next_model_call(
     assert run_id is not None
     state = rt.store.load(run_id)
     assert len(state.messages) <= 3 and state.status == RunStatus.waiting_tools
-    planner.observe(rt, observation_for(state.pending_actions[0], 5))
+    observe(rt, observation_for(state.pending_actions[0], 5))
 
     ended = rt.store.load(run_id)
     assert ended.status == RunStatus.failed
@@ -43,7 +43,7 @@ def test_the_default_cap_leaves_ordinary_runs_alone(redis_url: str) -> None:
     rt = Runtime(Settings(redis_url=redis_url))
     run_id = planner.start(rt, calculator_event("evt-nocap"))
     assert run_id is not None
-    planner.observe(rt, observation_for(rt.store.load(run_id).pending_actions[0], 5))
+    observe(rt, observation_for(rt.store.load(run_id).pending_actions[0], 5))
     assert rt.store.load(run_id).status == RunStatus.succeeded
 
 

@@ -1,13 +1,24 @@
-"""What comes back to the planner: tool observations and human decisions."""
+"""What comes back to the planner: tool observations and human decisions.
+
+Neither is taken on its word (invariant 7). An observation counts only as
+what the executor stored for a pending action before sending it (its result,
+or for a question to a human, the kind it asked); a decision only as what
+the escalation service recorded as decided, signed where operators are
+configured. Anything else is refused (tether.deadletters.refuse).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from tether import autonomy
+from pydantic import BaseModel
+
+from tether import autonomy, celery_app, deadletters, escalations, keys, operators
 from tether.agents import get_agent
 from tether.budgets import GuardedReservation
+from tether.errors import UnknownEscalationError
+from tether.evaluation.shadow import auto_decision
 from tether.messages import (
     Decision,
     ErrorCategory,
@@ -32,18 +43,89 @@ def _status(state: RunState, **update: Any) -> RunStatus:
     return RunStatus.waiting_tools if pending else RunStatus.running
 
 
+def _canonical(message: BaseModel) -> str:
+    return json.dumps(message.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def _refuse_observation(rt: Runtime, observation: Observation, reason: str, detail: str) -> None:
+    deadletters.refuse(
+        rt,
+        celery_app.OBSERVE,
+        {"observation": observation.model_dump(mode="json")},
+        reason,
+        f"{detail} (observation of action {observation.action_id}, tool "
+        f"{observation.tool!r}, run {observation.run_id})",
+        run_id=observation.run_id,
+        step=observation.step,
+    )
+
+
+def _vouched(rt: Runtime, observation: Observation) -> Observation | None:
+    """The observation as the executor stored it before sending; None: refused as forged.
+
+    A result is stored under the action's id before its observation goes out
+    (first writer wins), so the stored one is the action's outcome whatever the
+    message says; a question for a human leaves the kind it asks (keys.action_held).
+    """
+    raw, held = rt.store.batch.run(
+        lambda pipe: (
+            pipe.get(keys.action_result(observation.action_id)),
+            pipe.get(keys.action_held(observation.action_id)),
+        )
+    )
+    if observation.needs_human is not None:
+        if held != str(observation.needs_human):
+            _refuse_observation(
+                rt,
+                observation,
+                "not_from_executor",
+                f"the executor asked no human ({observation.needs_human}) about this action",
+            )
+            return None
+        return observation
+    if raw is None:
+        _refuse_observation(
+            rt, observation, "not_from_executor", "the executor stored no result for this action"
+        )
+        return None
+    stored = Observation.model_validate_json(raw)
+    if _canonical(stored) != _canonical(observation):
+        _refuse_observation(
+            rt,
+            observation,
+            "differs_from_result",
+            "it differs from the result the executor stored for this action",
+        )
+        return None
+    return stored
+
+
 def observe(rt: Runtime, observation: Observation) -> None:
     """Record a tool's outcome; the last outstanding one triggers the next step."""
+    vouched = _vouched(rt, observation)
+    if vouched is None:
+        return
+    observation = vouched
 
     read: list[RunState] = []
+    mismatch: list[str] = []
 
     def record(state: RunState) -> RunState | None:
+        mismatch.clear()
         if state.terminal or observation.action_id not in {
             a.action_id for a in state.pending_actions
         }:
             return None
-        read[:] = [state]
         action = next(a for a in state.pending_actions if a.action_id == observation.action_id)
+        sent = (observation.tool, observation.tool_call_id, observation.step)
+        if sent != (action.tool, action.tool_call_id, action.step):
+            mismatch.append(
+                f"it names tool {observation.tool!r}, call {observation.tool_call_id!r}, step "
+                f"{observation.step}; the pending action is {action.tool!r}, call "
+                f"{action.tool_call_id!r}, step {action.step}"
+            )
+            return None
+        read[:] = [state]
         update: dict[str, Any] = {
             "pending_actions": [a for a in state.pending_actions if a is not action]
         }
@@ -107,6 +189,9 @@ def observe(rt: Runtime, observation: Observation) -> None:
         side_writes=lambda state: autonomy.failure_writes(get_agent(state.agent), observation),
         reserve_after=reserve_after,
     )
+    if committed is None and mismatch:
+        _refuse_observation(rt, observation, "differs_from_pending", mismatch[0])
+        return
     if committed is None:
         state = rt.store.load(observation.run_id)
         rt.store.log(
@@ -126,8 +211,52 @@ def observe(rt: Runtime, observation: Observation) -> None:
         redispatch(rt, committed, before=read[0])
 
 
+def _recorded(rt: Runtime, escalation: Escalation, decision: Decision) -> Escalation | None:
+    """The escalation as recorded, where its record holds ``decision`` as decided (and
+    signed, with operators configured); None: the resume was refused as forged."""
+    why: tuple[str, str] | None = None
+    record = None
+    try:
+        record, _ = escalations.load(rt, escalation.escalation_id)
+    except UnknownEscalationError:
+        why = "unknown_escalation", "no such escalation is recorded"
+    if record is not None:
+        if record.status != "decided" or record.decision is None:
+            why = "not_decided", f"the escalation is {record.status}, not decided"
+        elif _canonical(record.decision) != _canonical(decision):
+            why = "differs_from_record", "it is not the decision recorded for the escalation"
+        elif (
+            rt.settings.operators_file
+            and auto_decision(record.escalation) is None
+            and (unsigned := operators.refusal(rt.settings, record.decision)) is not None
+        ):
+            # A shadow's escalations are decided by the escalation service itself.
+            why = "unsigned", f"the recorded decision is not a configured operator's: {unsigned}"
+    if why is not None or record is None:
+        reason, detail = why or ("unknown_escalation", "no such escalation is recorded")
+        deadletters.refuse(
+            rt,
+            celery_app.RESUME,
+            {
+                "escalation": escalation.model_dump(mode="json"),
+                "decision": decision.model_dump(mode="json"),
+            },
+            reason,
+            f"{detail} (escalation {escalation.escalation_id}, verdict {decision.verdict} "
+            f"by {decision.by!r})",
+            run_id=record.escalation.run_id if record is not None else escalation.run_id,
+        )
+        return None
+    return record.escalation
+
+
 def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
     """Carry a human's decision into the run: go on, take the answer, or end the run."""
+    recorded = _recorded(rt, escalation, decision)
+    if recorded is None:
+        return
+    # What the record says, not what the message says, from here on.
+    escalation = recorded
     state = rt.store.get(escalation.run_id)
     wait = next(
         (

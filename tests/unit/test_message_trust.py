@@ -1,0 +1,249 @@
+"""Redeliveries and forged messages on a real Redis, handlers called in this process.
+
+Each test stands for a mutant of the executor or the planner that the
+integration tests would let live (issue 22, item 14): a redelivery after a
+lapsed lease that runs the tool again instead of returning its stored result,
+a tool call or a step counted per delivery or on a lost commit, a redelivered
+decision that sends no resume. The rest pin what a forged message meets when
+it looks almost right: an observation that differs from the stored result, a
+decision that differs from the recorded one, and an action the committed state
+holds pending for a tool its agent no longer declares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.unit.test_planner_fencing import queued
+from tether import deadletters, escalations, executor, keys, planner
+from tether.agents import Agent, load_agent_modules, register
+from tether.celery_app import EXECUTE, OBSERVE, PLAN_QUEUE, RESUME
+from tether.messages import Decision, Observation, Verdict
+from tether.models import ModelResponse, ScriptedModel, text, tool_call
+from tether.runtime import Runtime
+from tether.state import ChatMessage, RunStatus
+from tether.store import run_id_for
+from tether.tools import ToolContext, tool
+
+# What a tool or the model does in the middle of its call, once: a second delivery
+# of the same message that runs meanwhile, as after a stalled worker's lease lapsed.
+MEANWHILE: list[Callable[[], object]] = []
+ran: list[str] = []
+
+
+def _meanwhile() -> None:
+    if MEANWHILE:
+        MEANWHILE.pop()()
+
+
+@tool(idempotent=False)
+def trust_transfer(ctx: ToolContext, cents: int) -> str:
+    """Move money: a side effect that must not happen twice."""
+    ran.append(ctx.action_id)
+    return f"moved {cents}"
+
+
+@tool
+def trust_lookup(ctx: ToolContext, key: str) -> str:
+    """Look something up (idempotent)."""
+    ran.append(ctx.action_id)
+    _meanwhile()
+    return f"found {key}"
+
+
+def _then_answer(name: str, arguments: dict[str, Any]) -> Callable[[list[ChatMessage]], Any]:
+    def script(messages: list[ChatMessage]) -> ModelResponse:
+        _meanwhile()
+        if any(m.role == "tool" for m in messages):
+            return text("done")
+        return tool_call(name, arguments)
+
+    return script
+
+
+AGENTS = [
+    Agent(
+        name="trust_transferer",
+        instructions="Transfer.",
+        model=ScriptedModel(_then_answer("trust_transfer", {"cents": 5}), label="trust"),
+        tools=[trust_transfer],
+    ),
+    Agent(
+        name="trust_looker",
+        instructions="Look it up.",
+        model=ScriptedModel(_then_answer("trust_lookup", {"key": "k"}), label="trust"),
+        tools=[trust_lookup],
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _agents() -> Iterator[None]:
+    load_agent_modules(["tests.agents"])
+    for agent in AGENTS:
+        register(agent)
+    MEANWHILE.clear()
+    ran.clear()
+    yield
+    MEANWHILE.clear()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def start(rt: Runtime, agent: str, event_id: str) -> str:
+    run_id = planner.start(rt, {"event_id": event_id, "agent": agent, "input": "go"})
+    assert run_id is not None
+    return run_id
+
+
+def sent_observations(rt: Runtime) -> list[Observation]:
+    return [
+        Observation.model_validate(kwargs["observation"])
+        for task, kwargs in queued(rt, PLAN_QUEUE)
+        if task == OBSERVE
+    ]
+
+
+def tool_calls_logged(rt: Runtime, run_id: str) -> int:
+    return sum(1 for _, e in rt.store.trace(run_id) if e.kind == "tool_call")
+
+
+def test_a_redelivery_after_a_lapsed_lease_sends_the_stored_result(runtime: Runtime) -> None:
+    """Mutant: executor._perform without ``if stored is not None: return stored``."""
+    run_id = start(runtime, "trust_transferer", "evt-trust-lapsed")
+    (action,) = runtime.store.load(run_id).pending_actions
+    executor.execute(runtime, action)
+    stored = runtime.store.get_result(action.action_id)
+    assert stored is not None and stored.ok
+    # Its worker stalled after sending: the lease lapses, and the message comes back.
+    runtime.store.client.delete(keys.action_lock(action.action_id))
+    executor.execute(runtime, action)
+    assert ran == [action.action_id]
+    # The same result both times: no question for a human about a call that completed.
+    assert sent_observations(runtime) == [stored, stored]
+    assert tool_calls_logged(runtime, run_id) == 1
+
+
+def test_a_tool_call_run_by_two_deliveries_is_counted_once(runtime: Runtime) -> None:
+    """Mutant: metrics.tool_result_stored not guarded by ``stored is observation``."""
+    run_id = start(runtime, "trust_looker", "evt-trust-twice")
+    (action,) = runtime.store.load(run_id).pending_actions
+
+    def redelivered() -> None:
+        # The first delivery stalls mid-call past its lease; the second runs it whole.
+        runtime.store.client.delete(keys.action_lock(action.action_id))
+        executor.execute(runtime, action)
+
+    MEANWHILE.append(redelivered)
+    labels = {"agent": "trust_looker", "tool": "trust_lookup", "outcome": "ok"}
+    before = sample("tether_tool_calls_total", **labels)
+    latency = sample("tether_tool_latency_seconds_count", agent="trust_looker", tool="trust_lookup")
+    executor.execute(runtime, action)
+    assert ran == [action.action_id, action.action_id]  # idempotent: it may run twice
+    assert sample("tether_tool_calls_total", **labels) - before == 1
+    assert (
+        sample("tether_tool_latency_seconds_count", agent="trust_looker", tool="trust_lookup")
+        == latency + 1
+    )
+    # The first stored result is the action's, and the one both deliveries sent.
+    stored = runtime.store.get_result(action.action_id)
+    assert sent_observations(runtime) == [stored, stored]
+
+
+def test_a_step_whose_commit_lost_counts_nothing(runtime: Runtime) -> None:
+    """Mutant: step metrics counted whether or not the step's commit won (step.py)."""
+    run_id = run_id_for("evt-trust-step")
+    # While step 0's model call is out, a second delivery of step 0 plans and commits it.
+    MEANWHILE.append(lambda: planner.plan(runtime, run_id, 0))
+    version = AGENTS[0].version
+    labels = {"agent": "trust_transferer", "version": version}
+    before = sample("tether_planner_steps_total", **labels)
+    start(runtime, "trust_transferer", "evt-trust-step")
+    state = runtime.store.load(run_id)
+    assert state.agent_version == version
+    assert state.step == 1 and len(state.pending_actions) == 1
+    assert [e.kind for _, e in runtime.store.trace(run_id)].count("decision") == 1
+    assert sample("tether_planner_steps_total", **labels) - before == 1
+
+
+def test_a_redelivered_decision_sends_its_resume_again(runtime: Runtime) -> None:
+    """Mutant: escalations.decide's redelivery branch without ``rt.send_resume``."""
+    run_id = start(runtime, "payer", "evt-trust-resume")
+    (wait,) = runtime.store.load(run_id).awaiting_human
+    escalation = wait.escalation(run_id, "payer")
+    escalations.open_escalation(runtime, escalation)
+    decision = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
+    assert escalations.decide(runtime, decision) is not None
+    # The resume was lost (its worker died after the record's commit, before sending).
+    runtime.store.client.delete(PLAN_QUEUE)
+    assert escalations.decide(runtime, decision) is not None  # the decision, redelivered
+    resumes = [kwargs for task, kwargs in queued(runtime, PLAN_QUEUE) if task == RESUME]
+    assert [Decision.model_validate(r["decision"]) for r in resumes] == [decision]
+    planner.resume(runtime, escalation, Decision.model_validate(resumes[0]["decision"]))
+    state = runtime.store.load(run_id)
+    assert state.status == RunStatus.waiting_tools
+    assert [a.action_id for a in state.pending_actions] == [wait.action.action_id]  # type: ignore[union-attr]
+
+
+def test_a_resume_unlike_the_recorded_decision_is_refused(runtime: Runtime) -> None:
+    run_id = start(runtime, "payer", "evt-trust-differs")
+    (wait,) = runtime.store.load(run_id).awaiting_human
+    escalation = wait.escalation(run_id, "payer")
+    escalations.open_escalation(runtime, escalation)
+    rejected = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.reject, by="ops")
+    assert escalations.decide(runtime, rejected) is not None
+    before = sample("tether_forged_messages_total", queue=RESUME, reason="differs_from_record")
+    approved = rejected.model_copy(update={"verdict": Verdict.approve})
+    planner.resume(runtime, escalation, approved)
+    assert runtime.store.load(run_id).status == RunStatus.waiting_human
+    assert sample("tether_forged_messages_total", queue=RESUME, reason="differs_from_record") == (
+        before + 1
+    )
+    # The recorded decision itself goes through.
+    planner.resume(runtime, escalation, rejected)
+    assert runtime.store.load(run_id).status == RunStatus.rejected
+
+
+def test_an_observation_unlike_the_stored_result_is_refused(runtime: Runtime) -> None:
+    run_id = start(runtime, "trust_looker", "evt-trust-obs")
+    (action,) = runtime.store.load(run_id).pending_actions
+    executor.execute(runtime, action)
+    (stored,) = sent_observations(runtime)
+    before = sample("tether_forged_messages_total", queue=OBSERVE, reason="differs_from_result")
+    planner.observe(runtime, stored.model_copy(update={"output": "the attacker's result"}))
+    assert runtime.store.load(run_id).status == RunStatus.waiting_tools
+    assert sample("tether_forged_messages_total", queue=OBSERVE, reason="differs_from_result") == (
+        before + 1
+    )
+    (letter,) = [d for d in deadletters.list_dead(runtime) if d.run_id == run_id]
+    assert letter.task == OBSERVE and "differs_from_result" in letter.reason
+    planner.observe(runtime, stored)
+    done = runtime.store.load(run_id)
+    assert done.status == RunStatus.succeeded
+    assert [o.output for o in done.completed_actions] == ["found k"]
+
+
+def test_a_pending_action_for_an_undeclared_tool_is_refused(runtime: Runtime) -> None:
+    """The committed state holds it (an agent redeployed without the tool): still not run."""
+    run_id = start(runtime, "trust_looker", "evt-trust-undeclared")
+    (action,) = runtime.store.load(run_id).pending_actions
+    swapped = action.model_copy(update={"tool": "trust_transfer", "idempotent": False})
+    assert runtime.store.update(
+        run_id, lambda s: s.model_copy(update={"pending_actions": [swapped]})
+    )
+    before = sample("tether_forged_messages_total", queue=EXECUTE, reason="undeclared_tool")
+    executor.execute(runtime, swapped)
+    assert ran == []
+    assert sent_observations(runtime) == []
+    assert sample("tether_forged_messages_total", queue=EXECUTE, reason="undeclared_tool") == (
+        before + 1
+    )
+    (event,) = [e for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"]
+    assert event.data["reason"] == "undeclared_tool"
+    assert "'trust_transfer'" in str(event.data["detail"])
