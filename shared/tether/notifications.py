@@ -1,4 +1,4 @@
-"""Webhook notifications of escalations: opened, decided, and still waiting past an age.
+"""Webhook notifications of escalations: opened, decided, expired, and reminders before expiry.
 
 A notification is a stream entry (``tether:notifications``) written in the same
 commit as the escalation change it reports (versioned.lua appends), so it is
