@@ -7,6 +7,7 @@ in the past, or the sweep is handed a ``now`` in the future.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -238,3 +239,39 @@ def test_reminders_fall_due_within_the_expiry_window() -> None:
     ]
     fixed = Settings(escalation_waiting_after_s=60)
     assert notifications.reminders_due(fixed, record, at + 60) == [notifications.WAITING]
+
+
+def test_a_decision_whose_run_ends_before_it_is_recorded_is_reported_not_approved(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record was pending when the command checked it; the run ended (here: was
+    cancelled) before the escalation service recorded the decision. No escalation
+    worker runs here, so the decision is never recorded: the command must not say
+    `approved`."""
+    from typer.testing import CliRunner
+
+    from tether import client
+    from tether import runtime as runtime_module
+    from tether.cli.main import app
+
+    monkeypatch.setattr(runtime_module, "_runtime", runtime)
+    run_id, escalation = _waiting_run(runtime, "evt-h5")
+    cancel = threading.Timer(0.5, lambda: client.cancel(run_id, by="ops", runtime=runtime))
+    cancel.start()
+    try:
+        result = CliRunner().invoke(
+            app, ["escalations", "approve", escalation.escalation_id, "--by", "ops"]
+        )
+    finally:
+        cancel.join()
+    assert "approved" not in result.output
+    assert isinstance(result.exception, EscalationClosedError)  # main() exits 2 on it
+    assert f"run {run_id} ended cancelled" in str(result.exception)
+
+    # Not recorded and not closed within --wait: said so, exit 3.
+    waiting, other = _waiting_run(runtime, "evt-h6")
+    result = CliRunner().invoke(
+        app, ["escalations", "approve", other.escalation_id, "--by", "ops", "--wait", "0.3"]
+    )
+    assert result.exit_code == 3 and "not recorded" in result.output
+    assert runtime.store.load(waiting).status == RunStatus.waiting_human
