@@ -54,7 +54,9 @@ def expiry_s(rt: Runtime, escalation: Escalation) -> float:
 
     default = rt.settings.escalation_expiry_s
     try:
-        agent = get_agent(escalation.agent)
+        # An evaluation run's agent expires as its production agent does; building the
+        # evaluation wrapper here would pull evaluation into the production path.
+        agent = get_agent(escalation.agent.removeprefix("eval:"))
     except TetherError:  # an agent this service does not load: the setting holds
         return default
     return agent.expiry_s(escalation.kind, default)
