@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Self
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, model_validator
@@ -17,135 +17,241 @@ from tether.errors import ConfigError
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TETHER_", env_file=".env", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
-    # TETHER_REDIS_URL names a node of a Redis Cluster: run state shards across its
-    # nodes by run (tether.keys' hash tags). The broker stays one Redis of its own.
-    redis_cluster: bool = False
-    # TLS for a rediss:// URL (state store and broker alike): the CA that signed
-    # Redis's certificate, and this client's certificate and key where Redis asks
-    # for one (tls-auth-clients). They are added to the URLs' query as redis-py
-    # and kombu read it (ssl_ca_certs, ssl_certfile, ssl_keyfile), unless the URL
-    # names its own; the server's certificate and host name are always verified.
-    redis_tls_ca_file: str | None = None
-    redis_tls_cert_file: str | None = None
-    redis_tls_key_file: str | None = None
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for run state, event logs, budgets and escalations; also the broker "
+        "unless TETHER_BROKER_URL is set. A rediss:// URL gets the TETHER_REDIS_TLS_* files "
+        "added to its query",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (a Redis); unset, the broker is TETHER_REDIS_URL. A rediss:// "
+        "URL gets the TETHER_REDIS_TLS_* files added to its query",
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="TETHER_REDIS_URL names a node of a Redis Cluster, across which run state "
+        "shards by run (hash tags); needs TETHER_BROKER_URL, a plain Redis of its own",
+    )
+    redis_tls_ca_file: str | None = Field(
+        default=None,
+        description="For rediss:// URLs (state store and broker): the CA that signed Redis's "
+        "certificate (else the system's CAs); added to each URL's query as ssl_ca_certs unless "
+        "the URL names its own. The server's certificate and host name are always verified",
+    )
+    redis_tls_cert_file: str | None = Field(
+        default=None,
+        description="This client's certificate, where Redis has tls-auth-clients yes "
+        "(ssl_certfile in each rediss:// URL)",
+    )
+    redis_tls_key_file: str | None = Field(
+        default=None,
+        description="The private key of TETHER_REDIS_TLS_CERT_FILE (ssl_keyfile in each "
+        "rediss:// URL)",
+    )
     agent_modules: list[str] = Field(
         default_factory=list,
-        description="Python modules that declare agents; workers import them at start",
+        description="Python modules that declare agents (a JSON list); every worker imports "
+        "them at start and registers each Agent at their top level",
     )
 
-    # Celery delivery. A message whose worker dies is redelivered only after the
-    # visibility timeout, and one running longer than it is delivered twice, so
-    # it must sit well above the hard time limit of every task.
-    visibility_timeout_s: int = 600
-    # How often a worker sweeps for messages whose worker died (kombu's restore).
-    unacked_restore_interval_s: int = 10
-    # A run with no commit for this long gets what its state asks for published
-    # again (tether.planner.reconcile): a message can be lost where kombu pops it
-    # before recording it as unacknowledged. Above the hard limit, so a run busy
-    # in a long step is left alone; re-driving a run that was only slow is harmless.
-    run_stalled_after_s: int = 300
-    # Re-driven this often at one step without a commit, a run is failing, not
-    # losing messages (its messages end as dead letters): it ends `failed`.
-    max_redrives: int = 5
-    # A message handed to workers this often (each time after the first, its
-    # worker died or its hard time limit stopped it) becomes one dead letter.
-    max_deliveries: int = 5
-    reconcile_interval_s: float = 15.0
-    # An event on a thread waits this long after its publish for one published before
-    # it (a lower thread_seq) that has not reached intake; then it goes ahead
-    # (tether.memory.threads). The reconciler's interval is added to the wait.
-    thread_gap_s: float = Field(default=5.0, ge=0)
-    task_soft_time_limit_s: int = 120
-    task_time_limit_s: int = 180
-    # Celery task events, for Flower; off, each message costs less CPU (see bench/).
-    task_events: bool = True
-    worker_concurrency: int = 2
-    worker_pool: str = "prefork"
-    # The planner waits seconds on each model call and spends milliseconds of CPU
-    # between calls: greenlets hold hundreds of calls in flight per process at a
-    # few KB each. Celery's gevent pool enforces only the hard limit; the soft one
-    # is raised by tether.time_limits. Both interrupt a greenlet only where it
-    # yields (I/O, sleep), which a planner does all the time. Executors stay
-    # prefork: a tool may burn CPU or block in C code.
-    planner_pool: str = "gevent"
-    planner_concurrency: int = 200
+    visibility_timeout_s: int = Field(
+        default=600,
+        description="Seconds the Redis broker waits before it redelivers an unacknowledged "
+        "message that no live consumer holds; must be above TETHER_TASK_TIME_LIMIT_S "
+        "(checked at start-up), or a message still running is handed to a second worker",
+    )
+    unacked_restore_interval_s: int = Field(
+        default=10,
+        description="How often (s) a worker sweeps for unacknowledged messages past the "
+        "visibility timeout that no live consumer holds, and puts them back (a dead worker's "
+        "messages come back sooner, through consumer heartbeats)",
+    )
+    run_stalled_after_s: int = Field(
+        default=300,
+        description="A run with no commit for this long (s) gets what its state waits for "
+        "published again by the planner's reconciler; must be above TETHER_TASK_TIME_LIMIT_S "
+        "(checked at start-up), so a run busy in a long step is left alone",
+    )
+    max_redrives: int = Field(
+        default=5,
+        description="Re-drives at one step, its queue empty, after which a run is failing, not "
+        "losing messages: it ends failed (category internal)",
+    )
+    max_deliveries: int = Field(
+        default=5,
+        description="Deliveries of one message (each after the first: its worker died, or its "
+        "hard time limit stopped it) after which it becomes one dead letter",
+    )
+    reconcile_interval_s: float = Field(
+        default=15.0, description="How often (s) the planner's reconciler looks for stalled runs"
+    )
+    thread_gap_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long (s) an event on a thread waits after its publish for one "
+        "published before it that has not reached intake; then it goes ahead (one reconciler "
+        "interval may be added)",
+    )
+    task_soft_time_limit_s: int = Field(
+        default=120,
+        description="Soft time limit per message: SoftTimeLimitExceeded is raised in it, under "
+        "prefork by Celery and under gevent by tether.time_limits",
+    )
+    task_time_limit_s: int = Field(
+        default=180,
+        description="Hard time limit per message, above the soft one (checked at start-up): a "
+        "prefork pool process running it is killed and replaced; under gevent, the greenlet",
+    )
+    task_events: bool = Field(
+        default=True,
+        description="Celery task events, which Flower shows; off, each message costs less CPU",
+    )
+    worker_concurrency: int = Field(
+        default=2,
+        description="Pool size of each executor and escalation worker (--concurrency overrides it)",
+    )
+    worker_pool: str = Field(
+        default="prefork",
+        description="Celery pool of executor and escalation workers (--pool overrides it); "
+        "prefork, because a tool may burn CPU or block in C code",
+    )
+    planner_pool: str = Field(
+        default="gevent",
+        description="The planner's Celery pool. It waits seconds on each model call and spends "
+        "milliseconds of CPU around it: greenlets hold hundreds of calls per process at a few "
+        "KB each; the soft time limit is armed by tether.time_limits",
+    )
+    planner_concurrency: int = Field(
+        default=200, description="Model calls one planner process holds at once"
+    )
 
-    # Model endpoint. With no base URL, agents that ask for it get the scripted model.
-    model_base_url: str | None = None
-    model_api_key: str = "unset"
-    model_name: str = "gpt-4o-mini"
-    # Every attempt, and every wait between two, must fit in one planner step's
-    # soft time limit, or the limit cuts the retries short (checked at start-up).
-    model_timeout_s: float = 30.0
-    model_max_attempts: int = 3
-    # The longest wait between two attempts, Retry-After and jitter included.
-    model_retry_wait_max_s: float = 10.0
+    model_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint, read by agents that build their model from the "
+        "settings (as the support desk does); unset, they get the scripted model",
+    )
+    model_api_key: str = Field(default="unset", description="API key for that endpoint")
+    model_name: str = Field(default="gpt-4o-mini", description="Model name at that endpoint")
+    model_timeout_s: float = Field(
+        default=30.0,
+        description="Per-request timeout (s). Attempts x timeout plus the waits between them "
+        "must fit in TETHER_TASK_SOFT_TIME_LIMIT_S (checked at start-up with an endpoint set)",
+    )
+    model_max_attempts: int = Field(
+        default=3,
+        description="Attempts per model call, retrying 408, 409, 429, 5xx, timeouts and "
+        "connection errors with jittered backoff that honours Retry-After",
+    )
+    model_retry_wait_max_s: float = Field(
+        default=10.0,
+        description="The longest wait (s) between two model attempts, Retry-After and jitter "
+        "included",
+    )
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description='USD per million input and output tokens, e.g. {"my-model": [0.5, 1.5]}; '
         "takes precedence over the genai-prices table",
     )
-    # Sent as max_tokens with every call: it makes the answer's size, and so the
-    # tokens and cost a step reserves before the call, a real upper bound.
-    model_max_output_tokens: int = Field(default=1024, ge=1)
-    # Which failures a FallbackModel hands to its next model (JSON list): any of
-    # transient, rate_limited, timeout, server_error, permanent. A permanent one
-    # (a 4xx: bad key, unknown model, bad request) is left out by default: the
-    # same request fails on the next model too, or hides a broken configuration.
+    model_max_output_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="The answer's cap, sent with every model call as max_tokens, so the tokens "
+        "and cost a step reserves before the call are a real upper bound",
+    )
     model_fallback_on: list[str] = Field(
-        default_factory=lambda: ["transient", "rate_limited", "timeout", "server_error"]
+        default_factory=lambda: ["transient", "rate_limited", "timeout", "server_error"],
+        description="Which model failures a FallbackModel hands to its next model (JSON list of "
+        "transient, rate_limited, timeout, server_error, permanent); permanent (a 4xx) is off "
+        "by default: the same request fails there too, or hides a broken configuration",
     )
-
-    max_event_bytes: int = 256 * 1024
-    # A tool's output kept in the run's state, result store and event log is cut to
-    # this many bytes of JSON (tether.executor): a tool (or whoever feeds it) cannot
-    # grow a run's state, and every model call after it, without bound.
-    max_tool_output_bytes: int = Field(default=64 * 1024, ge=1024)
-    # A run whose conversation grows past this many messages ends `failed`: a
-    # model or tool looping (or an attacker feeding it) cannot grow a run without bound.
-    max_run_messages: int = Field(default=500, ge=2)
-    # Operator credentials for escalation decisions (tether.operators): a JSON file
-    # of {"name": ..., "token_sha256": ...}. Set, every decision must carry a valid
-    # token and is recorded under that operator's name; unset, decisions are taken
-    # as they come, with --by as their free-text author.
-    operators_file: str | None = None
-    # The deciding operator's own token, read by `tether escalations decide` (or --token-file).
-    operator_token: str | None = None
-    run_ttl_s: int = 7 * 24 * 3600
-
-    # SENTRY_DSN, Sentry's own variable, is read too.
+    max_event_bytes: int = Field(
+        default=256 * 1024,
+        description="Largest accepted TaskEvent, as JSON; a larger one is rejected "
+        "(send a reference to large data instead)",
+    )
+    max_tool_output_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="A tool output over this many bytes of JSON is kept (result store, run "
+        "state, event log) as its head and a truncated note; the call still counts as done",
+    )
+    max_run_messages: int = Field(
+        default=500,
+        ge=2,
+        description="A run whose conversation holds more messages ends failed (policy_denied) "
+        "before its next model call",
+    )
+    operators_file: str | None = Field(
+        default=None,
+        description="JSON file of the operators allowed to decide escalations (tether "
+        "escalations operator-key prints their lines); set, only decisions signed by one of "
+        "them are recorded; unset, --by is free text",
+    )
+    operator_token: str | None = Field(
+        default=None,
+        description="This operator's token, which signs tether escalations decisions "
+        "(or --token-file)",
+    )
+    run_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        description="How long (s) a finished run's keys, its action results and decided "
+        "escalations are kept",
+    )
     sentry_dsn: str | None = Field(
-        default=None, validation_alias=AliasChoices("TETHER_SENTRY_DSN", "SENTRY_DSN")
+        default=None,
+        validation_alias=AliasChoices("TETHER_SENTRY_DSN", "SENTRY_DSN"),
+        description="Report failed runs, dead letters and task exceptions to Sentry "
+        "(SENTRY_DSN is read too)",
     )
-    sentry_environment: str | None = None
-    log_level: str = "INFO"
-    log_json: bool = False
-    # Regexes (JSON list) whose matches are replaced by "[redacted]" in logs, the
-    # event log and Sentry reports, on top of the model API key, sk-... keys and
-    # bearer tokens, which always are.
-    redact_patterns: list[str] = Field(default_factory=list)
-    # /metrics of this process; each service on one host needs its own port.
-    metrics_port: int | None = None
-    # OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); spans go to
-    # its /v1/traces. OTEL_EXPORTER_OTLP_ENDPOINT is honoured too; with neither
-    # set, nothing is traced (tether.tracing).
-    otlp_endpoint: str | None = None
-    # Webhooks told of every escalation opened, decided, or waiting past
-    # escalation_waiting_after_s (tether.notifications): comma-separated URLs (or a JSON
-    # list); each body is signed with HMAC-SHA256 under webhook_secret.
-    webhook_urls: str = ""
-    webhook_secret: str = ""
-    webhook_timeout_s: float = 5.0
-    webhook_max_attempts: int = 5
-    webhook_retry_wait_max_s: float = 5.0
+    sentry_environment: str | None = Field(
+        default=None, description="The environment Sentry reports are tagged with"
+    )
+    log_level: str = Field(default="INFO", description="Level of Tether's structured logs")
+    log_json: bool = Field(
+        default=False, description="Log one JSON object per line instead of console text"
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regexes (JSON list) whose matches become [redacted] in logs, the event "
+        "log, Sentry reports and spans, on top of the model API key, sk-... keys and bearer "
+        "tokens, which always are",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        description="Serve Prometheus metrics on this port; each worker on one host needs its "
+        "own",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); each "
+        "service exports one trace per run to its /v1/traces. OTEL_EXPORTER_OTLP_ENDPOINT "
+        "works too; with neither, nothing is traced",
+    )
+    webhook_urls: str = Field(
+        default="",
+        description="Webhooks told of every escalation opened, decided, waiting or expiring: "
+        "comma-separated URLs or a JSON list",
+    )
+    webhook_secret: str = Field(
+        default="", description="Each webhook body is signed with HMAC-SHA256 under this secret"
+    )
+    webhook_timeout_s: float = Field(default=5.0, description="Timeout (s) of one webhook POST")
+    webhook_max_attempts: int = Field(
+        default=5, description="Attempts per webhook POST, with exponential backoff"
+    )
+    webhook_retry_wait_max_s: float = Field(
+        default=5.0, description="The longest wait (s) between two webhook attempts"
+    )
     escalation_waiting_after_s: float | None = Field(
         default=None,
         description="Age (s) at which a pending escalation's 'escalation_waiting' reminder goes "
         "out; unset: at TETHER_ESCALATION_WAITING_AT of its expiry window",
     )
-    escalation_waiting_check_s: float = 30.0
+    escalation_waiting_check_s: float = Field(
+        default=30.0,
+        description="How often (s) the escalation service looks for escalations due a reminder",
+    )
     escalation_expiry_s: float = Field(
         default=86400.0,
         gt=0,
@@ -223,39 +329,48 @@ class Settings(BaseSettings):
                 "TETHER_REDIS_CLUSTER is set but TETHER_BROKER_URL is not: the Celery broker "
                 "cannot run on a Redis Cluster; point TETHER_BROKER_URL at a plain Redis"
             )
-        problems += self._fold_tls()
+        problems += self._tls_problems()
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
         return self
 
-    def _fold_tls(self) -> list[str]:
-        """Put the TLS files into the rediss:// URLs; what is wrong with them, as problems."""
-        problems: list[str] = []
-        tls = {
-            "ssl_ca_certs": ("TETHER_REDIS_TLS_CA_FILE", self.redis_tls_ca_file),
-            "ssl_certfile": ("TETHER_REDIS_TLS_CERT_FILE", self.redis_tls_cert_file),
-            "ssl_keyfile": ("TETHER_REDIS_TLS_KEY_FILE", self.redis_tls_key_file),
-        }
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_files_into_urls(cls, data: Any) -> Any:
+        """The input with the TLS files in each rediss:// URL's query, as redis-py and kombu read it.
+
+        A transformation of the input before validation (the model is never written after
+        it), so every client built from redis_url or broker_url gets TLS without knowing of it.
+        """
+        if not isinstance(data, dict):
+            return data
+        files = {query: data.get(field) for query, field in _TLS_QUERY.items()}
+        folded = dict(data)
+        for field in ("redis_url", "broker_url"):
+            url = data.get(field)
+            if isinstance(url, str) and url.startswith("rediss://"):
+                folded[field] = tls_url(url, files)[0]
+        return folded
+
+    def _tls_problems(self) -> list[str]:
+        """What is wrong with the TLS files and the rediss:// URLs they went into."""
         urls = [("TETHER_REDIS_URL", self.redis_url)]
         if self.broker_url:
             urls.append(("TETHER_BROKER_URL", self.broker_url))
         if not any(url.startswith("rediss://") for _, url in urls):
-            named = [name for name, value in tls.values() if value]
+            named = [
+                f"TETHER_{field.upper()}" for field in _TLS_QUERY.values() if getattr(self, field)
+            ]
             if named:
-                problems.append(
+                return [
                     f"{', '.join(named)} set, but no Redis URL is rediss:// (TLS): the "
                     "connections would go in plain text; use rediss://"
-                )
-            return problems
+                ]
+            return []
+        problems: list[str] = []
         for setting, url in urls:
-            if not url.startswith("rediss://"):
-                continue
-            folded, found = tls_url(url, {query: value for query, (_, value) in tls.items()})
-            problems += tls_problems(setting, found)
-            if setting == "TETHER_REDIS_URL":
-                self.redis_url = folded
-            else:
-                self.broker_url = folded
+            if url.startswith("rediss://"):
+                problems += tls_problems(setting, tls_url(url, {})[1])
         return problems
 
     @property
@@ -313,6 +428,14 @@ def tls_problems(setting: str, tls: dict[str, str]) -> list[str]:
                 f"({exc.strerror or exc}); fix the path or its permissions"
             )
     return problems
+
+
+#: Where each TLS file goes in a rediss:// URL's query, by the setting that names it.
+_TLS_QUERY = {
+    "ssl_ca_certs": "redis_tls_ca_file",
+    "ssl_certfile": "redis_tls_cert_file",
+    "ssl_keyfile": "redis_tls_key_file",
+}
 
 
 @lru_cache(maxsize=1)

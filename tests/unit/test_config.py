@@ -104,6 +104,15 @@ def _tls_files(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def test_the_consistency_check_writes_nothing_into_the_settings(tmp_path: Path) -> None:
+    # The TLS files go into the URLs as the input is read, never by the check that runs
+    # after: checking settings (model_validate, a copy) leaves their values as they are.
+    files = _tls_files(tmp_path)
+    unfolded = Settings.model_construct(redis_url="rediss://h:6380/0", **files)  # type: ignore[arg-type]
+    unfolded._consistent()
+    assert unfolded.redis_url == "rediss://h:6380/0"
+
+
 def test_the_tls_files_go_into_every_rediss_url_with_verification(tmp_path: Path) -> None:
     from tether.celery_app import create_app
 
