@@ -67,6 +67,7 @@ def _vouched(rt: Runtime, observation: Observation) -> Observation | None:
     (first writer wins), so the stored one is the action's outcome whatever the
     message says; a question for a human leaves the kind it asks (keys.action_held).
     """
+    # One round trip; two GETs rather than one MGET, which the planner's ACL user lacks.
     raw, held = rt.store.batch.run(
         lambda pipe: (
             pipe.get(keys.action_result(observation.action_id)),
