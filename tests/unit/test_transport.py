@@ -28,23 +28,19 @@ QUEUE = "tether.test"
 OTHER_QUEUE = "tether.test.other"
 
 
-@pytest.fixture
-def connection(redis_url: str) -> Iterator[Connection]:
-    conn = Connection(
-        redis_url,
-        transport=RedisTransport,
-        transport_options={"visibility_timeout": 1, "priority_steps": [0]},
-    )
-    yield conn
-    conn.release()
-
-
 def connect(redis_url: str) -> Connection:
     return Connection(
         redis_url,
         transport=RedisTransport,
         transport_options={"visibility_timeout": 1, "priority_steps": [0]},
     )
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[Connection]:
+    conn = connect(redis_url)
+    yield conn
+    conn.release()
 
 
 def publish(conn: Connection, body: str, queue: str = QUEUE) -> None:
@@ -88,8 +84,12 @@ def stall(client: redis.Redis, consumer: Consumer) -> str:
     channel._stopped.set()
     stalled: str = channel.consumer_id
     client.delete(keys.consumer_alive(stalled))
-    recover_dead_consumers(client, channel.qos)  # or another consumer's sweep did
-    assert client.hget(keys.CONSUMERS, stalled) is None
+
+    def recovered() -> bool:
+        recover_dead_consumers(client, channel.qos)  # or another consumer's sweep does
+        return client.hget(keys.CONSUMERS, stalled) is None
+
+    wait_until(recovered, "the stalled consumer's recovery")
     return stalled
 
 
