@@ -194,6 +194,11 @@ class QoS(kombu_redis.QoS):
             self.channel.counting_deliveries = True
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        if self.channel.consumer_id is None:
+            # Only a consumer of Tether's queues protects and restores: a client that
+            # publishes or waits for a reply (the CLI, Flower, `tether health`) may not
+            # write kombu's unacked records under its Redis user (deploy/redis/users.acl).
+            return
         with self.channel.conn_or_acquire() as client:
             protect_held(client, self.unacked_index_key)
         super().restore_visible(start, num, interval)
@@ -442,7 +447,14 @@ def recover_dead_consumers(client: redis.Redis, qos: QoS) -> list[str]:
     recovered = []
     for number in claimed or []:
         consumer = consumers[int(number) - 1]
-        recover_consumer(client, qos, consumer)
+        try:
+            recover_consumer(client, qos, consumer)
+        except redis.exceptions.NoPermissionError:
+            # This service's Redis user may not write that consumer's queue
+            # (deploy/redis/users.acl): nothing moved (the landing list's move to the
+            # queue comes first); the claim goes at once, to a worker that may.
+            client.delete(keys.consumer_recovering(consumer))
+            continue
         recovered.append(consumer)
     return recovered
 
