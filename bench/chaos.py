@@ -4,7 +4,14 @@ It submits N runs of the chaos agent (a flaky lookup, a payment that must
 never happen twice, an answer), then at random SIGKILLs planner and executor
 workers and SIGKILLs Redis (appendfsync always, so the AOF holds every acknowledged write),
 while the model endpoint injects 429s, 500s, slow and truncated answers and
-malformed tool calls. An operator thread answers escalations as a human would,
+malformed tool calls. Two slower faults outlast a consumer's heartbeat
+(tether.transport.CONSUMER_DEAD_AFTER_S): every ``--pause-every``-th worker
+fault SIGSTOPs the worker's whole process group for 1.5-3x that window and
+then SIGCONTs it (a GC pause, a frozen VM: it wakes holding what it held), and
+every ``--long-outage-every``-th Redis fault takes Redis away for
+``--long-outage`` seconds, either SIGKILLed and started again from its AOF
+(down) or SIGSTOPped and continued (hung). Which worker, how long, which
+outage: all drawn from ``--seed``. An operator thread answers escalations as a human would,
 checking the payment ledger before allowing a re-run. At the end it prints
 one summary line and exits non-zero if any run was lost, any payment doubled,
 or a run's event log and its lines in the lifecycle stream disagree
@@ -31,6 +38,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench.chaos_agents import chaos_script
+from bench.watchdog import Watchdog
 from tether import client, escalations, keys
 from tether.config import Settings
 from tether.devstack import DevStack
@@ -48,11 +57,22 @@ from tether.redis_server import LocalCluster, RedisServer
 from tether.runtime import Runtime
 from tether.store import run_id_for
 from tether.testing.openai_server import ScriptedOpenAIServer
+from tether.transport import CONSUMER_DEAD_AFTER_S
 
+# A paused worker stays stopped for this many times the window after which its
+# consumer counts as dead.
+PAUSE_RANGE = (1.5, 3.0)
 # Timings: a step's worst case here (four 1 s model attempts with backoff, plus
-# riding out a Redis restart) stays well under the soft limit, which stays
-# under the hard limit, which stays under the visibility timeout.
-VISIBILITY_S = 30
+# riding out a Redis restart, or frozen for the longest pause; a long Redis
+# outage never overlaps a pause) stays under the soft limit, which stays under
+# the hard limit, which stays under the visibility timeout. A task frozen past
+# its soft limit fails on waking: a start message would be dead-lettered, and
+# its event never become a run (with 20 s, 2 of 60 in a quick run).
+SOFT_LIMIT_S = 35
+HARD_LIMIT_S = 40
+# Longer than it must be costs time: a message of a live consumer lost in a
+# Redis restart waits this long to come back (60 s made the quick run 2.5x longer).
+VISIBILITY_S = 45
 # A run with no commit for this long is re-driven (tether.planner.reconcile).
 STALLED_AFTER_S = 45
 
@@ -65,16 +85,37 @@ class Chaos:
         kill_every_s: float,
         redis_every_s: float,
         redis_servers: dict[str, RedisServer],
+        watchdog: Watchdog,
+        pause_every: int = 0,
+        long_outage_every: int = 0,
+        long_outage_s: float = 15.0,
+        max_pauses: int | None = None,
+        max_long_outages: int | None = None,
     ) -> None:
         self.stack = stack
         self.redis_servers = redis_servers
+        self.watchdog = watchdog
         self.rng = rng
         self.kill_every_s = kill_every_s
         self.redis_every_s = redis_every_s
+        # 0: no pauses, no long outages.
+        self.pause_every = pause_every
+        self.long_outage_every = long_outage_every
+        self.long_outage_s = long_outage_s
+        self.max_pauses = max_pauses
+        self.max_long_outages = max_long_outages
         self.kills: collections.Counter[str] = collections.Counter()
+        self.pauses: collections.Counter[str] = collections.Counter()
+        self.long_outages: collections.Counter[str] = collections.Counter()
+        # Each pause and long outage: when (s into the run), what, for how long.
+        self.slow_faults: list[dict[str, Any]] = []
+        self.started = time.monotonic()
         self.stop = threading.Event()
         self.rerun_approved = threading.Event()
         self.lock = threading.Lock()
+        # The workers stopped now, and the timers that continue them.
+        self.paused: dict[subprocess.Popen[bytes], threading.Timer] = {}
+        self.paused_lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.rerun_thread = threading.Thread(target=self._kill_reruns, daemon=True)
 
@@ -87,32 +128,112 @@ class Chaos:
         self.rerun_approved.set()
         self.thread.join()
         self.rerun_thread.join()
+        # A worker still stopped would sit out the stack's graceful stop.
+        with self.paused_lock:
+            paused = list(self.paused.items())
+        for process, timer in paused:
+            timer.cancel()
+            self._resume(process)
 
     def _kill(self, service: str, label: str) -> None:
         with self.lock:
             process = self.stack.workers[service]
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            self.stack.start_worker(service)
+            self.watchdog.forget(process)
+            with self.paused_lock:
+                timer = self.paused.pop(process, None)
+            if timer is not None:
+                timer.cancel()
+            self.watchdog.watch(self.stack.start_worker(service))
             self.kills[label] += 1
+
+    def _pause(self, service: str) -> None:
+        """Stop the worker, pool and all, past its heartbeat; a timer continues it."""
+        pause_s = CONSUMER_DEAD_AFTER_S * self.rng.uniform(*PAUSE_RANGE)
+        with self.lock:
+            process = self.stack.workers[service]
+            with self.paused_lock:
+                if process in self.paused:
+                    return  # stopped already; the next fault is something else
+                os.killpg(process.pid, signal.SIGSTOP)
+                timer = threading.Timer(pause_s, self._resume, (process,))
+                timer.daemon = True
+                self.paused[process] = timer
+                timer.start()
+            self.pauses[service] += 1
+            self._note("pause", service, pause_s)
+
+    def _resume(self, process: subprocess.Popen[bytes]) -> None:
+        with self.paused_lock:
+            if self.paused.pop(process, None) is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGCONT)
+
+    def _note(self, fault: str, target: str, seconds: float) -> None:
+        self.slow_faults.append(
+            {
+                "at_s": round(time.monotonic() - self.started, 1),
+                "fault": fault,
+                "target": target,
+                "seconds": round(seconds, 1),
+            }
+        )
+
+    def _redis_fault(self, label: str, redis: RedisServer, long: bool) -> None:
+        with self.lock:
+            old = redis.process
+            assert old is not None
+            if long and self.rng.random() < 0.5:
+                # Hung: connections open, nothing answers; keys' expiry times pass meanwhile.
+                old.send_signal(signal.SIGSTOP)
+                time.sleep(self.long_outage_s)
+                old.send_signal(signal.SIGCONT)
+                self.long_outages[f"{label}_hung"] += 1
+                self._note("redis_hung", label, self.long_outage_s)
+                return
+            redis.kill()
+            old.wait()
+            self.watchdog.forget(old)
+            time.sleep(self.long_outage_s if long else self.rng.uniform(0.2, 2.0))
+            self._restart_redis(redis)
+            self.watchdog.watch(redis.process)
+            if long:
+                self.long_outages[f"{label}_down"] += 1
+                self._note("redis_down", label, self.long_outage_s)
+            else:
+                self.kills[label] += 1
 
     def _loop(self) -> None:
         last_redis = time.monotonic()
         # Each Redis in turn (one alone without --cluster), starting at random.
         turn = self.rng.randrange(len(self.redis_servers))
+        worker_faults = redis_faults = 0
         while not self.stop.wait(self.kill_every_s * self.rng.uniform(0.5, 1.5)):
-            if time.monotonic() - last_redis > self.redis_every_s:
+            # Redis goes only while no worker is stopped: a task frozen for a pause and
+            # then held up by an outage would outlast the soft time limit.
+            if time.monotonic() - last_redis > self.redis_every_s and not self.paused:
                 label, redis = list(self.redis_servers.items())[turn % len(self.redis_servers)]
                 turn += 1
-                with self.lock:
-                    redis.kill()
-                    time.sleep(self.rng.uniform(0.2, 2.0))
-                    self._restart_redis(redis)
-                    self.kills[label] += 1
+                redis_faults += 1
+                long = (
+                    self.long_outage_every > 0
+                    and redis_faults % self.long_outage_every == 0
+                    and not _reached(self.long_outages, self.max_long_outages)
+                )
+                self._redis_fault(label, redis, long)
                 last_redis = time.monotonic()
                 continue
             service = self.rng.choice(["planner", "executor"])
-            self._kill(service, service)
+            worker_faults += 1
+            if (
+                self.pause_every > 0
+                and worker_faults % self.pause_every == 0
+                and not _reached(self.pauses, self.max_pauses)
+            ):
+                self._pause(service)
+            else:
+                self._kill(service, service)
 
     def _kill_reruns(self) -> None:
         """Half the approved re-runs of a payment lose their executor while they pay."""
@@ -133,6 +254,10 @@ class Chaos:
                 print(f"chaos: redis restart {attempt} failed: {exc}", file=sys.stderr, flush=True)
                 time.sleep(1.0)
         raise SystemExit("chaos: redis would not restart; see its log")
+
+
+def _reached(counts: collections.Counter[str], cap: int | None) -> bool:
+    return cap is not None and sum(counts.values()) >= cap
 
 
 class Operator:
@@ -196,6 +321,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis-every", type=float, default=45.0, help="seconds between Redis kills"
     )
+    parser.add_argument(
+        "--pause-every",
+        type=int,
+        default=None,
+        help="every Nth worker fault SIGSTOPs the worker past its heartbeat "
+        "(0: never; default 5, 3 with --quick)",
+    )
+    parser.add_argument(
+        "--long-outage-every",
+        type=int,
+        default=None,
+        help="every Nth Redis fault keeps Redis away for --long-outage seconds "
+        "(0: never; default 3, 2 with --quick)",
+    )
+    parser.add_argument("--long-outage", type=float, default=15.0, help="seconds Redis is away")
+    parser.add_argument(
+        "--max-pauses",
+        type=int,
+        default=None,
+        help="at most this many pauses (default: no cap, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--max-long-outages",
+        type=int,
+        default=None,
+        help="at most this many long outages (default: no cap, 1 with --quick)",
+    )
     parser.add_argument("--model-fault-rate", type=float, default=0.05)
     parser.add_argument(
         "--publish-rate", type=float, default=20.0, help="events per second, published under chaos"
@@ -210,6 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.kill_every, args.redis_every, args.publish_rate = 60, 4.0, 12.0, 5.0
+    # --quick: a pause at the third worker fault and a long outage at the second
+    # Redis fault, both while the runs are still under way.
+    if args.pause_every is None:
+        args.pause_every = 3 if args.quick else 5
+    if args.long_outage_every is None:
+        args.long_outage_every = 2 if args.quick else 3
+    if args.quick:
+        args.max_pauses = 1 if args.max_pauses is None else args.max_pauses
+        args.max_long_outages = 1 if args.max_long_outages is None else args.max_long_outages
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="tether-chaos-"))
@@ -226,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         "CHAOS_LEDGER": str(ledger),
         "TETHER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
         "TETHER_UNACKED_RESTORE_INTERVAL_S": "1",
-        "TETHER_TASK_SOFT_TIME_LIMIT_S": "20",
-        "TETHER_TASK_TIME_LIMIT_S": "25",
+        "TETHER_TASK_SOFT_TIME_LIMIT_S": str(SOFT_LIMIT_S),
+        "TETHER_TASK_TIME_LIMIT_S": str(HARD_LIMIT_S),
         "TETHER_RUN_STALLED_AFTER_S": str(STALLED_AFTER_S),
         "TETHER_RECONCILE_INTERVAL_S": "5",
         "TETHER_LOG_LEVEL": "WARNING",
@@ -237,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: dict[str, tuple[str, str | None]] = {}
     chaos: Chaos | None = None
     operator: Operator | None = None
-    with server, contextlib.ExitStack() as redis_servers:
+    with Watchdog() as watchdog, server, contextlib.ExitStack() as redis_servers:
         if args.cluster:
             cluster = redis_servers.enter_context(LocalCluster(nodes=3, appendfsync="always"))
             broker = redis_servers.enter_context(
@@ -267,8 +428,23 @@ def main(argv: list[str] | None = None) -> int:
                 redis=redis,
             )
         redis_servers.enter_context(stack)
+        # Started from this thread, these die with it (PDEATHSIG) too; the ones the
+        # chaos thread starts again have only the watchdog.
+        watchdog.watch(*stack.workers.values(), *(r.process for r in killed.values()))
         rt = Runtime(settings)
-        chaos = Chaos(stack, rng, args.kill_every, args.redis_every, killed)
+        chaos = Chaos(
+            stack,
+            rng,
+            args.kill_every,
+            args.redis_every,
+            killed,
+            watchdog,
+            pause_every=args.pause_every,
+            long_outage_every=args.long_outage_every,
+            long_outage_s=args.long_outage,
+            max_pauses=args.max_pauses,
+            max_long_outages=args.max_long_outages,
+        )
         operator = Operator(rt, ledger, chaos.rerun_approved)
         chaos.start()
         operator.thread.start()
@@ -281,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                 settle(rt, published, outcomes)
                 print(
                     f"chaos: {len(outcomes)}/{len(published)} ended after "
-                    f"{time.monotonic() - started:.0f}s, kills {dict(chaos.kills)}",
+                    f"{time.monotonic() - started:.0f}s, kills {dict(chaos.kills)}, "
+                    f"paused {dict(chaos.pauses)}, long outages {dict(chaos.long_outages)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -304,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         f"statuses={json.dumps(summary['statuses'], sort_keys=True)} "
         f"categories={json.dumps(summary['categories'], sort_keys=True)} "
         f"kills={json.dumps(summary['kills'], sort_keys=True)} "
+        f"paused={summary['paused']} long_outages={summary['long_outages']} "
         f"model_faults={summary['model_faults']} redriven={summary['redriven']} "
         f"operator={json.dumps(summary['operator'], sort_keys=True)} "
         f"lifecycle={json.dumps(lifecycle, sort_keys=True)} "
@@ -427,6 +605,11 @@ def summarize(
         "statuses": dict(statuses),
         "categories": dict(categories),
         "kills": dict(chaos.kills),
+        "paused": sum(chaos.pauses.values()),
+        "long_outages": sum(chaos.long_outages.values()),
+        "pauses_by_service": dict(chaos.pauses),
+        "long_outages_by_kind": dict(chaos.long_outages),
+        "slow_faults": chaos.slow_faults,
         "model_faults": len(server.injected),
         "redriven": redriven,
         "operator": dict(operator.decisions),
