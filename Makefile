@@ -36,8 +36,10 @@ dev: install
 test: install
 	$(PY) -m pytest
 
-# 1,000 runs while workers and Redis are killed at random; exits non-zero on any
-# lost run, doubled side effect, or log entry missing from the lifecycle stream. chaos-quick is the 60-run version CI runs.
+# 1,000 runs while workers and Redis are killed at random, workers are SIGSTOPped past
+# their heartbeat (15-30 s) and Redis is away for 15 s; exits non-zero on any
+# lost run, doubled side effect, or log entry missing from the lifecycle stream. chaos-quick is the 60-run version CI runs
+# (one pause and one long outage among its kills). The summary line counts them: paused= long_outages=.
 # SEED picks the run of chance: `make chaos SEED=8`.
 SEED ?= 7
 chaos: install

@@ -11,11 +11,13 @@ then SIGCONTs it (a GC pause, a frozen VM: it wakes holding what it held), and
 every ``--long-outage-every``-th Redis fault takes Redis away for
 ``--long-outage`` seconds, either SIGKILLed and started again from its AOF
 (down) or SIGSTOPped and continued (hung). Which worker, how long, which
-outage: all drawn from ``--seed``. An operator thread answers escalations as a human would,
-checking the payment ledger before allowing a re-run. At the end it prints
-one summary line and exits non-zero if any run was lost, any payment doubled,
-or a run's event log and its lines in the lifecycle stream disagree
-(check_lifecycle).
+outage: all drawn from ``--seed``. An operator thread answers escalations as a
+human would, checking the payment ledger before allowing a re-run. At the end
+it prints one summary line (with ``paused=`` and ``long_outages=``) and exits
+non-zero if any run was lost, any payment doubled, or a run's event log and its
+lines in the lifecycle stream disagree (check_lifecycle). Every process it
+starts, first or again, is named to a watchdog (bench.watchdog) that kills it
+if the harness dies.
 
     python -m bench.chaos            # 1,000 runs
     python -m bench.chaos --quick    # 60 runs, for CI
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="every Nth Redis fault keeps Redis away for --long-outage seconds "
-        "(0: never; default 3, 2 with --quick)",
+        "(0: never; default 3, 1 with --quick)",
     )
     parser.add_argument("--long-outage", type=float, default=15.0, help="seconds Redis is away")
     parser.add_argument(
@@ -362,12 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.kill_every, args.redis_every, args.publish_rate = 60, 4.0, 12.0, 5.0
-    # --quick: a pause at the third worker fault and a long outage at the second
-    # Redis fault, both while the runs are still under way.
+    # --quick: one long outage, the first Redis fault (while events are still being
+    # published), and one pause, the third worker fault (after the outage, with runs
+    # still under way however fast the machine).
     if args.pause_every is None:
         args.pause_every = 3 if args.quick else 5
     if args.long_outage_every is None:
-        args.long_outage_every = 2 if args.quick else 3
+        args.long_outage_every = 1 if args.quick else 3
     if args.quick:
         args.max_pauses = 1 if args.max_pauses is None else args.max_pauses
         args.max_long_outages = 1 if args.max_long_outages is None else args.max_long_outages

@@ -1,4 +1,5 @@
-"""The chaos run in its quick mode: workers and Redis killed at random, nothing lost or doubled."""
+"""The chaos run in its quick mode: workers and Redis killed at random, nothing lost or doubled;
+and no process it started outlives it."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def test_quick_chaos_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     lifecycle = summary["lifecycle"]
     assert (lifecycle["missing"], lifecycle["invented"], lifecycle["spill_left"]) == (0, 0, 0)
     assert sum(summary["kills"].values()) >= 3  # the chaos really happened
+    # A worker stopped past its heartbeat, and Redis away past it, once each.
+    assert (summary["paused"], summary["long_outages"]) == (1, 1)
+    assert "paused=1 long_outages=1" in done.stdout
     assert "lost=0 doubled=0" in done.stdout
 
 
