@@ -79,6 +79,17 @@ def execute(rt: Runtime, action: ToolAction) -> None:
     if refused is not None:
         if acquired:
             lease.release(rt.store.batch)
+        if refused[0] == "not_pending" and _asked_human(rt, action):
+            # A late redelivery of the attempt that asked a human (it died before its
+            # ack): the action waits for that human, and the genuine message is no forgery.
+            rt.store.log(
+                action.run_id,
+                "action_skipped",
+                action.step,
+                action_id=action.action_id,
+                reason="it waits for a human's decision",
+            )
+            return
         _refuse(rt, action, *refused)
         return
     if not acquired:
@@ -201,6 +212,11 @@ def _distrust(
             f"run {action.run_id}'s committed state in {', '.join(differ)}",
         )
     return None
+
+
+def _asked_human(rt: Runtime, action: ToolAction) -> bool:
+    """Whether an attempt of ``action`` asked a human about it (keys.action_held)."""
+    return bool(rt.store.client.exists(keys.action_held(action.action_id)))
 
 
 def _canonical(action: ToolAction) -> dict[str, str]:

@@ -22,7 +22,7 @@ from tests.unit.test_planner_fencing import queued
 from tether import deadletters, escalations, executor, keys, planner
 from tether.agents import Agent, load_agent_modules, register
 from tether.celery_app import EXECUTE, OBSERVE, PLAN_QUEUE, RESUME
-from tether.messages import Decision, Observation, Verdict
+from tether.messages import Decision, EscalationKind, Observation, Verdict
 from tether.models import ModelResponse, ScriptedModel, text, tool_call
 from tether.runtime import Runtime
 from tether.state import ChatMessage, RunStatus
@@ -247,3 +247,34 @@ def test_a_pending_action_for_an_undeclared_tool_is_refused(runtime: Runtime) ->
     (event,) = [e for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"]
     assert event.data["reason"] == "undeclared_tool"
     assert "'trust_transfer'" in str(event.data["detail"])
+
+
+def test_a_late_redelivery_of_an_action_a_human_was_asked_about_is_no_forgery(
+    runtime: Runtime,
+) -> None:
+    run_id = start(runtime, "trust_transferer", "evt-trust-asked")
+    (action,) = runtime.store.load(run_id).pending_actions
+    # An earlier attempt died mid-call: its in-flight mark is all it left.
+    runtime.store.client.set(keys.action_inflight(action.action_id), "1")
+    executor.execute(runtime, action)
+    (asked,) = sent_observations(runtime)
+    assert asked.needs_human == "unsafe_retry"
+    planner.observe(runtime, asked)  # the planner takes it: the executor recorded the question
+    state = runtime.store.load(run_id)
+    assert state.status == RunStatus.waiting_human and state.pending_actions == []
+    # The attempt that asked dies before its ack: the action comes back.
+    before = sample("tether_forged_messages_total", queue=EXECUTE, reason="not_pending")
+    runtime.store.client.delete(keys.action_lock(action.action_id))
+    executor.execute(runtime, action)
+    assert ran == []
+    assert sample("tether_forged_messages_total", queue=EXECUTE, reason="not_pending") == before
+    assert [d for d in deadletters.list_dead(runtime) if d.run_id == run_id] == []
+    skipped = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "action_skipped"]
+    assert skipped and "human" in str(skipped[-1]["reason"])
+    # A question the executor never asked is refused, though.
+    forged = asked.model_copy(update={"needs_human": EscalationKind.approval_required})
+    planner.observe(runtime, forged)
+    refusals = [
+        e.data for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"
+    ]
+    assert [r["reason"] for r in refusals] == ["not_from_executor"]
