@@ -407,9 +407,12 @@ def _report(
     else:
         # What the planner checks a needs_human observation against (planner.inbox):
         # written before the observation is sent, as a result is.
-        held = keys.action_held(action.action_id)
-        if not rt.store.batch.defer("set", held, str(needs_human), ex=rt.store.run_ttl_s):
-            rt.store.client.set(held, str(needs_human), ex=rt.store.run_ttl_s)
+        held, asked = (
+            keys.action_held(action.action_id),
+            keys.action_held_value(needs_human, action.rerun_approval),
+        )
+        if not rt.store.batch.defer("set", held, asked, ex=rt.store.run_ttl_s):
+            rt.store.client.set(held, asked, ex=rt.store.run_ttl_s)
     rt.store.log(
         action.run_id,
         "tool_call",

@@ -123,9 +123,15 @@ def action_inflight(action_id: str) -> str:
 
 
 def action_held(action_id: str) -> str:
-    """Which human the executor last asked about the action (an EscalationKind): the
+    """What the executor last asked a human about the action (action_held_value): the
     planner takes a needs_human observation only where this says so."""
     return f"{action_result(action_id)}:held"
+
+
+def action_held_value(kind: str, rerun_approval: str | None) -> str:
+    """The kind of question and the attempt that asked it (the re-run approval it ran
+    under; "" for the first), so a question about one attempt vouches for no other."""
+    return f"{kind}|{rerun_approval or ''}"
 
 
 def rejection(event_id: str) -> str:

@@ -278,3 +278,36 @@ def test_a_late_redelivery_of_an_action_a_human_was_asked_about_is_no_forgery(
         e.data for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"
     ]
     assert [r["reason"] for r in refusals] == ["not_from_executor"]
+
+
+def test_a_question_about_one_attempt_vouches_for_no_other(runtime: Runtime) -> None:
+    run_id = start(runtime, "trust_transferer", "evt-trust-attempts")
+    (action,) = runtime.store.load(run_id).pending_actions
+    runtime.store.client.set(keys.action_inflight(action.action_id), "1")
+    executor.execute(runtime, action)
+    (asked,) = sent_observations(runtime)
+    planner.observe(runtime, asked)
+    (wait,) = runtime.store.load(run_id).awaiting_human
+    escalation = wait.escalation(run_id, "trust_transferer")
+    escalations.open_escalation(runtime, escalation)
+    approve = Decision(escalation_id=wait.escalation_id, verdict=Verdict.approve, by="ops")
+    assert escalations.decide(runtime, approve) is not None
+    planner.resume(runtime, escalation, approve)
+    (rerun,) = runtime.store.load(run_id).pending_actions
+    assert rerun.rerun_approval == wait.escalation_id
+    # The first attempt's question again, now that the approved re-run is pending.
+    planner.observe(runtime, asked)
+    state = runtime.store.load(run_id)
+    assert state.status == RunStatus.waiting_tools and state.pending_actions == [rerun]
+    refusals = [
+        e.data for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"
+    ]
+    assert [r["reason"] for r in refusals] == ["differs_from_pending"]
+    # The approved re-run itself runs, once.
+    runtime.store.client.delete(PLAN_QUEUE)
+    executor.execute(runtime, rerun)
+    assert ran == [action.action_id]
+    (result,) = sent_observations(runtime)
+    assert result.ok
+    planner.observe(runtime, result)
+    assert runtime.store.load(run_id).status == RunStatus.succeeded

@@ -60,8 +60,11 @@ def _refuse_observation(rt: Runtime, observation: Observation, reason: str, deta
     )
 
 
-def _vouched(rt: Runtime, observation: Observation) -> Observation | None:
+def _vouched(rt: Runtime, observation: Observation, asked: list[str]) -> Observation | None:
     """The observation as the executor stored it before sending; None: refused as forged.
+
+    ``asked`` gets what the executor recorded of a question for a human
+    (keys.action_held_value), for the pending action to be checked against.
 
     A result is stored under the action's id before its observation goes out
     (first writer wins), so the stored one is the action's outcome whatever the
@@ -75,7 +78,7 @@ def _vouched(rt: Runtime, observation: Observation) -> Observation | None:
         )
     )
     if observation.needs_human is not None:
-        if held != str(observation.needs_human):
+        if held is None or held.split("|")[0] != str(observation.needs_human):
             _refuse_observation(
                 rt,
                 observation,
@@ -83,6 +86,7 @@ def _vouched(rt: Runtime, observation: Observation) -> Observation | None:
                 f"the executor asked no human ({observation.needs_human}) about this action",
             )
             return None
+        asked[:] = [held]
         return observation
     if raw is None:
         _refuse_observation(
@@ -103,7 +107,8 @@ def _vouched(rt: Runtime, observation: Observation) -> Observation | None:
 
 def observe(rt: Runtime, observation: Observation) -> None:
     """Record a tool's outcome; the last outstanding one triggers the next step."""
-    vouched = _vouched(rt, observation)
+    asked: list[str] = []
+    vouched = _vouched(rt, observation, asked)
     if vouched is None:
         return
     observation = vouched
@@ -124,6 +129,14 @@ def observe(rt: Runtime, observation: Observation) -> None:
                 f"it names tool {observation.tool!r}, call {observation.tool_call_id!r}, step "
                 f"{observation.step}; the pending action is {action.tool!r}, call "
                 f"{action.tool_call_id!r}, step {action.step}"
+            )
+            return None
+        if observation.needs_human is not None and asked != [
+            keys.action_held_value(observation.needs_human, action.rerun_approval)
+        ]:
+            mismatch.append(
+                f"the executor asked a human about another attempt ({asked[0]}) than the "
+                f"pending one (re-run approval {action.rerun_approval})"
             )
             return None
         read[:] = [state]
