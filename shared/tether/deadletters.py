@@ -57,19 +57,23 @@ def record(
     message_id: str | None = None,
     *,
     log_run: bool = True,
+    run_id: str | None = None,
 ) -> str | None:
     """Keep a message that will not run again; with ``message_id``, once per message.
 
     Returns the entry's id, or None when that message already has its dead letter.
     ``log_run``: note it in the event log of the run it names (False where that run
-    does not exist: a log of its own would make one up).
+    does not exist: a log of its own would make one up). ``run_id``: the run it
+    belongs to, where its arguments do not name it (a decision names its escalation).
     """
+    run_id = run_id or _run_id(kwargs)
     fields = {
         "task": task,
         "kwargs": json.dumps(kwargs, default=str),
         "reason": reason[:4096],
         "category": str(category),
         "at": utcnow().isoformat(),
+        **({"run_id": run_id} if run_id else {}),
     }
     seen = keys.dead_letter_seen(message_id or uuid.uuid4().hex)
     entry_id = rt.store.client.eval(
@@ -83,7 +87,6 @@ def record(
     )
     if entry_id is None:
         return None
-    run_id = _run_id(kwargs)
     # Counted and reported here, where the letter was written for the first time.
     metrics.DEAD_LETTERS.labels(task, category).inc()
     sentry.report_dead_letter(task, reason, category, run_id)
@@ -124,6 +127,7 @@ def refuse(
         ErrorCategory.policy_denied,
         _message_id(),
         log_run=exists,
+        run_id=run_id,
     )
     if entry_id is None:
         return  # this very message was refused before: a redelivery
@@ -156,7 +160,7 @@ def _parse(entry_id: str, fields: dict[str, str]) -> DeadLetter:
         reason=fields["reason"],
         category=ErrorCategory(fields["category"]),
         at=fields["at"],
-        run_id=_run_id(kwargs),
+        run_id=fields.get("run_id") or _run_id(kwargs),
     )
 
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import cast
 
-from tether import autonomy, keys, metrics, notifications, operators
+from tether import autonomy, deadletters, keys, metrics, notifications, operators
+from tether.celery_app import DECIDE
 from tether.errors import (
     DecisionRefusedError,
     EscalationClosedError,
@@ -245,6 +246,15 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
             reason=refused,
         )
         rt.store.flush()
+        deadletters.refuse(
+            rt,
+            DECIDE,
+            {"decision": decision.model_dump(mode="json")},
+            "bad_signature" if decision.signature else "unsigned",
+            refused,
+            run_id=record.escalation.run_id,
+            step=_step(record.escalation),
+        )
         return None
     if record.decision == decision:
         # Redelivered after the record committed (with its index and log entry):

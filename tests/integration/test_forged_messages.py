@@ -35,6 +35,7 @@ SERVICE_OF = {
     celery_app.EXECUTE: "executor",
     celery_app.OBSERVE: "planner",
     celery_app.RESUME: "planner",
+    celery_app.DECIDE: "escalation",
 }
 
 
@@ -96,7 +97,7 @@ def forged(tmp_path_factory: pytest.TempPathFactory, ledger_dir: Path) -> Iterat
         json.dumps({"operators": [{"name": "alice", "key_sha256": key}]})
     )
     env = {"TETHER_OPERATORS_FILE": str(root / "operators.json"), "LEDGER_DIR": str(ledger_dir)}
-    ports = {"planner": _free_port(), "executor": _free_port()}
+    ports = {"planner": _free_port(), "executor": _free_port(), "escalation": _free_port()}
     stack = DevStack(agent_modules=["tests.agents"], log_dir=root, env=env, metrics_ports=ports)
     with started_stack(stack):
         yield Forged(stack, token, root)
@@ -240,4 +241,24 @@ def test_forged_resumes_release_nothing(forged: Forged) -> None:
     forged.assert_refused(run_id, celery_app.RESUME, "unsigned", before=unsigned)
     state = rt.store.load(run_id)
     assert state.status == "waiting_human" and state.pending_actions == []
+    assert _lines(run_id) == []
+
+
+def test_a_forged_decision_records_nothing(forged: Forged) -> None:
+    """Decision queue: an unsigned approval sent straight to the escalation service, and
+    one signed with a token no operator holds."""
+    rt = forged.rt
+    run_id = client.submit("payer", "pay acme", runtime=rt)
+    record = pending_escalation(rt, run_id)
+    escalation_id = record.escalation.escalation_id
+    unsigned = forged.counted(celery_app.DECIDE, "unsigned")
+    bad_signature = forged.counted(celery_app.DECIDE, "bad_signature")
+    approve = Decision(escalation_id=escalation_id, verdict=Verdict.approve, by="alice")
+    rt.send_decision(approve, run_id=run_id)
+    stranger, _ = operators.new_token()
+    rt.send_decision(operators.sign(approve, stranger), run_id=run_id)
+    forged.assert_refused(run_id, celery_app.DECIDE, "unsigned", before=unsigned)
+    forged.assert_refused(run_id, celery_app.DECIDE, "bad_signature", before=bad_signature)
+    assert escalations.load(rt, escalation_id)[0].status == "pending"
+    assert rt.store.load(run_id).status == "waiting_human"
     assert _lines(run_id) == []
