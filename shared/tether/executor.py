@@ -47,7 +47,14 @@ from tether.errors import (
 )
 from tether.evaluation import shadow
 from tether.leases import Lease
-from tether.messages import ErrorCategory, EscalationKind, Observation, ToolAction, Verdict
+from tether.messages import (
+    ErrorCategory,
+    EscalationKind,
+    Observation,
+    ToolAction,
+    Verdict,
+    canonical,
+)
 from tether.runtime import Runtime
 from tether.state import RunStatus
 from tether.telemetry import log
@@ -79,15 +86,14 @@ def execute(rt: Runtime, action: ToolAction) -> None:
     if refused is not None:
         if acquired:
             lease.release(rt.store.batch)
-        if refused[0] == "not_pending" and _asked_human(rt, action):
-            # A late redelivery of the attempt that asked a human (it died before its
-            # ack): the action waits for that human, and the genuine message is no forgery.
+        late = _late_attempt(rt, action, refused[0], pending)
+        if late is not None:
             rt.store.log(
                 action.run_id,
                 "action_skipped",
                 action.step,
                 action_id=action.action_id,
-                reason="it waits for a human's decision",
+                reason=late,
             )
             return
         _refuse(rt, action, *refused)
@@ -154,15 +160,18 @@ def _perform(
     try:
         tool = agent.tool(action.tool)
     except InvalidToolCallError:
-        # The planner never publishes one (a model's call to an undeclared tool goes
-        # back to the model), so the executor enforces the agent's allowlist as well.
-        _refuse(
+        # The committed state holds this action pending (_distrust checked it), so the
+        # agent declared the tool when its step was planned: a deploy took it away since
+        # (deploy skew, not forgery). Not run; the model hears why, as for a removed agent.
+        return _report(
             rt,
             action,
-            "undeclared_tool",
-            f"agent {action.agent!r} does not declare tool {action.tool!r}",
+            ok=False,
+            category=ErrorCategory.tool_permanent,
+            error=f"agent {action.agent!r} no longer declares tool {action.tool!r} on this "
+            "worker (it was redeployed while the call was pending), so the call was not run; "
+            "redeploy the agent with the tool, or go on without it",
         )
-        return None
     if shadow.held_back(agent, tool):
         # The one gate before a tool runs: a shadow's call is simulated or not run at all.
         return _report(rt, action, **shadow.simulate(rt, action, tool))
@@ -203,9 +212,8 @@ def _distrust(
             f"action {action.action_id} ({action.tool!r}) is not pending in run "
             f"{action.run_id}'s committed state",
         )
-    sent, held = _canonical(action), _canonical(pending)
-    if sent != held:
-        differ = sorted(k for k in sent.keys() | held.keys() if sent.get(k) != held.get(k))
+    differ = _differing(action, pending)
+    if differ:
         return (
             "differs_from_pending",
             f"action {action.action_id} ({action.tool!r}) differs from the one pending in "
@@ -219,12 +227,32 @@ def _asked_human(rt: Runtime, action: ToolAction) -> bool:
     return bool(rt.store.client.exists(keys.action_held(action.action_id)))
 
 
-def _canonical(action: ToolAction) -> dict[str, str]:
-    """Each field of ``action`` as canonical JSON, to compare what was sent with what is held."""
-    return {
-        field: json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-        for field, value in action.model_dump(mode="json").items()
-    }
+def _differing(sent: ToolAction, held: ToolAction) -> list[str]:
+    """The fields in which ``sent`` differs from ``held``, sorted."""
+    mine, theirs = canonical(sent), canonical(held)
+    return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+
+
+def _late_attempt(
+    rt: Runtime, action: ToolAction, reason: str, pending: ToolAction | None
+) -> str | None:
+    """Why ``action``, refused for ``reason``, is a genuine late message of an attempt
+    that asked a human (keys.action_held; its worker died before the ack), to be skipped
+    rather than refused as forged; None: it is refused."""
+    if reason == "not_pending" and _asked_human(rt, action):
+        return "it waits for a human's decision"
+    if (
+        reason == "differs_from_pending"
+        and pending is not None
+        and _differing(action, pending) == ["rerun_approval"]
+        and _asked_human(rt, action)
+    ):
+        # The human approved a re-run since: it is pending under its own approval.
+        return (
+            f"an earlier attempt (re-run approval {action.rerun_approval}); the re-run "
+            f"approved in {pending.rerun_approval} is pending instead"
+        )
+    return None
 
 
 def _rerun_refusal(rt: Runtime, action: ToolAction, escalation_id: str) -> str | None:

@@ -6,6 +6,7 @@ not understand instead of misreading it.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -22,6 +23,15 @@ def utcnow() -> datetime:
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: Literal[1] = SCHEMA_VERSION
+
+
+def canonical(message: BaseModel) -> dict[str, str]:
+    """Each field of ``message`` as canonical JSON: what a message claims compares with
+    what a worker trusts field by field, whatever the key order, and names what differs."""
+    return {
+        field: json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        for field, value in message.model_dump(mode="json").items()
+    }
 
 
 class BudgetLimits(BaseModel):

@@ -4,25 +4,31 @@ Each test stands for a mutant of the executor or the planner that the
 integration tests would let live (issue 22, item 14): a redelivery after a
 lapsed lease that runs the tool again instead of returning its stored result,
 a tool call or a step counted per delivery or on a lost commit, a redelivered
-decision that sends no resume. The rest pin what a forged message meets when
-it looks almost right: an observation that differs from the stored result, a
-decision that differs from the recorded one, and an action the committed state
-holds pending for a tool its agent no longer declares.
+decision that sends no resume. The rest pin what a message meets when it looks
+almost right: a decision that differs from the recorded one is refused; what is
+genuine but late or skewed is not counted as forged: an observation that differs
+from the stored result (the loser of the first-writer-wins store), an action the
+committed state holds pending for a tool its agent no longer declares (a rolling
+deploy), a copy of an attempt that asked a human arriving after its approved
+re-run was queued, and a decision recorded by an operator removed since.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from tests.unit.test_planner_fencing import queued
-from tether import deadletters, escalations, executor, keys, planner
+from tether import agents, deadletters, escalations, executor, keys, operators, planner
 from tether.agents import Agent, load_agent_modules, register
 from tether.celery_app import EXECUTE, OBSERVE, PLAN_QUEUE, RESUME
-from tether.messages import Decision, EscalationKind, Observation, Verdict
+from tether.config import Settings
+from tether.messages import Decision, ErrorCategory, EscalationKind, Observation, Verdict
 from tether.models import ModelResponse, ScriptedModel, text, tool_call
 from tether.runtime import Runtime
 from tether.state import ChatMessage, RunStatus
@@ -210,43 +216,79 @@ def test_a_resume_unlike_the_recorded_decision_is_refused(runtime: Runtime) -> N
     assert runtime.store.load(run_id).status == RunStatus.rejected
 
 
-def test_an_observation_unlike_the_stored_result_is_refused(runtime: Runtime) -> None:
+def forged_total() -> float:
+    return sum(
+        m.value
+        for family in REGISTRY.collect()
+        if family.name == "tether_forged_messages"
+        for m in family.samples
+        if m.name == "tether_forged_messages_total"
+    )
+
+
+def test_an_observation_unlike_the_stored_result_goes_on_as_the_stored_one(
+    runtime: Runtime,
+) -> None:
+    """The loser of the first-writer-wins store sends its own outcome (save_result hands
+    the caller's observation back when it defers the write): no forgery; the stored
+    result is what the planner records."""
     run_id = start(runtime, "trust_looker", "evt-trust-obs")
     (action,) = runtime.store.load(run_id).pending_actions
     executor.execute(runtime, action)
     (stored,) = sent_observations(runtime)
-    before = sample("tether_forged_messages_total", queue=OBSERVE, reason="differs_from_result")
-    planner.observe(runtime, stored.model_copy(update={"output": "the attacker's result"}))
-    assert runtime.store.load(run_id).status == RunStatus.waiting_tools
-    assert sample("tether_forged_messages_total", queue=OBSERVE, reason="differs_from_result") == (
-        before + 1
-    )
-    (letter,) = [d for d in deadletters.list_dead(runtime) if d.run_id == run_id]
-    assert letter.task == OBSERVE and "differs_from_result" in letter.reason
-    planner.observe(runtime, stored)
+    before = forged_total()
+    loser = stored.model_copy(update={"latency_ms": stored.latency_ms + 7.5, "attempts": 2})
+    planner.observe(runtime, loser)
     done = runtime.store.load(run_id)
     assert done.status == RunStatus.succeeded
-    assert [o.output for o in done.completed_actions] == ["found k"]
+    assert done.completed_actions == [stored]
+    assert forged_total() == before
+    assert [d for d in deadletters.list_dead(runtime) if d.run_id == run_id] == []
 
 
-def test_a_pending_action_for_an_undeclared_tool_is_refused(runtime: Runtime) -> None:
-    """The committed state holds it (an agent redeployed without the tool): still not run."""
-    run_id = start(runtime, "trust_looker", "evt-trust-undeclared")
+def test_an_observation_with_nothing_stored_is_refused(runtime: Runtime) -> None:
+    run_id = start(runtime, "trust_looker", "evt-trust-obs-none")
     (action,) = runtime.store.load(run_id).pending_actions
-    swapped = action.model_copy(update={"tool": "trust_transfer", "idempotent": False})
-    assert runtime.store.update(
-        run_id, lambda s: s.model_copy(update={"pending_actions": [swapped]})
+    before = sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor")
+    lie = Observation(
+        action_id=action.action_id,
+        run_id=run_id,
+        step=action.step,
+        tool=action.tool,
+        tool_call_id=action.tool_call_id,
+        ok=True,
+        output="the attacker's result",
     )
-    before = sample("tether_forged_messages_total", queue=EXECUTE, reason="undeclared_tool")
-    executor.execute(runtime, swapped)
-    assert ran == []
-    assert sent_observations(runtime) == []
-    assert sample("tether_forged_messages_total", queue=EXECUTE, reason="undeclared_tool") == (
+    planner.observe(runtime, lie)
+    assert runtime.store.load(run_id).status == RunStatus.waiting_tools
+    assert sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor") == (
         before + 1
     )
-    (event,) = [e for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"]
-    assert event.data["reason"] == "undeclared_tool"
-    assert "'trust_transfer'" in str(event.data["detail"])
+
+
+def test_a_pending_action_for_a_tool_no_longer_declared_is_deploy_skew(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committed state holds the action, planned while the agent declared the tool; a
+    rolling deploy took the tool away since: not run, and the model hears why (as for a
+    removed agent), rather than a forged-message refusal."""
+    run_id = start(runtime, "trust_looker", "evt-trust-undeclared")
+    (action,) = runtime.store.load(run_id).pending_actions
+    looker = AGENTS[1]
+    redeployed = Agent(name=looker.name, instructions=looker.instructions, model=looker.model)
+    monkeypatch.setitem(agents._loaded, "trust_looker", redeployed)
+    before = forged_total()
+    executor.execute(runtime, action)
+    assert ran == []
+    assert forged_total() == before
+    assert not any(e.kind == "forged_message_refused" for _, e in runtime.store.trace(run_id))
+    (observation,) = sent_observations(runtime)
+    assert not observation.ok
+    assert observation.error_category == ErrorCategory.tool_permanent
+    assert "no longer declares tool 'trust_lookup'" in (observation.error or "")
+    assert "redeploy" in (observation.error or "")
+    planner.observe(runtime, observation)  # the model goes on without it
+    assert runtime.store.load(run_id).status == RunStatus.succeeded
 
 
 def test_a_late_redelivery_of_an_action_a_human_was_asked_about_is_no_forgery(
@@ -311,3 +353,73 @@ def test_a_question_about_one_attempt_vouches_for_no_other(runtime: Runtime) -> 
     assert result.ok
     planner.observe(runtime, result)
     assert runtime.store.load(run_id).status == RunStatus.succeeded
+
+
+def test_a_copy_of_the_attempt_that_asked_arriving_after_its_rerun_is_no_forgery(
+    runtime: Runtime,
+) -> None:
+    """The first attempt asked a human, whose approval queued the re-run; then a copy of the
+    first attempt (its worker died before the ack) comes back: skipped and logged."""
+    run_id = start(runtime, "trust_transferer", "evt-trust-late-copy")
+    (action,) = runtime.store.load(run_id).pending_actions
+    runtime.store.client.set(keys.action_inflight(action.action_id), "1")
+    executor.execute(runtime, action)
+    (asked,) = sent_observations(runtime)
+    planner.observe(runtime, asked)
+    (wait,) = runtime.store.load(run_id).awaiting_human
+    escalation = wait.escalation(run_id, "trust_transferer")
+    escalations.open_escalation(runtime, escalation)
+    approve = Decision(escalation_id=wait.escalation_id, verdict=Verdict.approve, by="ops")
+    assert escalations.decide(runtime, approve) is not None
+    planner.resume(runtime, escalation, approve)
+    (rerun,) = runtime.store.load(run_id).pending_actions
+    runtime.store.client.delete(PLAN_QUEUE, keys.action_lock(action.action_id))
+    before = forged_total()
+    executor.execute(runtime, action)  # the first attempt's copy: rerun_approval None
+    assert ran == []
+    assert forged_total() == before
+    assert [d for d in deadletters.list_dead(runtime) if d.run_id == run_id] == []
+    skipped = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "action_skipped"]
+    assert skipped and wait.escalation_id in str(skipped[-1]["reason"])
+    assert sent_observations(runtime) == []
+    # The approved re-run still runs, once.
+    executor.execute(runtime, rerun)
+    assert ran == [action.action_id]
+    (result,) = sent_observations(runtime)
+    planner.observe(runtime, result)
+    assert runtime.store.load(run_id).status == RunStatus.succeeded
+
+
+@pytest.mark.parametrize("later", ["alice_removed", "no_file"])
+def test_a_decision_by_an_operator_removed_since_still_resumes(
+    redis_url: str, tmp_path: Path, later: str
+) -> None:
+    """The escalation service checked alice's signature when it recorded her decision; the
+    planner trusts the record, whatever the operators file says now (or where it is absent:
+    it is mounted only in the escalation service)."""
+    token, key = operators.new_token()
+    path = tmp_path / "operators.json"
+    path.write_text(json.dumps({"operators": [{"name": "alice", "key_sha256": key}]}))
+    deciding = Runtime(Settings(redis_url=redis_url, operators_file=str(path)))
+    run_id = start(deciding, "payer", f"evt-trust-removed-{later}")
+    (wait,) = deciding.store.load(run_id).awaiting_human
+    escalation = wait.escalation(run_id, "payer")
+    escalations.open_escalation(deciding, escalation)
+    approve = operators.sign(
+        Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="alice"),
+        token,
+    )
+    record = escalations.decide(deciding, approve)
+    assert record is not None and record.status == "decided"
+    if later == "alice_removed":
+        _, bob = operators.new_token()
+        path.write_text(json.dumps({"operators": [{"name": "bob", "key_sha256": bob}]}))
+    else:
+        path.unlink()
+    planning = Runtime(Settings(redis_url=redis_url, operators_file=str(path)))
+    before = forged_total()
+    planner.resume(planning, escalation, approve)
+    state = planning.store.load(run_id)
+    assert state.status == RunStatus.waiting_tools
+    assert [a.action_id for a in state.pending_actions] == [wait.action.action_id]  # type: ignore[union-attr]
+    assert forged_total() == before

@@ -3,8 +3,12 @@
 Neither is taken on its word (invariant 7). An observation counts only as
 what the executor stored for a pending action before sending it (its result,
 or for a question to a human, the kind it asked); a decision only as what
-the escalation service recorded as decided, signed where operators are
-configured. Anything else is refused (tether.deadletters.refuse).
+the escalation service recorded as decided. The record is trusted as it stands:
+only the escalation service (which checked the operator's signature before
+recording), the planner and the operator's ACL user can write it, so the
+operators file is not read here again (it need not be mounted in the planner,
+and an operator removed after deciding leaves the decision standing). Anything
+else is refused (tether.deadletters.refuse).
 """
 
 from __future__ import annotations
@@ -12,13 +16,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel
-
-from tether import autonomy, celery_app, deadletters, escalations, keys, operators
+from tether import autonomy, celery_app, deadletters, escalations, keys
 from tether.agents import get_agent
 from tether.budgets import GuardedReservation
 from tether.errors import UnknownEscalationError
-from tether.evaluation.shadow import auto_decision
 from tether.messages import (
     Decision,
     ErrorCategory,
@@ -27,6 +28,7 @@ from tether.messages import (
     Observation,
     RunEvent,
     Verdict,
+    canonical,
 )
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
@@ -41,10 +43,6 @@ def _status(state: RunState, **update: Any) -> RunStatus:
     if waits:
         return RunStatus.waiting_human
     return RunStatus.waiting_tools if pending else RunStatus.running
-
-
-def _canonical(message: BaseModel) -> str:
-    return json.dumps(message.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
 def _refuse_observation(rt: Runtime, observation: Observation, reason: str, detail: str) -> None:
@@ -68,7 +66,9 @@ def _vouched(rt: Runtime, observation: Observation, asked: list[str]) -> Observa
 
     A result is stored under the action's id before its observation goes out
     (first writer wins), so the stored one is the action's outcome whatever the
-    message says; a question for a human leaves the kind it asks (keys.action_held).
+    message says: one that differs is most often a loser of that race (a worker
+    whose lease lapsed sends its own outcome), so the stored one goes on in its
+    place. A question for a human leaves the kind it asks (keys.action_held).
     """
     # One round trip; two GETs rather than one MGET, which the planner's ACL user lacks.
     raw, held = rt.store.batch.run(
@@ -93,16 +93,7 @@ def _vouched(rt: Runtime, observation: Observation, asked: list[str]) -> Observa
             rt, observation, "not_from_executor", "the executor stored no result for this action"
         )
         return None
-    stored = Observation.model_validate_json(raw)
-    if _canonical(stored) != _canonical(observation):
-        _refuse_observation(
-            rt,
-            observation,
-            "differs_from_result",
-            "it differs from the result the executor stored for this action",
-        )
-        return None
-    return stored
+    return Observation.model_validate_json(raw)
 
 
 def observe(rt: Runtime, observation: Observation) -> None:
@@ -226,8 +217,9 @@ def observe(rt: Runtime, observation: Observation) -> None:
 
 
 def _recorded(rt: Runtime, escalation: Escalation, decision: Decision) -> Escalation | None:
-    """The escalation as recorded, where its record holds ``decision`` as decided (and
-    signed, with operators configured); None: the resume was refused as forged."""
+    """The escalation as recorded, where its record holds ``decision`` as decided;
+    None: the resume was refused as forged. The record's signature was checked by the
+    escalation service when it recorded the decision (see the module's docstring)."""
     why: tuple[str, str] | None = None
     record = None
     try:
@@ -237,15 +229,8 @@ def _recorded(rt: Runtime, escalation: Escalation, decision: Decision) -> Escala
     if record is not None:
         if record.status != "decided" or record.decision is None:
             why = "not_decided", f"the escalation is {record.status}, not decided"
-        elif _canonical(record.decision) != _canonical(decision):
+        elif canonical(record.decision) != canonical(decision):
             why = "differs_from_record", "it is not the decision recorded for the escalation"
-        elif (
-            rt.settings.operators_file
-            and auto_decision(record.escalation) is None
-            and (unsigned := operators.refusal(rt.settings, record.decision)) is not None
-        ):
-            # A shadow's escalations are decided by the escalation service itself.
-            why = "unsigned", f"the recorded decision is not a configured operator's: {unsigned}"
     if why is not None or record is None:
         reason, detail = why or ("unknown_escalation", "no such escalation is recorded")
         deadletters.refuse(
@@ -327,11 +312,12 @@ def resume(rt: Runtime, escalation: Escalation, decision: Decision) -> None:
         if wait.kind == EscalationKind.repeated_failure:
             update["invalid_calls"] = 0
         if decision.verdict == Verdict.extend and wait.budget is not None:
-            # budgets.lua already raised the limit (tether.escalations.extend_budget).
+            # The decision's commit raised the budget hash by the same function
+            # (tether.escalations.extension_writes): the state says what it says.
+            from tether.budgets import raised_limit
+
             field = f"max_{wait.budget.limit}"
-            raised = wait.budget.max + (decision.extend_by or 0)
-            integral = field in ("max_steps", "max_tool_calls", "max_tokens")
-            value = int(raised) if integral else raised
+            value = raised_limit(wait.budget.limit, wait.budget.max, decision.extend_by or 0)
             update["limits"] = state.limits.model_copy(update={field: value})
         if decision.verdict == Verdict.approve and wait.action is not None:
             rerun = wait.escalation_id if wait.kind == EscalationKind.unsafe_retry else None
