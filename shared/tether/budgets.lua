@@ -15,11 +15,12 @@
 -- Returns {1, 'ok'} | {1, 'duplicate'} | {0, reason, limit}: limit names what refused
 -- (steps, tool_calls, tokens, cost_usd, wall_s; '' when no budget is open);
 -- {-1, 'skipped'} when a guarded reservation's commit did not win (nothing is spent).
--- 'extend' (a human raising a limit): ARGV[2] the escalation id, ARGV[3] the limit
+-- 'extend' (may a human raise a limit?): ARGV[2] the escalation id, ARGV[3] the limit
 -- (steps, tool_calls, tokens, cost_usd, wall_s), ARGV[4] the amount, ARGV[5] the ceiling
 -- ('' for none), ARGV[6] who extends (Decision.extension_id). One extension per escalation:
 -- the same extender again gets {1, 'duplicate', limit}, anyone else {0, reason, limit}.
--- ARGV[7] 'dry': the same answer, nothing spent (a client's check before it sends).
+-- It only answers: the raise is written by the escalation record's commit
+-- (tether.budgets.Budgets.extension_writes), so a decision that loses raises nothing.
 local op, rid = ARGV[1], ARGV[2]
 
 if op == 'extend' then
@@ -43,9 +44,6 @@ if op == 'extend' then
   if raised > tonumber(ceiling) then
     return {0, string.format('max_%s=%s + %s = %s would pass the ceiling %s; extend by at most %s',
       field, current, ARGV[4], tostring(raised), ceiling, tostring(tonumber(ceiling) - tonumber(current))), field}
-  end
-  if ARGV[7] ~= 'dry' then
-    redis.call('HSET', KEYS[1], 'max_' .. field, tostring(raised), 'extended:' .. rid, who)
   end
   return {1, 'ok', field}
 end

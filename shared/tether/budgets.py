@@ -216,37 +216,6 @@ class Budgets:
             cost_usd=cost_usd,
         )
 
-    def extend(
-        self,
-        run_id: str,
-        escalation_id: str,
-        *,
-        limit: str,
-        by: float,
-        ceiling: float | None,
-        extender: str,
-        check: bool = False,
-    ) -> Reservation:
-        """Raise one limit by ``by``, at most to ``ceiling``, once per escalation.
-
-        Atomic in budgets.lua: two operators (or a redelivered decision) extending the
-        same escalation spend one extension; the same ``extender`` again gets 'duplicate'.
-        ``check``: what the answer would be, spending nothing.
-        """
-        args = [
-            keys.budget(run_id),
-            keys.reservations(run_id),
-            "extend",
-            escalation_id,
-            limit,
-            repr(float(by)) if limit == "cost_usd" or not float(by).is_integer() else int(by),
-            "" if ceiling is None else repr(ceiling),
-            extender,
-            "dry" if check else "spend",
-        ]
-        (reply,) = self._batch.run(lambda pipe: _SCRIPT.add(pipe, 2, *args))
-        return self.reservation(reply)
-
     def extension_writes(
         self,
         run_id: str,
@@ -259,8 +228,9 @@ class Budgets:
     ) -> tuple[Reservation, list[SideWrite]]:
         """An extension as writes for the escalation record's commit, and whether it may go.
 
-        budgets.lua answers as for ``extend`` (ceiling, one extension per escalation)
-        without spending; the raise is then written by the record's compare-and-set,
+        budgets.lua answers whether it may go (within the ceiling, one extension per
+        escalation: the same ``extender`` again gets 'duplicate'), spending nothing; the
+        raise is then written by the record's compare-and-set,
         so a decision that loses its commit raises nothing. Nothing else moves a
         run's limit while it waits on this escalation (one budget wait at a time),
         so the value read here is the value the commit raises.
@@ -274,7 +244,6 @@ class Budgets:
             repr(float(by)) if limit == "cost_usd" or not float(by).is_integer() else int(by),
             "" if ceiling is None else repr(ceiling),
             extender,
-            "dry",
         ]
         field = f"max_{limit}"
 
@@ -286,9 +255,7 @@ class Budgets:
         verdict = self.reservation(reply)
         if not verdict.granted or verdict.reason == "duplicate" or current in (None, ""):
             return verdict, []
-        raised = float(current) + float(by)
-        integral = limit in ("steps", "tool_calls", "tokens")
-        value = str(int(raised)) if integral and raised.is_integer() else repr(raised)
+        value = str(raised_limit(limit, float(current), by))
         writes = [
             SideWrite(
                 "HSET", keys.budget(run_id), (field, value, f"extended:{escalation_id}", extender)
@@ -315,6 +282,15 @@ class Budgets:
             cost_usd=float(raw.get("cost_usd", 0.0)),
             wall_s=max(0.0, until - started - waited),
         )
+
+
+def raised_limit(limit: str, current: float, by: float) -> int | float:
+    """``current`` raised by ``by``, as BudgetLimits holds it: the counted limits (steps,
+    tool_calls, tokens) whole. The one place a raise is computed: the budget hash
+    (Budgets.extension_writes) and the run's state (tether.planner.inbox) must agree.
+    """
+    raised = float(current) + float(by)
+    return int(raised) if limit in ("steps", "tool_calls", "tokens") else raised
 
 
 def human_clock(

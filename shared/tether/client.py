@@ -164,7 +164,7 @@ def decide(
         decision = operators.sign(decision, token)
     escalations.check_decision(record, decision)
     if verdict == Verdict.extend:
-        escalations.extend_budget(rt, record, decision, check=True)
+        escalations.check_extension(rt, record, decision)
     # A decision names only its escalation: its run's trace comes from the record.
     rt.send_decision(decision, run_id=record.escalation.run_id)
     return decision

@@ -74,9 +74,10 @@ def closed_why(record: EscalationRecord) -> str:
     if record.status == "expired":
         e = record.escalation
         waited = (record.expires_at - e.created_at).total_seconds() if record.expires_at else 0
+        # True both before and after the sweep's second commit ends the run.
         return (
             f"no one decided it within {waited:.0f}s of {e.created_at.isoformat()}, so it "
-            f"expired and run {e.run_id} ended rejected (escalation_expired); resubmit the "
+            f"expired; its run {e.run_id} ends rejected (escalation_expired): resubmit the "
             "task with a new event id to try again, and decide sooner or raise the agent's "
             "escalation_expiry_s"
         )
@@ -195,31 +196,15 @@ def extension_writes(rt: Runtime, record: EscalationRecord, decision: Decision) 
     return writes
 
 
-def extend_budget(
-    rt: Runtime, record: EscalationRecord, decision: Decision, *, check: bool = False
-) -> None:
-    """Spend a budget extension in budgets.lua, once per escalation and within its ceiling
-    (``check``: only say whether it would be spent; a decision's own extension is
-    written with its record, ``extension_writes``).
+def check_extension(rt: Runtime, record: EscalationRecord, decision: Decision) -> None:
+    """Say whether a decision's budget extension would be granted, spending nothing: a
+    client's check before it sends (the raise is written with the record's commit,
+    ``extension_writes``).
 
     Raises DecisionRefusedError past the ceiling, or when someone else extended it first;
-    the same decision again (a redelivery, a retried command) is harmless.
+    the same decision again (a redelivery, a retried command) passes.
     """
-    budget = record.escalation.budget
-    assert budget is not None and decision.extend_by is not None  # check_decision made sure
-    granted = rt.store.budgets.extend(
-        record.escalation.run_id,
-        decision.escalation_id,
-        limit=budget.limit,
-        by=decision.extend_by,
-        ceiling=budget.ceiling,
-        extender=decision.extension_id(),
-        check=check,
-    )
-    if not granted.granted:
-        raise DecisionRefusedError(
-            f"extension of {budget.limit} on {decision.escalation_id!r} refused: {granted.reason}"
-        )
+    extension_writes(rt, record, decision)
 
 
 def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> EscalationRecord | None:
@@ -232,20 +217,15 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
     record, version = load(rt, decision.escalation_id)
     refused = None if trusted else operators.refusal(rt.settings, decision)
     if refused is not None:
-        log.warning("decision_refused", escalation_id=decision.escalation_id, reason=refused)
-        rt.store.log(
-            record.escalation.run_id,
-            "decision_refused",
-            _step(record.escalation),
-            escalation_id=decision.escalation_id,
-            verdict=decision.verdict,
-            by=decision.by,
+        _log_refusal(
+            rt,
+            record,
+            decision,
+            refused,
             operator=decision.operator,
             client_host=decision.client_host,
             client_pid=decision.client_pid,
-            reason=refused,
         )
-        rt.store.flush()
         deadletters.refuse(
             rt,
             DECIDE,
@@ -268,20 +248,10 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
             extension_writes(rt, record, decision) if decision.verdict == Verdict.extend else []
         )
     except (EscalationClosedError, DecisionRefusedError) as exc:
-        log.warning("decision_refused", escalation_id=decision.escalation_id, reason=str(exc))
-        if isinstance(exc, EscalationClosedError) and record.status in ("closed", "expired"):
-            # A late decision is no silent one: the run's log says it came, and why it
-            # changed nothing.
-            rt.store.log(
-                record.escalation.run_id,
-                "decision_refused",
-                _step(record.escalation),
-                escalation_id=decision.escalation_id,
-                verdict=decision.verdict,
-                by=decision.by,
-                reason=str(exc),
-            )
-            rt.store.flush()
+        # A late decision is no silent one: the run's log says it came, and why it
+        # changed nothing.
+        late = isinstance(exc, EscalationClosedError) and record.status in ("closed", "expired")
+        _log_refusal(rt, record, decision, str(exc), in_run=late)
         return None
     decided = record.model_copy(update={"status": "decided", "decision": decision})
     key = keys.escalation(decision.escalation_id)
@@ -336,6 +306,32 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
         return None
     rt.send_resume(record.escalation, decision)
     return decided
+
+
+def _log_refusal(
+    rt: Runtime,
+    record: EscalationRecord,
+    decision: Decision,
+    reason: str,
+    *,
+    in_run: bool = True,
+    **details: object,
+) -> None:
+    """Log a refused decision, and (``in_run``) write it to its run's log with why."""
+    log.warning("decision_refused", escalation_id=decision.escalation_id, reason=reason)
+    if not in_run:
+        return
+    rt.store.log(
+        record.escalation.run_id,
+        "decision_refused",
+        _step(record.escalation),
+        escalation_id=decision.escalation_id,
+        verdict=decision.verdict,
+        by=decision.by,
+        **details,
+        reason=reason,
+    )
+    rt.store.flush()
 
 
 def _limit(record: EscalationRecord) -> str | None:

@@ -244,7 +244,11 @@ class RunStore:
         return run_status, stored, pending, others
 
     def commit(self, state: RunState) -> RunState:
-        """Write ``state`` over the version it was loaded at; StaleStateError if it lost."""
+        """Write ``state`` over the version it was loaded at; StaleStateError if it lost.
+
+        As given: no human_clock, no log entries, no side writes. The runtime's commits
+        go through ``update``; this is for tests that set a state up (and race it).
+        """
         committed, _ = self._commit(state)
         if committed is None:
             raise StaleStateError(

@@ -10,9 +10,10 @@ import pytest
 import redis
 
 from tether import keys
-from tether.budgets import Budgets, Reservation
+from tether.budgets import Budgets, Reservation, raised_limit
 from tether.messages import BudgetLimits
 from tether.store import connect
+from tether.versioned import SideWrite
 
 
 @pytest.fixture
@@ -307,3 +308,57 @@ def test_concurrent_redeliveries_of_the_same_ids_charge_once(
     assert sum(r.reason == "ok" for r in results) == PER_THREAD
     assert sum(r.reason == "duplicate" for r in results) == (THREADS - 1) * PER_THREAD
     assert budgets.usage("run_dup").steps == PER_THREAD
+
+
+# Extensions: budgets.lua only answers; the raise rides with the decision's commit --------
+
+
+def _apply(client: redis.Redis, writes: list[SideWrite]) -> None:
+    for w in writes:  # as the escalation record's commit would write them
+        client.execute_command(w.command, w.key, *w.args)
+
+
+def test_an_extension_is_answered_without_spending_and_written_once(
+    budgets: Budgets, client: redis.Redis
+) -> None:
+    budgets.open("run_x", BudgetLimits(max_steps=2, max_cost_usd=1.0))
+    got, writes = budgets.extension_writes(
+        "run_x", "esc_x", limit="steps", by=2, ceiling=5, extender="carol|steps|2"
+    )
+    assert got.granted and got.reason == "ok"
+    assert budgets.limit("run_x", "steps") == 2  # nothing spent until the commit writes it
+    assert writes == [
+        SideWrite(
+            "HSET", keys.budget("run_x"), ("max_steps", "4", "extended:esc_x", "carol|steps|2")
+        )
+    ]
+    _apply(client, writes)
+    assert budgets.limit("run_x", "steps") == 4
+
+    again, none = budgets.extension_writes(
+        "run_x", "esc_x", limit="steps", by=2, ceiling=5, extender="carol|steps|2"
+    )
+    assert (again.granted, again.reason, none) == (True, "duplicate", [])
+    other, none = budgets.extension_writes(
+        "run_x", "esc_x", limit="steps", by=1, ceiling=5, extender="dan|steps|1"
+    )
+    assert not other.granted and "already extended" in other.reason and none == []
+
+    past, none = budgets.extension_writes(
+        "run_x", "esc_y", limit="steps", by=2, ceiling=5, extender="carol|steps|2"
+    )
+    assert not past.granted and "ceiling" in past.reason and none == []
+
+    cost, writes = budgets.extension_writes(
+        "run_x", "esc_z", limit="cost_usd", by=0.5, ceiling=2.0, extender="carol|cost_usd|0.5"
+    )
+    assert cost.granted
+    _apply(client, writes)
+    assert budgets.limit("run_x", "cost_usd") == 1.5
+
+
+def test_a_raised_limit_is_whole_for_counted_limits() -> None:
+    assert raised_limit("steps", 2, 2) == 4 and isinstance(raised_limit("steps", 2, 2), int)
+    assert raised_limit("tokens", 1000, 2.5) == 1002
+    assert raised_limit("cost_usd", 1.0, 0.5) == 1.5
+    assert raised_limit("wall_s", 300, 60) == 360.0

@@ -18,7 +18,7 @@ from tether import escalations, keys, notifications, planner
 from tether.agents import load_agent_modules
 from tether.budgets import Budgets
 from tether.config import Settings
-from tether.errors import EscalationClosedError
+from tether.errors import EscalationClosedError, StaleStateError
 from tether.messages import (
     BudgetLimits,
     BudgetRequest,
@@ -28,6 +28,7 @@ from tether.messages import (
     Verdict,
     utcnow,
 )
+from tether.planner import lifecycle, reconcile
 from tether.planner.reconcile import expire_escalations
 from tether.runtime import Runtime
 from tether.state import EscalationRecord, RunStatus
@@ -187,7 +188,8 @@ def test_an_escalation_expires_by_its_agents_expiry_and_ends_its_run(runtime: Ru
 
     # A decision that comes now is refused, with why, and the run's log says it came.
     late = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
-    with pytest.raises(EscalationClosedError, match="escalation_expired"):
+    # True whether or not the sweep's second commit has ended the run yet.
+    with pytest.raises(EscalationClosedError, match=r"ends rejected \(escalation_expired\)"):
         escalations.check_decision(expired, late)
     assert escalations.decide(runtime, late) is None
     refused = [e for _, e in runtime.store.trace(run_id) if e.kind == "decision_refused"]
@@ -275,3 +277,52 @@ def test_a_decision_whose_run_ends_before_it_is_recorded_is_reported_not_approve
     )
     assert result.exit_code == 3 and "not recorded" in result.output
     assert runtime.store.load(waiting).status == RunStatus.waiting_human
+
+
+def test_one_expiry_that_fails_holds_back_no_other(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 8: an entry whose run is gone, or whose run's commit keeps failing, is
+    logged and passed over; the escalations behind it expire in the same sweep."""
+    gone_run, gone = _waiting_run(runtime, "evt-h7")
+    failing_run, failing = _waiting_run(runtime, "evt-h8")
+    run_id, escalation = _waiting_run(runtime, "evt-h9")
+    # Due first, in this order: the sweep meets both failures before the healthy one.
+    for i, e in enumerate((gone, failing, escalation)):
+        runtime.store.client.zadd(keys.EXPIRING_ESCALATIONS, {e.escalation_id: i})
+    # Forgotten, or its data expired; a sweeper in another process never saw it.
+    runtime.store.client.delete(
+        keys.run(gone_run), keys.run_messages(gone_run), keys.run_completed(gone_run)
+    )
+    runtime.store._known.pop(gone_run, None)
+    finish = lifecycle.finish
+
+    def finish_failing_for_one(rt: Runtime, run: str, *args: Any, **kw: Any) -> Any:
+        if run == failing_run:
+            raise StaleStateError(f"run {run} kept changing under 20 update attempts")
+        return finish(rt, run, *args, **kw)
+
+    monkeypatch.setattr(reconcile, "finish", finish_failing_for_one)
+    assert expire_escalations(runtime, now=time.time() + 3) == [escalation.escalation_id]
+    assert runtime.store.load(run_id).status == RunStatus.rejected
+    # The run that is gone leaves the index; the failing one is tried again later.
+    assert runtime.store.client.zscore(keys.EXPIRING_ESCALATIONS, gone.escalation_id) is None
+    retry_at = runtime.store.client.zscore(keys.EXPIRING_ESCALATIONS, failing.escalation_id)
+    assert retry_at is not None and retry_at > time.time() + 3
+    assert runtime.store.load(failing_run).status == RunStatus.waiting_human
+
+    monkeypatch.undo()
+    assert expire_escalations(runtime, now=retry_at) == [failing.escalation_id]
+    assert runtime.store.load(failing_run).status == RunStatus.rejected
+
+
+def test_forgetting_a_run_removes_its_escalations_from_the_expiring_index(
+    runtime: Runtime,
+) -> None:
+    from tether.memory.forget import Forgotten, purge_runs
+
+    run_id, escalation = _waiting_run(runtime, "evt-h10")
+    report = Forgotten()
+    purge_runs(runtime, [run_id], report)
+    assert f"{keys.ALL_ESCALATIONS} {escalation.escalation_id}" in report.index_entries
+    assert runtime.store.client.zscore(keys.EXPIRING_ESCALATIONS, escalation.escalation_id) is None

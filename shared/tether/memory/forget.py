@@ -102,6 +102,7 @@ def purge_runs(rt: Runtime, run_ids: list[str], report: Forgotten) -> None:
         if escalations:
             pipe.zrem(keys.ALL_ESCALATIONS, *escalations)
             pipe.zrem(keys.PENDING_ESCALATIONS, *escalations)
+            pipe.zrem(keys.EXPIRING_ESCALATIONS, *escalations)
         pipe.execute()
         report.keys += [k for k, p in zip(run_keys, present, strict=True) if p]
         report.index_entries += [f"{keys.RUN_INDEX} {run_id}"]

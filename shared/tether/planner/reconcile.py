@@ -23,7 +23,7 @@ from typing import cast
 
 from tether import escalations, keys
 from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
-from tether.errors import UnknownEscalationError
+from tether.errors import UnknownEscalationError, UnknownRunError
 from tether.leases import Lease
 from tether.memory import threads
 from tether.messages import ErrorCategory
@@ -35,6 +35,8 @@ from tether.telemetry import log
 
 SWEEP_LIMIT = 1000
 EXPIRE_LIMIT = 100
+# How long an escalation whose expiry failed waits before the sweep tries it again.
+EXPIRY_RETRY_S = 30.0
 
 
 def expire_escalations(
@@ -46,6 +48,8 @@ def expire_escalations(
     that a decision recorded before it wins), then its run ends ``rejected``
     (escalation_expired) if it still waits on it. It leaves the expiring index
     only then, so a sweeper that dies in between leaves the next sweep to finish.
+    One that fails is logged and tried again ``EXPIRY_RETRY_S`` later, behind the
+    others: one failure must not hold back every other expiry (invariant 8).
     """
     moment = time.time() if now is None else now
     at = datetime.fromtimestamp(moment, UTC)
@@ -58,15 +62,37 @@ def expire_escalations(
     expired: list[str] = []
     for escalation_id in due:
         try:
-            record = escalations.expire(rt, escalation_id, at)
-        except UnknownEscalationError:  # expired with its run's data
-            rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
-            continue
-        if record is None:
-            continue  # its record says later than the index: the record holds
-        if record.status == "expired":
-            e = record.escalation
-            waited = (record.expires_at or at) - e.created_at
+            if _expire_one(rt, escalation_id, at):
+                expired.append(escalation_id)
+        except Exception:
+            log.exception("escalation_expiry_failed", escalation_id=escalation_id)
+            try:
+                # Its record's expires_at still says when it expired: the index only
+                # says when to look again.
+                rt.store.client.zadd(
+                    keys.EXPIRING_ESCALATIONS, {escalation_id: moment + EXPIRY_RETRY_S}, xx=True
+                )
+            except Exception:  # Redis away: the next sweep finds it where it was
+                log.exception("escalation_expiry_failed", escalation_id=escalation_id)
+    if expired:
+        log.warning("escalations_expired", count=len(expired))
+    return expired
+
+
+def _expire_one(rt: Runtime, escalation_id: str, at: datetime) -> bool:
+    """Expire one due escalation and end its run; False if it was not expired by this."""
+    try:
+        record = escalations.expire(rt, escalation_id, at)
+    except UnknownEscalationError:  # expired with its run's data
+        rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
+        return False
+    if record is None:
+        return False  # its record says later than the index: the record holds
+    ended = record.status == "expired"
+    if ended:
+        e = record.escalation
+        waited = (record.expires_at or at) - e.created_at
+        try:
             finish(
                 rt,
                 e.run_id,
@@ -83,11 +109,14 @@ def expire_escalations(
                 decision="escalation_expired",
                 awaiting=escalation_id,
             )
-            expired.append(escalation_id)
-        rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
-    if expired:
-        log.warning("escalations_expired", count=len(expired))
-    return expired
+        except UnknownRunError:
+            # Its run is gone (forgotten, or its data expired): nothing is left to end.
+            log.warning(
+                "escalation_expired_without_run", escalation_id=escalation_id, run_id=e.run_id
+            )
+            ended = False
+    rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
+    return ended
 
 
 def sweep(
@@ -223,8 +252,14 @@ class Reconciler:
         while not self.stop.wait(settings.reconcile_interval_s):
             try:
                 held = lease.renew() if held else lease.acquire()
-                if held:
-                    sweep(self.rt)
-                    expire_escalations(self.rt)
             except Exception as exc:  # Redis away: try again next round
                 log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            if not held:
+                continue
+            # Each on its own: a sweep that fails must not hold back the expiries.
+            for part, job in (("sweep", sweep), ("expire_escalations", expire_escalations)):
+                try:
+                    job(self.rt)
+                except Exception as exc:  # Redis away: try again next round
+                    log.warning("reconcile_failed", part=part, error=f"{type(exc).__name__}: {exc}")
