@@ -9,10 +9,14 @@ Here a consumer moves each message (BLMOVE) into a landing list of its own, and
 records it as unacknowledged, in its held set, and off the landing list in one
 script, which records nothing when the message is no longer on the landing list
 (a shutdown's give-back took it first: one message is back on its queue or in a
-worker's hands, never both). Each delivery gets a delivery tag of its own, so a
-consumer's ack, reject or restore acts only on its own delivery: a stalled
-consumer whose message went to another one meanwhile undoes nothing when it
-wakes.
+worker's hands, never both). Each delivery gets a delivery tag of its own, on
+either read (the move or kombu's BRPOP), so a consumer's ack, reject or restore
+acts only on its own delivery: a stalled consumer whose message went to another
+one meanwhile undoes nothing when it wakes.
+
+A landed message that cannot be parsed (not JSON, no ``properties``, a body that
+does not decode) is taken off the landing list and kept, raw, in the dead-letter
+stream: put back, it would be taken again at once and block its queue.
 
 Each consumer keeps a heartbeat key alive; once it lapses, any other worker
 puts the dead consumer's landed and held messages back on their queues
@@ -41,6 +45,7 @@ package pins kombu to ``TESTED_KOMBU``, and a test fails on any other.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -60,6 +65,9 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from tether import held_publish, keys
+from tether.errors import TetherError
+from tether.messages import ErrorCategory, utcnow
+from tether.telemetry import log
 
 # The kombu minor versions whose internals this module was tested against.
 TESTED_KOMBU = ("5.7",)
@@ -84,6 +92,10 @@ RETURN_SCRIPT = _lua("return_landed.lua")
 RECORD_SCRIPT = _lua("record_landed.lua")
 PROTECT_SCRIPT = _lua("protect_held.lua")
 FORGET_SCRIPT = _lua("forget_consumer.lua")
+DEADLETTER_SCRIPT = _lua("deadletter_landed.lua")
+# How much of an unparseable message its dead letter keeps.
+RAW_KEPT_CHARS = 16_384
+UNPARSEABLE_TASK = "(unparseable)"
 
 
 def _script(client: redis.Redis, text: str) -> Any:
@@ -108,6 +120,42 @@ def _clock() -> float:
 
 class GivenBack(Empty):
     """A landed message was put back on its queue before this consumer recorded it."""
+
+
+class MalformedMessageError(TetherError):
+    """A message on a queue is not one kombu can deliver: it can never run."""
+
+    def __init__(self, what: str, payload: Any = None) -> None:
+        super().__init__(
+            f"{what}; it can never run: kept as a dead letter (`tether dead list`), "
+            "find who wrote it to the queue"
+        )
+        self.what = what
+        self.payload = payload
+
+
+class Message(virtual.Message):
+    """kombu's message, with a delivery tag of this delivery's own.
+
+    kombu's tag comes from the message itself, and a message put back keeps it:
+    a stalled consumer's late ack would erase the record of the consumer that took
+    the message after it. Every read (the move, kombu's BRPOP, a basic_get) makes
+    its message here, so every delivery gets a fresh tag.
+    """
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        if not isinstance(properties, dict):
+            raise MalformedMessageError("a message without kombu's properties", payload)
+        delivery = properties.get("delivery_info")
+        if not isinstance(delivery, dict) or not {"exchange", "routing_key"} <= delivery.keys():
+            raise MalformedMessageError("a message without its exchange and routing key", payload)
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+        except (ValueError, TypeError, KeyError) as exc:  # a body that does not decode
+            raise MalformedMessageError(f"a message kombu cannot read ({exc!r})", payload) from exc
+        # In the payload too: it is what kombu records, and restores.
+        self.delivery_tag = properties["delivery_tag"] = uuid.uuid4().hex
 
 
 _stopping = threading.Event()
@@ -146,6 +194,10 @@ def deliveries(headers: dict[str, Any] | None) -> int:
     """How many times a message has been handed to a worker (1 on its first delivery)."""
     value = (headers or {}).get(DELIVERIES_HEADER)
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 1
+
+
+# Set while this thread (greenlet) runs the visibility timeout's scan.
+_visible_scan = threading.local()
 
 
 class QoS(kombu_redis.QoS):
@@ -201,7 +253,24 @@ class QoS(kombu_redis.QoS):
             return
         with self.channel.conn_or_acquire() as client:
             protect_held(client, self.unacked_index_key)
-        super().restore_visible(start, num, interval)
+        _visible_scan.on = True
+        try:
+            super().restore_visible(start, num, interval)
+        finally:
+            _visible_scan.on = False
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        if not getattr(_visible_scan, "on", False):
+            super().restore_by_tag(tag, client, leftmost)
+            return
+        try:
+            super().restore_by_tag(tag, client, leftmost)
+        except redis.exceptions.NoPermissionError:
+            # An orphan of a queue this service's Redis user may not write
+            # (deploy/redis/users.acl): nothing moved (one transaction); a service that
+            # may write it restores it. kombu's scan stops at the first error but a
+            # connection error, so the other orphans would wait for that service too.
+            log.debug("visible_restore_not_permitted", tag=tag)
 
 
 class ReliableChannel(kombu_redis.Channel):
@@ -295,7 +364,12 @@ class ReliableChannel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         source = self._landing_source
         if source is None:
-            return cast(bool, super()._brpop_read(**options))
+            try:
+                return cast(bool, super()._brpop_read(**options))
+            except MalformedMessageError as exc:
+                # BRPOP took it off its queue already: kept here, it blocks nothing.
+                self._dead_letter(None, "/".join(sorted(self.active_queues)), exc)
+                raise Empty() from exc
         try:
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
@@ -312,12 +386,14 @@ class ReliableChannel(kombu_redis.Channel):
                 raise Empty()
             queue = bytes_to_str(source).rsplit(self.sep, 1)[0]
             try:
-                payload = loads(bytes_to_str(item))
-                # A delivery tag of this delivery's own: kombu's comes from the message,
-                # and a message put back keeps it, so a stalled consumer's late ack would
-                # erase the record of the consumer that took the message after it.
-                payload["properties"]["delivery_tag"] = uuid.uuid4().hex
+                try:
+                    payload = loads(bytes_to_str(item))
+                except ValueError as exc:
+                    raise MalformedMessageError(f"a message that is not JSON ({exc})") from exc
                 self.connection._deliver(payload, queue)
+            except MalformedMessageError as exc:
+                self._dead_letter(self.take_landed(), queue, exc)
+                raise Empty() from exc
             except BaseException:
                 self._return_landed(source)
                 raise
@@ -332,6 +408,52 @@ class ReliableChannel(kombu_redis.Channel):
     def take_landed(self) -> bytes | str | None:
         landed, self._landed = self._landed, None
         return landed
+
+    def _dead_letter(
+        self, landed: bytes | str | None, queue: str, error: MalformedMessageError
+    ) -> None:
+        """Keep a message that cannot be parsed as a dead letter, raw.
+
+        ``landed``: the message as it lies on this consumer's landing list, which it
+        leaves in the same step; None where kombu's BRPOP already took it off its queue.
+        """
+        if landed is None:
+            raw = dumps(error.payload)
+        elif isinstance(landed, bytes):
+            raw = landed.decode(errors="replace")
+        else:
+            raw = landed
+        reason = f"unparseable message on {queue}: {error.what}"
+        fields: dict[Any, Any] = {
+            "task": UNPARSEABLE_TASK,
+            "kwargs": json.dumps({"raw": raw[:RAW_KEPT_CHARS]}),
+            "reason": reason[:4096],
+            "category": str(ErrorCategory.internal),  # as service.parse files a malformed one
+            "at": utcnow().isoformat(),
+        }
+        from tether import deadletters, metrics  # they need the app, which loads this module
+
+        if landed is None:
+            with self.conn_or_acquire() as client:
+                entry = client.xadd(
+                    keys.DEAD_STREAM, fields, maxlen=deadletters.MAXLEN, approximate=True
+                )
+        else:
+            assert self.consumer_id is not None  # only a consumer lands messages
+            entry = self.script(DEADLETTER_SCRIPT)(
+                keys=[keys.consumer_landing(self.consumer_id), keys.DEAD_STREAM],
+                args=[landed, deadletters.MAXLEN, *(v for pair in fields.items() for v in pair)],
+            )
+        if entry is None:
+            return  # a give-back or a recovery took it first: whoever takes it next keeps it
+        metrics.DEAD_LETTERS.labels(UNPARSEABLE_TASK, ErrorCategory.internal).inc()
+        log.warning(
+            "unparseable_message_dead_lettered",
+            queue=queue,
+            reason=error.what,
+            dead_letter=bytes_to_str(entry),
+            size=len(raw),
+        )
 
     def _return_landed(self, queue: str | None) -> None:
         landed = self.take_landed()
@@ -350,10 +472,9 @@ class ReliableChannel(kombu_redis.Channel):
             return
         landing = keys.consumer_landing(self.consumer_id)
         with self.conn_or_acquire() as client:
-            source = client.hget(keys.CONSUMERS, self.consumer_id)
-            if source is not None:
-                while client.lmove(landing, bytes_to_str(source), "LEFT", "RIGHT") is not None:
-                    pass
+            _drain_landing(client, landing, client.hget(keys.CONSUMERS, self.consumer_id))
+
+    Message = Message
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
@@ -398,6 +519,10 @@ class ReliableChannel(kombu_redis.Channel):
                     recover_dead_consumers(client, self.qos)
             except redis.RedisError:
                 continue  # Redis away: beat again; held messages stay held meanwhile
+            except Exception:
+                # A recovery that fails (a corrupt record) must not stop the beat: a
+                # silent consumer is judged dead and its running messages handed out again.
+                log.exception("consumer_heartbeat_recovery_failed", consumer=self.consumer_id)
 
     def close(self) -> None:
         # kombu restores what this channel still holds while it closes; then it is gone.
@@ -467,11 +592,8 @@ def recover_consumer(client: redis.Redis, qos: QoS, consumer: str, own: bool = F
     that dies midway leaves the rest for the next, once its claim lapses. A
     consumer that beats again meanwhile (it was only stalled) stays registered.
     """
-    source = client.hget(keys.CONSUMERS, consumer)
     landing = keys.consumer_landing(consumer)
-    if source is not None:
-        while client.lmove(landing, bytes_to_str(source), "LEFT", "RIGHT") is not None:
-            pass
+    _drain_landing(client, landing, client.hget(keys.CONSUMERS, consumer))
     held = keys.consumer_held(consumer)
     tags = [bytes_to_str(tag) for tag in client.smembers(held)]
     for tag in tags:
@@ -487,3 +609,11 @@ def recover_consumer(client: redis.Redis, qos: QoS, consumer: str, own: bool = F
         ],
         args=[consumer, "1" if own else "0"],
     )
+
+
+def _drain_landing(client: redis.Redis, landing: str, source: bytes | str | None) -> None:
+    """Move every message on a landing list back to the head of its queue, in order."""
+    if source is None:
+        return
+    while client.lmove(landing, bytes_to_str(source), "LEFT", "RIGHT") is not None:
+        pass

@@ -289,3 +289,155 @@ def test_kombu_is_a_version_the_transport_was_tested_on() -> None:
         assert pin.contains(f"{tested}.0") and pin.contains(f"{tested}.99")
     major, newest = max(tuple(map(int, v.split("."))) for v in TESTED_KOMBU)
     assert not pin.contains(f"{major}.{newest + 1}.0"), f"pyproject lets kombu past {pin}"
+
+
+FORGED_JSON = [
+    json.dumps({"body": "eyJ4IjogMX0=", "headers": {}}),  # JSON without properties
+    json.dumps({"body": "x", "properties": {"body_encoding": "base64"}}),  # no routing
+    json.dumps(
+        {
+            "body": "a",  # not base64
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+            },
+        }
+    ),
+]
+
+
+def test_an_unparseable_message_is_dead_lettered_and_blocks_nothing_behind_it(
+    connection: Connection, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    forged = ["not json at all", *FORGED_JSON]
+    for raw in forged:
+        client.lpush(QUEUE, raw)  # ahead of the genuine one: a consumer takes the right end
+    publish(connection, "start run")
+
+    started = time.monotonic()
+    message, consumer = take_one(connection)
+    assert message.payload == "start run"
+    assert time.monotonic() - started < 5
+    consumer_id = consumer.channel.consumer_id
+    assert client.llen(QUEUE) == 0
+    assert client.llen(keys.consumer_landing(consumer_id)) == 0
+    letters = [fields for _, fields in client.xrange(keys.DEAD_STREAM)]
+    assert [json.loads(f["kwargs"])["raw"] for f in letters] == forged
+    assert {f["task"] for f in letters} == {transport.UNPARSEABLE_TASK}
+    assert {f["category"] for f in letters} == {"internal"}
+    assert all(QUEUE in f["reason"] for f in letters)
+    assert "not JSON" in letters[0]["reason"] and "properties" in letters[1]["reason"]
+    message.ack()
+
+
+def test_an_unparseable_message_read_by_brpop_is_dead_lettered(
+    connection: Connection, redis_url: str
+) -> None:
+    """A channel consuming two queues falls back to kombu's BRPOP, which takes a message
+    off its queue before it is parsed: kept as a dead letter, it stops no consumer."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for raw in FORGED_JSON:
+        client.lpush(QUEUE, raw)
+    publish(connection, "start run")
+    consumer = Consumer(connection, [Queue(QUEUE), Queue(OTHER_QUEUE)])
+    consumer.consume()
+    (message,), _ = take(connection, consumer=consumer)
+    assert message.payload == "start run"
+    assert consumer.channel.consumer_id is None  # the BRPOP path, not the move
+    letters = [fields for _, fields in client.xrange(keys.DEAD_STREAM)]
+    assert [json.loads(json.loads(f["kwargs"])["raw"]) for f in letters] == [
+        json.loads(raw) for raw in FORGED_JSON
+    ]
+    assert all(QUEUE in f["reason"] for f in letters)
+    assert client.llen(QUEUE) == 0
+    message.ack()
+
+
+def test_a_delivery_read_by_brpop_gets_a_tag_of_its_own(
+    connection: Connection, redis_url: str
+) -> None:
+    """A channel consuming two queues falls back to kombu's BRPOP: a stalled consumer's
+    late ack must not erase the record of the consumer that took the message then."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    publish(connection, "start run")
+    first, stalled_consumer = take_one(connection)
+    stall(client, stalled_consumer)
+    assert bodies(client) == ["start run"]
+
+    other = connect(redis_url)
+    try:
+        taker = Consumer(other, [Queue(QUEUE), Queue(OTHER_QUEUE)])
+        taker.consume()
+        (second,), _ = take(other, consumer=taker)
+        assert taker.channel.consumer_id is None  # the BRPOP path, not the move
+        assert second.delivery_tag != first.delivery_tag
+        first.ack()  # the stalled consumer wakes up
+        assert client.hexists("unacked", second.delivery_tag)
+        second.ack()
+        assert client.hlen("unacked") == 0
+    finally:
+        other.release()
+
+
+def test_the_visible_scan_goes_past_an_orphan_it_may_not_restore(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orphaned delivery of a queue this service's Redis user may not write
+    (deploy/redis/users.acl) is left to a service that may; the scan restores the rest."""
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    user = f"transport-test-{time.monotonic_ns()}"
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+secret"],
+        commands=["+@all"],
+        keys=[QUEUE, "unacked*", "tether:*", "_kombu.*", "*.pidbox"],
+        channels=["*"],
+    )
+    port = admin.connection_pool.connection_kwargs["port"]
+    db = admin.connection_pool.connection_kwargs["db"]
+    conn = Connection(
+        f"redis://{user}:secret@127.0.0.1:{port}/{db}",
+        transport=RedisTransport,
+        transport_options={"visibility_timeout": 1, "priority_steps": [0]},
+    )
+    try:
+        publish(conn, "mine")
+        _, consumer = take_one(conn)  # a consumer: it registers, and scans
+        qos = consumer.channel.qos
+        old = time.time() - 100
+        for tag, queue, score in [("allowed", QUEUE, old), ("forbidden", OTHER_QUEUE, old + 1)]:
+            payload = {"body": "", "headers": {}, "properties": {"delivery_tag": tag}}
+            admin.hset("unacked", tag, json.dumps([payload, "", queue]))
+            admin.zadd("unacked_index", {tag: score})
+        # The forbidden one comes first in kombu's scan (newest first).
+        qos.restore_visible(num=100, interval=1)
+        assert admin.llen(QUEUE) == 1  # the allowed orphan is back on its queue
+        assert not admin.hexists("unacked", "allowed")
+        assert admin.hexists("unacked", "forbidden")  # left for a service that may write it
+        assert admin.llen(OTHER_QUEUE) == 0
+    finally:
+        conn.release()
+        admin.acl_deluser(user)
+
+
+def test_a_failing_recovery_does_not_stop_the_heartbeat(
+    connection: Connection, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "HEARTBEAT_S", 0.1)
+    recover = transport.recover_dead_consumers
+    calls: list[int] = []
+
+    def corrupt_once(client: redis.Redis, qos: transport.QoS) -> list[str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a corrupt unacked payload")
+        return recover(client, qos)
+
+    monkeypatch.setattr(transport, "recover_dead_consumers", corrupt_once)
+    publish(connection, "start run")
+    message, consumer = take_one(connection)
+    wait_until(lambda: len(calls) >= 3, "the heartbeat to go on past the failure", 10)
+    assert consumer.channel._heartbeat.is_alive()
+    message.ack()
