@@ -8,9 +8,17 @@ from celery.signals import worker_ready
 
 from tether import celery_app, planner
 from tether.messages import Decision, Escalation, Observation
-from tether.service import TASK_OPTIONS, parse, runtime, service_app
+from tether.service import TASK_OPTIONS, TetherTask, parse, runtime, service_app
 
 app = service_app("planner")
+
+
+class StartTask(TetherTask):
+    """A start that will not run again leaves its event recorded as rejected (invariant 1)."""
+
+    def gave_up(self, kwargs: dict[str, Any], reason: str) -> None:
+        if "event" in kwargs:
+            planner.intake.record_unstarted(runtime(), kwargs["event"], reason)
 
 
 @worker_ready.connect(weak=False)
@@ -18,7 +26,7 @@ def _reconcile(**_: Any) -> None:
     planner.Reconciler(runtime()).start()
 
 
-@app.task(name=celery_app.START, **TASK_OPTIONS)
+@app.task(name=celery_app.START, **{**TASK_OPTIONS, "base": StartTask})
 def start(event: Any) -> None:
     planner.start(runtime(), event)
 

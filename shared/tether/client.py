@@ -171,8 +171,13 @@ def decide(
 
 
 def rejection(event_id: str, *, runtime: Runtime | None = None) -> str | None:
-    """Why an event was refused (malformed, oversized, unknown agent), or None."""
-    return (runtime or get_runtime()).store.rejection(event_id)
+    """Why an event was refused (malformed, oversized, unknown agent, its start failed for
+    good), or None; None too once its run exists (a dead start replayed)."""
+    store = (runtime or get_runtime()).store
+    reason = store.rejection(event_id)
+    if reason is None or store.status(run_id_for(event_id)) is not None:
+        return None
+    return reason
 
 
 def check_rejected(event_id: str, *, runtime: Runtime | None = None) -> None:

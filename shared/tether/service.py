@@ -40,6 +40,7 @@ class TetherTask(Task):  # type: ignore[misc]
                 get_runtime(), self.name, kwargs, reason, ErrorCategory.internal, self.request.id
             ):
                 log.error("dead_letter", task=self.name, task_id=self.request.id, reason=reason)
+            self.gave_up(kwargs, reason)
             return None
         result = super().__call__(*args, **kwargs)
         # The messages it published are held writes (tether.held_publish): they leave
@@ -58,6 +59,10 @@ class TetherTask(Task):  # type: ignore[misc]
             get_runtime(), self.name, dict(kwargs or {}), reason, _category(exc), task_id
         )
         log.error("dead_letter", task=self.name, task_id=task_id, reason=reason)
+        self.gave_up(dict(kwargs or {}), reason)
+
+    def gave_up(self, kwargs: dict[str, Any], reason: str) -> None:
+        """Its message is a dead letter and runs no more: what else must be recorded of it."""
 
 
 def _category(exc: BaseException) -> ErrorCategory:
@@ -67,13 +72,14 @@ def _category(exc: BaseException) -> ErrorCategory:
 
 
 # Every handler is safe to run twice, so a message whose commit kept losing its
-# race is simply run again; past the retries it fails into the dead-letter
+# race, or that ran past its soft time limit (a stalled or paused worker's clock
+# runs on), is simply run again; past the retries it fails into the dead-letter
 # stream. Redis faults are not retried by republishing (that needs the Redis
 # that just failed): the client rides them out, and past that the message,
 # still unacknowledged, comes back after the visibility timeout.
 TASK_OPTIONS: dict[str, Any] = {
     "base": TetherTask,
-    "autoretry_for": (StaleStateError,),
+    "autoretry_for": (StaleStateError, SoftTimeLimitExceeded),
     "retry_backoff": True,
     "retry_backoff_max": 30,
     "retry_jitter": True,

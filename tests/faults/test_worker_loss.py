@@ -164,10 +164,15 @@ def test_a_message_delivered_too_often_becomes_one_dead_letter_and_replays_once(
     assert "delivered 6 times, over TETHER_MAX_DELIVERIES (5)" in letter.reason
     run_id = run_id_for("evt-redelivered")
     assert frt.store.get(run_id) is None  # it did not run
+    # Invariant 1: an event whose start runs no more is a recorded rejection, not only a letter.
+    rejected = client.rejection("evt-redelivered", runtime=frt)
+    assert rejected is not None and "its start failed for good" in rejected
+    assert "tether dead replay" in rejected
 
     assert deadletters.replay(frt, letter.id) is not None
     assert deadletters.replay(frt, letter.id) is None  # a second replay sends nothing
     wait_status(frt, run_id, "succeeded")
+    assert client.rejection("evt-redelivered", runtime=frt) is None  # it has its run now
     time.sleep(1.0)
     assert kinds(frt, run_id).count("run_started") == 1
     assert kinds(frt, run_id).count("run_finished") == 1

@@ -141,6 +141,25 @@ def _exists(rt: Runtime, event: TaskEvent, place: int | None) -> bool:
     return rt.store.status(run_id_for(event.event_id)) is not None
 
 
+def record_unstarted(rt: Runtime, raw_event: Any, why: str) -> None:
+    """Record as rejected an event whose start message will not run again, unless its run exists.
+
+    Every published event ends as a run or a recorded rejection (invariant 1),
+    also when its start message fails for good (a dead letter).
+    """
+    try:
+        event = TaskEvent.model_validate(raw_event)
+    except ValidationError:
+        _reject(rt, f"start of an unreadable event failed: {why}", raw_event)
+        return
+    if rt.store.status(run_id_for(event.event_id)) is None:
+        reason = (
+            f"event {event.event_id!r}: its start failed for good ({why}); "
+            "the message is in `tether dead list`: fix the cause, then `tether dead replay` it"
+        )
+        _reject(rt, reason, raw_event, event)
+
+
 def _reject(rt: Runtime, reason: str, raw_event: Any, event: TaskEvent | None = None) -> None:
     rt.store.reject(reason, raw_event)
     log.warning("event_rejected", reason=reason)
