@@ -6,7 +6,7 @@ httpcore every pooled HTTP connection for a peer that hung up, each with
 starts a watcher per descriptor and waits for the hub to run its loop once,
 even at a zero timeout (gevent's own ``select.select`` asks the OS first; its
 poll does not). In a gevent planner holding many model calls in flight those
-two checks were about a tenth of its CPU (py-spy, README: Benchmarks).
+two checks were about a tenth of its CPU (py-spy, bench/HISTORY.md).
 
 ``install`` makes ``select.poll`` a gevent poll that first asks the OS without
 waiting, as ``select.select`` does: a zero timeout, or a descriptor already

@@ -94,3 +94,22 @@ def test_every_tether_command_in_the_docs_is_one_the_cli_accepts() -> None:
         except (CliRefused, AssertionError) as exc:
             refused.append(f"{where}: {exc}")
     assert not refused, "\n".join(refused)
+
+
+def test_the_readme_is_short_and_its_agent_is_the_tested_example() -> None:
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) < 200
+    python = [body for language, body in _blocks(readme) if language == "python"]
+    assert python == [(DOCS / "examples" / "short_agent.py").read_text()], (
+        "the README's agent is docs/examples/short_agent.py, which a test runs: edit both"
+    )
+
+
+def test_the_docs_home_includes_the_readme_intro() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- --8<-- [start:intro] -->", "<!-- --8<-- [end:intro] -->"
+    assert readme.index(start) < readme.index(end)
+    # Included into docs/index.md, the intro must not link relative to the README.
+    intro = readme[readme.index(start) : readme.index(end)]
+    assert "](" not in intro
+    assert '--8<-- "README.md:intro"' in (DOCS / "index.md").read_text()
