@@ -33,8 +33,9 @@ eval: install
 dev: install
 	$(VENV)/bin/tether dev
 
+# Two test processes: most tests wait on real workers, so two share the 2 cores well.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 # 1,000 runs while workers and Redis are killed at random, workers are SIGSTOPped past
 # their heartbeat (15-30 s) and Redis is away for 15 s; exits non-zero on any
