@@ -9,7 +9,7 @@ from celery import Celery
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
-from tether import client
+from tether import client, keys
 from tether.config import Settings
 from tether.devstack import DevStack
 from tether.messages import Verdict
@@ -200,7 +200,12 @@ def test_redelivered_action_and_observation_change_nothing(stack_runtime: Runtim
 def test_cancel_stops_the_run_and_keeps_it_cancelled(stack_runtime: Runtime) -> None:
     rt = stack_runtime
     run_id = client.submit("sleeper", "Wait for the API", runtime=rt)
-    wait_status(rt, run_id, "waiting_tools")
+    (action,) = wait_status(rt, run_id, "waiting_tools").pending_actions
+    # Cancelled once the executor holds the call: one it takes later is skipped, not observed.
+    wait_for(
+        lambda: bool(rt.store.client.exists(keys.action_lock(action.action_id))),
+        what="the executor to take the slow call",
+    )
 
     cancelled = client.cancel(run_id, by="ops", runtime=rt)
     assert cancelled is not None and cancelled.status == "cancelled"
