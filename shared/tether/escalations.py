@@ -33,7 +33,7 @@ from tether.runtime import Runtime
 from tether.state import EscalationRecord, HumanWait
 from tether.store import log_appends
 from tether.telemetry import log
-from tether.versioned import SideWrite
+from tether.versioned import Append, SideWrite
 
 
 def load(rt: Runtime, escalation_id: str) -> tuple[EscalationRecord, int]:
@@ -254,7 +254,6 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
         _log_refusal(rt, record, decision, str(exc), in_run=late)
         return None
     decided = record.model_copy(update={"status": "decided", "decision": decision})
-    key = keys.escalation(decision.escalation_id)
     logged = RunEvent(
         run_id=record.escalation.run_id,
         kind="escalation_decided",
@@ -279,21 +278,14 @@ def decide(rt: Runtime, decision: Decision, *, trusted: bool = False) -> Escalat
             ),
         },
     )
-    rt.store.flush()
     try:
-        rt.store.docs.write(
-            key,
-            decided.model_dump_json(),
+        _write_closed(
+            rt,
+            decided,
             version,
-            expire=[key],
-            ttl_s=rt.store.run_ttl_s,
-            appends=[
-                *log_appends(logged),
-                *notifications.appends(
-                    rt.settings, record.escalation, notifications.DECIDED, decision
-                ),
-            ],
-            side_writes=[
+            logged,
+            notifications.appends(rt.settings, record.escalation, notifications.DECIDED, decision),
+            [
                 SideWrite("ZREM", keys.PENDING_ESCALATIONS, (decision.escalation_id,)),
                 SideWrite("ZREM", keys.EXPIRING_ESCALATIONS, (decision.escalation_id,)),
                 # The tool's earned-autonomy record counts the decision with it, once.
@@ -372,7 +364,6 @@ def expire(rt: Runtime, escalation_id: str, now: datetime) -> EscalationRecord |
         return None
     expired = record.model_copy(update={"status": "expired"})
     e = record.escalation
-    key = keys.escalation(escalation_id)
     logged = RunEvent(
         run_id=e.run_id,
         kind="escalation_expired",
@@ -385,26 +376,44 @@ def expire(rt: Runtime, escalation_id: str, now: datetime) -> EscalationRecord |
             "recorded_at": utcnow().isoformat(),
         },
     )
-    rt.store.flush()
     try:
-        rt.store.docs.write(
-            key,
-            expired.model_dump_json(),
+        _write_closed(
+            rt,
+            expired,
             version,
-            expire=[key],
-            ttl_s=rt.store.run_ttl_s,
-            appends=[
-                *log_appends(logged),
-                *notifications.appends(rt.settings, e, notifications.EXPIRED),
-            ],
+            logged,
+            notifications.appends(rt.settings, e, notifications.EXPIRED),
             # It stays in the expiring index until its run has ended (the caller's part).
-            side_writes=[SideWrite("ZREM", keys.PENDING_ESCALATIONS, (escalation_id,))],
+            [SideWrite("ZREM", keys.PENDING_ESCALATIONS, (escalation_id,))],
         )
     except StaleStateError:  # decided, closed or expired by someone else meanwhile
         return load(rt, escalation_id)[0]
     metrics.ESCALATIONS_EXPIRED.labels(e.agent, e.kind).inc()
     log.warning("escalation_expired", escalation_id=escalation_id, run_id=e.run_id, kind=e.kind)
     return expired
+
+
+def _write_closed(
+    rt: Runtime,
+    record: EscalationRecord,
+    version: int,
+    logged: RunEvent,
+    notified: Sequence[Append],
+    side_writes: Sequence[SideWrite],
+) -> None:
+    """Write a record that leaves pending (decided, expired) over ``version``, with the
+    log entry and notification that describe it: all or nothing (StaleStateError)."""
+    key = keys.escalation(record.escalation.escalation_id)
+    rt.store.flush()  # what this task logged before comes first in the log
+    rt.store.docs.write(
+        key,
+        record.model_dump_json(),
+        version,
+        expire=[key],
+        ttl_s=rt.store.run_ttl_s,
+        appends=[*log_appends(logged), *notified],
+        side_writes=side_writes,
+    )
 
 
 def list_escalations(

@@ -34,3 +34,19 @@ hangs_forever = Agent(
     instructions="Never answer.",
     model=ScriptedModel(_hang, label="hangs"),
 )
+
+
+def _hang_once(messages: list[ChatMessage]) -> ModelResponse:
+    """Hang the first time only, as a step whose worker was paused past its soft limit."""
+    tried = Path(os.environ["STUCK_OUTCOME"]).with_name("hung-once")
+    if not tried.exists():
+        tried.write_text("hung")
+        time.sleep(HANG_S)
+    return text("answered on the retry")
+
+
+hangs_once = Agent(
+    name="hangs_once",
+    instructions="Answer the second time.",
+    model=ScriptedModel(_hang_once, label="hangs-once"),
+)

@@ -46,6 +46,13 @@ def test_gevent_planner_step_stuck_past_the_soft_limit_is_interrupted(tmp_path: 
         assert outcome.read_text().startswith("SoftTimeLimitExceeded"), outcome.read_text()
         assert f"soft time limit ({SOFT_S}s) exceeded" in outcome.read_text()
         assert took < HARD_S / 2, f"the step ended after {took:.1f}s, not at the soft limit"
+
+        # A step past its soft limit runs again at once (safe to run twice), rather than
+        # lying dead until the reconciler finds its run stalled (HARD_S + 10 s).
+        run_id = client.submit("hangs_once", "answer me", runtime=rt)
+        done = client.wait(run_id, timeout_s=HARD_S / 2, runtime=rt)
+        assert done.status == "succeeded", done.error
+        assert done.result == "answered on the retry"
     finally:
         # Its own Redis: nothing waits on its workers' warm shutdown.
         stop_in_background(stack)
