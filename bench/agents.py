@@ -5,6 +5,8 @@
   step = one model call + one tool call + the observation back.
 - ``bench_remote``: the same script served by a local OpenAI-compatible server
   with 1 s latency (bench.model_server), reached through the real openai client.
+- ``bench_peer``: like ``bench_stepper``, but its tool returns 200 bytes: the loop
+  the peer (bench.peer, LangGraph on PostgreSQL) runs beside it.
 - ``bench_long``: like ``bench_stepper``, but its tool returns 4 KB each call: a long
   run whose state grows, for the long-run measurement (bench.longrun).
 - ``bench_idler``: calls a tool that needs approval, so its run waits in
@@ -25,7 +27,7 @@ from bench import hooks
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, ToolContext, tool
 from tether.models import text, tool_call
 from tether.models.base import ModelResponse
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 hooks.install()
 
@@ -43,6 +45,12 @@ def noop(i: int) -> int:
 def blob(i: int) -> str:
     """Return 4 KB of text, at once."""
     return f"{i:08d}" * 512
+
+
+@tool
+def text200(i: int) -> str:
+    """Return 200 bytes of text, at once."""
+    return f"{i:08d}" * 25
 
 
 @tool(requires_approval=True)
@@ -89,6 +97,14 @@ long = Agent(
     instructions="Call blob as many times as the task says, then answer.",
     model=ScriptedModel(calling("blob"), label="bench-long"),
     tools=[blob],
+    budget=BENCH_BUDGET,
+)
+
+peer = Agent(
+    name="bench_peer",
+    instructions="Call text200 as many times as the task says, then answer.",
+    model=ScriptedModel(calling("text200"), label="bench-peer"),
+    tools=[text200],
     budget=BENCH_BUDGET,
 )
 

@@ -1,6 +1,6 @@
 """Bare Celery hops: the floor Tether is measured against.
 
-The same Celery settings as Tether's services (tether.celery_app.create_app:
+The same Celery settings as Tether's services (tether.transport.celery_app.create_app:
 acks_late, prefetch 1, JSON, task events), on the same Redis. ``bench.hop``
 sends the next hop by name to the other queue until the chain is done, so a
 chain of 2N+1 hops mirrors an N-step run (start, then execute + observe per
@@ -16,8 +16,8 @@ import time
 import redis
 from kombu.entity import Exchange, Queue
 
-from tether.celery_app import create_app, direct_route
 from tether.config import get_settings
+from tether.transport.celery_app import create_app, direct_route
 
 QUEUES = ("bench.a", "bench.b")
 HOP = "bench.hop"

@@ -5,7 +5,7 @@ never happen twice, an answer), then at random SIGKILLs planner and executor
 workers and SIGKILLs Redis (appendfsync always, so the AOF holds every acknowledged write),
 while the model endpoint injects 429s, 500s, slow and truncated answers and
 malformed tool calls. Two slower faults outlast a consumer's heartbeat
-(tether.transport.CONSUMER_DEAD_AFTER_S): every ``--pause-every``-th worker
+(tether.transport.reliable.CONSUMER_DEAD_AFTER_S): every ``--pause-every``-th worker
 fault SIGSTOPs the worker's whole process group for 1.5-3x that window and
 then SIGCONTs it (a GC pause, a frozen VM: it wakes holding what it held), and
 every ``--long-outage-every``-th Redis fault takes Redis away for
@@ -26,7 +26,7 @@ if the harness dies.
 With ``--cluster`` the run state lives on a three-node Redis Cluster (each node
 with its AOF, appendfsync always) and the broker on a Redis of its own; the
 Redis kills fall on the broker and on each node in turn, so commits whose
-writes to other slots are still to be applied (tether.spill) lose their
+writes to other slots are still to be applied (tether.store.spill) lose their
 writer, their node, or the node they spill to.
 """
 
@@ -50,16 +50,18 @@ from typing import Any, cast
 
 from bench.chaos_agents import chaos_script
 from bench.watchdog import Watchdog
-from tether import client, escalations, keys
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.redis_server import LocalCluster, RedisServer
+from tether.dev.stack import DevStack
 from tether.errors import ConfigError
-from tether.messages import EscalationKind, Verdict
-from tether.redis_server import LocalCluster, RedisServer
+from tether.escalation import records
 from tether.runtime import Runtime
-from tether.store import run_id_for
+from tether.store import keys
+from tether.store.runs import run_id_for
 from tether.testing.openai_server import ScriptedOpenAIServer
-from tether.transport import CONSUMER_DEAD_AFTER_S
+from tether.transport.consumers import CONSUMER_DEAD_AFTER_S
+from tether.transport.wire import EscalationKind, Verdict
 
 # A paused worker stays stopped for this many times the window after which its
 # consumer counts as dead.
@@ -281,7 +283,7 @@ class Operator:
     def _loop(self) -> None:
         while not self.stop.wait(0.5):
             try:
-                pending = escalations.list_escalations(self.rt, limit=1000)
+                pending = records.list_escalations(self.rt, limit=1000)
             except Exception:
                 continue  # Redis is down for a moment; look again
             for record in pending:
@@ -527,7 +529,7 @@ def settle(rt: Runtime, published: list[str], outcomes: dict[str, tuple[str, str
             if state is not None and state.terminal:
                 category = str(state.error.category) if state.error else None
                 outcomes[event_id] = (str(state.status), category)
-            elif state is None and rt.store.rejection(event_id) is not None:
+            elif state is None and rt.store.rejections.reason(event_id) is not None:
                 outcomes[event_id] = ("rejected", None)
         except Exception:
             return  # Redis is down for a moment; look again next time
@@ -559,7 +561,9 @@ def check_lifecycle(rt: Runtime, published: list[str], wait_s: float) -> dict[st
         lines[entry["run_id"]][(entry["kind"], entry["step"])] += 1
     found = {"missing": 0, "invented": 0, "doubled": 0, "spill_left": len(left)}
     for run_id in run_ids:
-        logged = collections.Counter((e.kind, str(e.step)) for _, e in rt.store.trace(run_id))
+        logged = collections.Counter(
+            (str(e.kind), str(e.step)) for _, e in rt.store.log.read(run_id)
+        )
         lifecycle = lines[run_id]
         found["missing"] += sum(n for k, n in logged.items() if k not in lifecycle)
         found["invented"] += sum(n for k, n in lifecycle.items() if k not in logged)
@@ -574,7 +578,7 @@ def count_redriven(rt: Runtime, published: list[str]) -> int:
         return sum(
             1
             for event_id in published
-            if any(e.kind == "run_redriven" for _, e in rt.store.trace(run_id_for(event_id)))
+            if any(e.kind == "run_redriven" for _, e in rt.store.log.read(run_id_for(event_id)))
         )
     except Exception:
         return -1  # Redis went away at the very end: the summary still prints

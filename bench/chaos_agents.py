@@ -10,7 +10,7 @@ from pathlib import Path
 from tether import Agent, BudgetLimits, OpenAIModel, ToolContext, tool
 from tether.errors import TransientToolError
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 
 def ledger_path() -> Path:

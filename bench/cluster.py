@@ -6,7 +6,7 @@ three-node Redis Cluster on this machine and its broker on a Redis of its own
 (TETHER_REDIS_CLUSTER). Runs of the N-step agent alternate between them one at
 a time, so a shared machine's noise falls on both alike. On the cluster a
 commit writes the run's own keys in its script and applies its writes to other
-slots (the lifecycle stream, indexes) a round trip later (tether.spill); the
+slots (the lifecycle stream, indexes) a round trip later (tether.store.spill); the
 ratio says what that, and three Redis processes on two cores, cost a step.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.driver import Driver, log, stats_ms
 from bench.plan import Plan, Results
 from bench.procs import Workers
-from tether.redis_server import LocalCluster, RedisServer
+from tether.dev.redis_server import LocalCluster, RedisServer
 
 
 def measure_cluster(plan: Plan, res: Results, log_dir: Path | None) -> None:

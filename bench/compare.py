@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.bare import QUEUES
 from bench.driver import Driver
 from bench.procs import Workers
-from tether.redis_server import RedisServer
+from tether.dev.redis_server import RedisServer
 
 
 def main() -> int:

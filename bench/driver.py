@@ -28,10 +28,10 @@ import redis
 
 from bench import bare, floor
 from tether import client as tether_client
-from tether import keys
-from tether.celery_app import create_app
 from tether.config import Settings
 from tether.runtime import Runtime
+from tether.store import keys
+from tether.transport.celery_app import create_app
 
 # How often the harness looks for ends it does not time (long runs, the in-flight ramp),
 # and for a timed kind's first end, when it has no duration to go by.
@@ -136,18 +136,18 @@ class Driver:
     def bare_chain(self, hops: int) -> float:
         return self.bare_batch(1, hops)
 
-    def tether_batch(self, runs: int, steps: int) -> float:
+    def tether_batch(self, runs: int, steps: int, agent: str = "bench_stepper") -> float:
         """Seconds from the first submission to the last run's end (its worker's stamp)."""
         lc = Lifecycle(self.redis)
         started = time.time()
-        ids = {self.submit("bench_stepper", f"steps={steps}") for _ in range(runs)}
+        ids = {self.submit(agent, f"steps={steps}") for _ in range(runs)}
         seen: set[str] = set()
 
         def ended() -> bool:
             seen.update(lc.finished())
             return ids <= seen
 
-        self._await(f"tether {runs}x{steps}", ended, 60 + 3 * runs)
+        self._await(f"{agent} {runs}x{steps}", ended, 60 + 3 * runs)
         return max(self.finished_at(run_id) for run_id in ids) - started
 
     def bare_batch(self, chains: int, hops: int) -> float:
@@ -157,6 +157,11 @@ class Driver:
     def floor_chain(self, hops: int) -> float:
         """Seconds from sending a bench.floor chain to its last hop's stamp."""
         return self._chains("floor", floor.send_hop, floor.DONE, 1, hops)
+
+    def floor_batch(self, chains: int, hops: int) -> float:
+        """Seconds from the first bench.floor chain sent to the last one's end (its last
+        hop's stamp): the floor's message rate, as bare_batch gives bare Celery's."""
+        return self._chains("floor", floor.send_hop, floor.DONE, chains, hops)
 
     def _chains(
         self, kind: str, send: Callable[..., None], done: str, chains: int, hops: int

@@ -6,12 +6,13 @@ the design's step must, and nothing more. The planning hop commits what came
 back (a fenced compare-and-set of the run's document, its log entry in the run's
 stream and in the lifecycle stream, the message appended, the next model call's
 reservation: one script, one round trip), then commits its decision the same way
-and publishes the action in that commit's round trip (tether.held_publish). The
-tool hop takes the action's lease and reads its stored result in one round trip,
-then stores the result and its log entry and publishes the observation in one
-more. The queues are Tether's kind (``tether.`` names: the landing move that
-invariant 1 needs, tether.transport), and the messages, documents and log
-entries carry payloads of the sizes Tether's have, built once.
+and publishes the action in that commit's round trip (tether.transport.held_publish). The
+tool hop's tool is idempotent, so it takes the design's fast path: no lease, it reads
+the action's stored result in one round trip, then stores the result (first writer
+wins) and its log entry and publishes the observation in one more. The queues are
+Tether's kind (``tether.`` names: the landing move that invariant 1 needs,
+tether.transport.reliable), and the messages, documents and log entries carry
+payloads of the sizes Tether's have, built once.
 
 Left out, so that this is a lower bound and not an implementation: the model
 and its validation, pydantic, tool schemas, metrics, logs of its own, and the
@@ -32,19 +33,19 @@ from typing import Any
 import redis
 from kombu.entity import Exchange, Queue
 
-from tether import held_publish
-from tether.batch import Script, WriteBatch
-from tether.celery_app import create_app, direct_route
 from tether.config import get_settings
-from tether.messages import Observation, RunEvent, ToolAction
-from tether.state import ChatMessage, RunState
+from tether.store.batch import WriteBatch
+from tether.store.scripts import Script
+from tether.store.state import ChatMessage, RunState
+from tether.transport import held_publish
+from tether.transport.celery_app import create_app, direct_route
+from tether.transport.wire import EventKind, Observation, RunEvent, ToolAction
 
 QUEUES = ("tether.floor.plan", "tether.floor.tools")
 HOP = "bench.floor.hop"
 DONE = "bench:floor:done"
 LIFECYCLE = "bench:floor:events"
-LEASE_MS = 10_000
-COMMIT = Script(Path(__file__).with_name("floor.lua").read_text())
+COMMIT = Script("bench/floor.lua", Path(__file__).with_name("floor.lua").read_text())
 
 settings = get_settings()
 app = create_app(settings, name="bench-floor")
@@ -90,7 +91,7 @@ def _payloads() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         role="tool", tool_call_id=action.tool_call_id, content='{"result": 7}'
     )
 
-    def entry(kind: str, data: dict[str, Any]) -> str:
+    def entry(kind: EventKind, data: dict[str, Any]) -> str:
         return RunEvent(run_id=run_id, kind=kind, step=7, data=data).model_dump_json()
 
     messages = [tool_message.to_openai(), assistant.to_openai()]
@@ -102,10 +103,10 @@ def _payloads() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         "doc": state.model_dump_json(),
         "assistant": assistant.model_dump_json(),
         "tool_message": tool_message.model_dump_json(),
-        "observed": entry("observation", {"action_id": action.action_id, "ok": True}),
-        "model_call": entry("model_call", {"model": "scripted", "messages": messages}),
-        "decision": entry("decision", {"actions": [action.model_dump(mode="json")]}),
-        "tool_call": entry("tool_call", {"action_id": action.action_id, "output": 7}),
+        "observed": entry(EventKind.observation, {"action_id": action.action_id, "ok": True}),
+        "model_call": entry(EventKind.model_call, {"model": "scripted", "messages": messages}),
+        "decision": entry(EventKind.decision, {"actions": [action.model_dump(mode="json")]}),
+        "tool_call": entry(EventKind.tool_call, {"action_id": action.action_id, "output": 7}),
         "result": observation.model_dump_json(),
     }
 
@@ -197,13 +198,11 @@ def hop(chain: str, remaining: int, side: int, version: int, **_payload: Any) ->
 
 
 def _tool(batch: WriteBatch, chain: str, remaining: int, version: int) -> None:
-    """The action's lease and stored result in one round trip; its result, log entry
-    and observation in the next."""
+    """The action's stored result in one round trip (an idempotent tool takes no lease);
+    its result (first writer wins), log entry and observation in the next."""
     action = f"bench:floor:action:{{{chain}}}:{remaining}"
-    batch.run(
-        lambda pipe: (pipe.set(f"{action}:lock", "worker", nx=True, px=LEASE_MS), pipe.get(action))
-    )
-    batch.defer("set", action, PAYLOADS["result"])
+    batch.run(lambda pipe: pipe.get(action))
+    batch.defer("set", action, PAYLOADS["result"], nx=True)
     batch.defer("xadd", f"bench:floor:{{{chain}}}:log", {"event": PAYLOADS["tool_call"]})
     batch.defer(
         "xadd", LIFECYCLE, {"run_id": chain, "kind": "tool_call", "step": remaining}, maxlen=100_000

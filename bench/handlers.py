@@ -1,9 +1,9 @@
 """What Tether's own handlers cost a step, with Celery left out.
 
-The executor's and the planner's handlers (tether.executor.execute,
+The executor's and the planner's handlers (tether.executor.actions.execute,
 tether.planner.observe and the step it plans) are called in this process, one
 run at a time, against a Redis of their own. What they publish goes onto the
-queues as a worker's would (tether.held_publish, inside the task), and the
+queues as a worker's would (tether.transport.held_publish, inside the task), and the
 harness takes it from there, outside the timing. Each call is wrapped in a
 task's begin and end, as a worker does (held-back writes go out with the next
 round trip). So the figures hold Tether's work and its publishing, without
@@ -25,13 +25,14 @@ import redis
 
 from bench.driver import log
 from bench.plan import Plan, Results
-from tether import executor, planner
-from tether.agents import load_agent_modules
-from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
+from tether import planner
+from tether.agent.definition import load_agent_modules
 from tether.config import Settings
-from tether.messages import Observation, ToolAction
-from tether.redis_server import RedisServer
+from tether.dev.redis_server import RedisServer
+from tether.executor import actions as executor
 from tether.runtime import Runtime
+from tether.transport.celery_app import PLAN_QUEUE, TOOLS_QUEUE
+from tether.transport.wire import Observation, ToolAction
 
 
 def measure_handlers(plan: Plan, res: Results) -> None:

@@ -11,8 +11,10 @@ driver's own load does not blur them.
 
 How many runs a box holds is mostly a matter of its cores, so the figure is
 judged as a share (``share``): the runs the best configuration held against
-the runs bare Celery's own message rate, measured in the same bench run by
-bench.throughput, would allow on the same cores.
+the runs the floor's own message rate (bench.floor: two bare hops a step plus
+the least Redis work the design asks), measured in the same bench run by
+bench.throughput, would allow on the same cores. Bare Celery's ceiling is kept
+beside it for context.
 """
 
 from __future__ import annotations
@@ -97,26 +99,29 @@ def run_inflight(plan: Plan, redis_url: str, config: str, log_dir: Path | None) 
 
 
 def share(plan: Plan, res: Results) -> dict[str, Any]:
-    """Issue 12's in-flight figures: Tether's N, the bare ceiling M, and S = N / M.
+    """Issue 27's in-flight figures: Tether's N, the floor's ceiling M, and S = N / M.
 
     N is the most runs in flight the best configuration held (ties: the lower
-    p99 at that level). M is what bare Celery's hop rate H (hops per second,
-    bench.throughput's bare chains) would carry if orchestration cost nothing
-    on top of Celery: a run with k tool steps makes k + 1 model calls, so it is
-    in flight (k + 1) x L seconds at model latency L, and it needs 2k + 1
-    messages (k + 1 plan tasks, k tool tasks: the chain bench.bare mirrors), so
-    each run in flight asks for (2k + 1) / ((k + 1) x L) messages a second and
+    p99 at that level). M is what the floor's hop rate H (hops per second,
+    bench.throughput's floor chains) would carry if Tether's own code cost
+    nothing on top of the least work the design asks: a run with k tool steps
+    makes k + 1 model calls, so it is in flight (k + 1) x L seconds at model
+    latency L, and it needs 2k + 1 messages (k + 1 plan tasks, k tool tasks:
+    the chain bench.floor mirrors), so each run in flight asks for
+    (2k + 1) / ((k + 1) x L) messages a second and
 
         M = H x L x (k + 1) / (2k + 1)
 
-    (k = 2, L = 1 s: 0.6 s x H; "one bare step of two hops per model latency"
-    would say 0.5 s x H, undercounting the calls per run by one). The
-    throughput section measures H at 1, 2 and 4 processes per queue, which
-    brackets the in-flight layout (plan.planner_processes planners,
-    plan.executor_processes executors) but is not it; the best of them is
-    taken, so that the ceiling is not understated and the share not flattered.
-    M is rounded to whole runs and S computed from the rounded M, so the
-    printed line can be checked by hand. {} when either section did not run.
+    (k = 2, L = 1 s: 0.6 s x H; "one step of two hops per model latency" would
+    say 0.5 s x H, undercounting the calls per run by one). The throughput
+    section measures H at 1, 2 and 4 processes per queue, which brackets the
+    in-flight layout (plan.planner_processes planners, plan.executor_processes
+    executors) but is not it; the best of them is taken, so that the ceiling is
+    not understated and the share not flattered. Bare Celery's ceiling, the
+    same arithmetic on its hop rate, is kept for context (``bare_ceiling_runs``,
+    ``bare_share``). Ceilings are rounded to whole runs and shares computed from
+    the rounded ceilings, so the printed line can be checked by hand. {} when
+    either section did not run.
     """
     if not res.inflight or not res.throughput:
         return {}
@@ -129,24 +134,13 @@ def share(plan: Plan, res: Results) -> dict[str, Any]:
 
     config = max(res.inflight, key=rank)
     n = int(res.inflight[config]["max_sustained"])
-    bare = max(res.throughput, key=lambda row: float(row["bare_steps_per_s"]))
-    steps_per_chain = bare["steps"] / bare["runs"]
-    hops_per_s = bare["bare_steps_per_s"] * (2 * steps_per_chain + 1) / steps_per_chain
     k, latency = plan.inflight_steps, plan.model_latency_s
     messages_per_run, model_calls_per_run = 2 * k + 1, k + 1
-    m = round(hops_per_s * latency * model_calls_per_run / messages_per_run)
-    s = round(n / m, 2) if m else 0.0
-    return {
+    figures: dict[str, Any] = {
         "tether_runs": n,
-        "bare_ceiling_runs": m,
-        "share": s,
         "target_share": TARGET_INFLIGHT_SHARE,
         "config": config,
         "tether_delay_p99_ms": -rank(config)[1] if n else None,
-        "bare_steps_per_s": bare["bare_steps_per_s"],
-        "bare_processes_per_service": bare["processes_per_service"],
-        "bare_steps_per_chain": steps_per_chain,
-        "bare_hops_per_s": round(hops_per_s, 1),
         "model_latency_s": latency,
         "inflight_steps": k,
         "messages_per_run": messages_per_run,
@@ -156,12 +150,35 @@ def share(plan: Plan, res: Results) -> dict[str, Any]:
             "executor_processes": plan.executor_processes,
         },
     }
+    for side in ("floor", "bare"):
+        key = f"{side}_steps_per_s"
+        rows = [row for row in res.throughput if key in row]
+        if not rows:
+            continue
+        best = max(rows, key=lambda row: float(row[key]))
+        steps_per_chain = best["steps"] / best["runs"]
+        hops_per_s = best[key] * (2 * steps_per_chain + 1) / steps_per_chain
+        m = round(hops_per_s * latency * model_calls_per_run / messages_per_run)
+        figures.update(
+            {
+                f"{side}_ceiling_runs": m,
+                f"{side}_steps_per_s": best[key],
+                f"{side}_processes_per_service": best["processes_per_service"],
+                f"{side}_steps_per_chain": steps_per_chain,
+                f"{side}_hops_per_s": round(hops_per_s, 1),
+                f"{side}_share": round(n / m, 2) if m else 0.0,
+            }
+        )
+    if "floor_ceiling_runs" not in figures:
+        return {}
+    figures["share"] = figures["floor_share"]
+    return figures
 
 
 def share_line(figures: dict[str, Any]) -> str:
     return (
         f"in-flight: tether {figures['tether_runs']} runs, "
-        f"bare ceiling {figures['bare_ceiling_runs']} runs, share {figures['share']:.2f}"
+        f"floor ceiling {figures['floor_ceiling_runs']} runs, share {figures['share']:.2f}"
     )
 
 
@@ -171,7 +188,7 @@ def record_share(plan: Plan, res: Results) -> None:
     if res.inflight_share:
         log(share_line(res.inflight_share))
     else:
-        log("in-flight: no bare ceiling without the throughput section")
+        log("in-flight: no floor ceiling without the throughput section")
 
 
 def _log(log_dir: Path | None, name: str) -> Path | None:

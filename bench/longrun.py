@@ -5,7 +5,7 @@ log repeated them, each step would cost more than the last. ``bench_long``
 calls a tool that returns 4 KB, ``long_steps`` times, one run at a time. The
 time of step k is the gap between the decisions of steps k-1 and k in the
 run's event log; the bytes of step k are what clients sent Redis from the
-executor taking action k to it taking action k+1 (MONITOR, in a run of its own,
+result of action k being stored to that of action k+1 (MONITOR, in a run of its own,
 since watching slows Redis). Each end is the median of ``long_window`` steps,
 so that one slow step on a shared machine does not decide the ratio.
 """
@@ -22,7 +22,7 @@ import redis
 
 from bench.driver import Driver, Lifecycle, log, wait_finished
 from bench.plan import TARGET_LONG_RATIO, Plan, Results
-from tether import keys
+from tether.store import keys
 
 AGENT = "bench_long"
 # The harness's own reads: following the lifecycle stream, and MONITOR's stop.
@@ -61,7 +61,9 @@ def measure_long_run(plan: Plan, driver: Driver, res: Results) -> None:
 
 def _step_times(driver: Driver, steps: int) -> list[float]:
     run_id = _run(driver, steps)
-    decided = [e.at.timestamp() for _, e in driver.rt.store.trace(run_id) if e.kind == "decision"]
+    decided = [
+        e.at.timestamp() for _, e in driver.rt.store.log.read(run_id) if e.kind == "decision"
+    ]
     return [b - a for a, b in itertools.pairwise(decided)]
 
 
@@ -97,14 +99,19 @@ def _step_bytes(driver: Driver, steps: int) -> list[int]:
         done.set()
         driver.redis.ping()  # wakes the watcher so it sees done
         thread.join(10)
-    lock = keys.action_result(f"{run_id}:")
+    results = keys.action_result(f"{run_id}:")
     segments = [0]
     for item in seen:
         command = item["command"]
-        if item.get("client_type") == "lua" or command.startswith(_HARNESS):
+        if command.startswith(_HARNESS):
             continue
         key = command.split(" ", 2)[1] if command.startswith("SET ") else ""
-        if key.startswith(lock) and key.endswith(":lock"):
-            segments.append(0)  # the executor takes the next action under its lease
-        segments[-1] += len(command)
+        if key.startswith(results) and not key.endswith(":lock"):
+            # An action's result is stored (once: its first writer wins): a step ends. An
+            # idempotent tool takes no lease, so the result, not a lock, marks the step; it
+            # is stored inside a script (store/first_result.lua), whose bytes the client
+            # sent with the script's call.
+            segments.append(0)
+        if item.get("client_type") != "lua":
+            segments[-1] += len(command)
     return segments

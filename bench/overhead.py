@@ -104,18 +104,34 @@ def _measure(
             side: round(commands[side] / (plan.seq_runs * steps), 1) for side in sides
         },
     }
+    per_step = res.overhead["commands_per_step"]
+    # What Tether's own code adds to the design's least work, time, CPU and commands.
+    res.overhead["tether_floor"] = {
+        "time": round(t["median"] / f["median"], 3),
+        "cpu": round(tc / max(1e-9, fc), 3),
+        "commands": round(per_step["tether"] / max(1e-9, per_step["floor"]), 3),
+    }
     log(
         f"overhead: tether {t['median']} ms/step, bare {b['median']} ms/step, ratio {res.overhead['ratio']}"
     )
     log(f"cpu: tether {tc} ms/step, bare {bc} ms/step, ratio {res.overhead['cpu_ratio']}")
     log(floor_line(res.overhead))
+    log(tether_floor_line(res.overhead))
 
 
 def floor_line(overhead: dict[str, Any]) -> str:
     commands = overhead["commands_per_step"]
     return (
-        f"floor: {overhead['floor_ms_per_step']['median']} ms/step, "
+        f"floor vs bare: {overhead['floor_ms_per_step']['median']} ms/step, "
         f"ratio {overhead['floor_ratio']}; cpu {overhead['floor_cpu_ms_per_step']} ms/step, "
         f"ratio {overhead['floor_cpu_ratio']}; commands per step {commands['floor']} "
         f"(bare {commands['bare']}, tether {commands['tether']})"
+    )
+
+
+def tether_floor_line(overhead: dict[str, Any]) -> str:
+    r = overhead["tether_floor"]
+    return (
+        f"floor: {overhead['floor_ms_per_step']['median']} ms/step; tether/floor "
+        f"{r['time']:.2f} (time), {r['cpu']:.2f} (cpu), {r['commands']:.2f} (commands)"
     )

@@ -13,13 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TARGET_RATIO = 1.3
-# Runs in flight as a share of the bare Celery ceiling (bench.inflight.share): an
-# absolute count would judge the box's cores, the share judges what Tether adds.
+# Runs in flight as a share of the floor's ceiling (bench.inflight.share): an absolute
+# count would judge the box's cores, the share judges what Tether adds to the design.
 TARGET_INFLIGHT_SHARE = 0.75
 TARGET_P99_S = 0.100
 TARGET_IDLE_BYTES = 20 * 1024
 TARGET_CPU_RATIO = 1.3
 TARGET_LONG_RATIO = 1.2
+# Tether against the floor (bench.floor): time, CPU and Redis commands per step.
+TARGET_FLOOR_RATIO = 1.15
+# Tether against LangGraph on PostgreSQL (bench.peer): per-step time at 20 steps, and
+# step 60's time with 4 KB tool outputs, where LangGraph rewrites its whole history.
+TARGET_PEER_RATIO = 1.5
+TARGET_PEER_LONG_RATIO = 1.0
 
 
 @dataclass
@@ -54,16 +60,26 @@ class Plan:
     long_steps: int = 60  # tool steps of the long run, each tool output 4 KB
     long_runs: int = 3
     long_window: int = 5  # steps at each end of the long run whose median is compared
+    peer_rounds: int = 3  # rounds of bench.peer, each runs of every side, alternating
+    peer_runs: int = 10  # 20-step runs of each side per round
     sections: tuple[str, ...] = (
         "overhead",
         "longrun",
+        "peer",
         "throughput",
         "state",
         "inflight",
+        "capacity",
         "recovery",
         "cluster",
         "handlers",
+        "console",
+        "ratelimit",
     )
+    console_runs: int = 10_000  # runs stored before the console's pages are timed
+    console_waiting: int = 50  # of them waiting for a human, each in the inbox
+    console_requests: int = 40  # timed requests per page
+    console_warmup: int = 3
 
 
 QUICK = dict(
@@ -78,6 +94,8 @@ QUICK = dict(
     settle_s=3.0,
     idle_runs=500,
     long_runs=1,
+    peer_rounds=2,
+    peer_runs=4,
 )
 
 
@@ -96,3 +114,12 @@ class Results:
     cluster: dict[str, Any] = field(default_factory=dict)
     # Tether's own handlers per step, in one process with Celery left out (bench.handlers).
     handlers: dict[str, Any] = field(default_factory=dict)
+    # The console's pages with many runs stored (bench.console).
+    console: dict[str, Any] = field(default_factory=dict)
+    # LangGraph with PostgresSaver beside Tether (bench.peer), or why it was skipped.
+    peer: dict[str, Any] = field(default_factory=dict)
+    # Runs against a provider's requests per second, Tether limited and not (bench.ratelimit).
+    ratelimit: dict[str, Any] = field(default_factory=dict)
+    # Processes and Redis servers N runs in flight need at model latency L, from this
+    # run's figures, and the model checked against this box (bench.capacity).
+    capacity: dict[str, Any] = field(default_factory=dict)

@@ -19,10 +19,10 @@ from typing import Any
 
 import psutil
 
-from tether.celery_app import create_app
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.lifetime import die_with_parent
+from tether.dev.lifetime import die_with_parent
+from tether.dev.stack import DevStack
+from tether.transport.celery_app import create_app
 
 AGENT_MODULES = ["bench.agents"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.driver import Driver
 from bench.procs import Workers, stop_all
-from tether.redis_server import RedisServer
+from tether.dev.redis_server import RedisServer
 
 
 def summarise(path: Path, top: int) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
 
 TARGET_S = 30.0

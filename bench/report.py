@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.inflight import parse_config
+from bench.peer import peer_rows
 from bench.plan import (
     TARGET_CPU_RATIO,
+    TARGET_FLOOR_RATIO,
     TARGET_IDLE_BYTES,
     TARGET_INFLIGHT_SHARE,
     TARGET_LONG_RATIO,
@@ -90,6 +92,18 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 prev(lambda b: f"{b.overhead['floor_ratio']:.2f}x"),
             )
         )
+    if o and "tether_floor" in o:
+        r = o["tether_floor"]
+        rows.append(
+            (
+                "Tether / floor, per step: time; CPU; Redis commands",
+                f"{r['time']:.2f}x; CPU {r['cpu']:.2f}x; {r['commands']:.2f}x "
+                f"({o['commands_per_step']['tether']:.1f} commands)",
+                f"<= {TARGET_FLOOR_RATIO}x each",
+                _met(max(r.values()) <= TARGET_FLOOR_RATIO),
+                prev(lambda b: f"{b.overhead['tether_floor']['time']:.2f}x"),
+            )
+        )
     lr = res.long_run
     if lr:
         for what, ratio, first, last, unit in (
@@ -106,6 +120,7 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                     prev(_long_ratio(ratio)),
                 )
             )
+    rows += peer_rows(res.peer, before.peer if before is not None else None)
     base = next((r for r in res.throughput if r["processes_per_service"] == 1), None)
     for row in res.throughput:
         c = row["processes_per_service"]
@@ -135,6 +150,16 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 prev(_throughput_of(c, "bare_steps_per_s")),
             )
         )
+        if "floor_steps_per_s" in row:
+            rows.append(
+                (
+                    f"  floor (bench.floor) at {c}, steps/s (2 hops + the least Redis work)",
+                    f"{row['floor_steps_per_s']:.0f}",
+                    "",
+                    "",
+                    prev(_throughput_of(c, "floor_steps_per_s")),
+                )
+            )
         if "redis_commands_per_step" in row:
             rows.append(
                 (
@@ -184,21 +209,27 @@ def table(res: Results, before: Results | None = None) -> list[tuple[str, str, s
                 )
             )
     sh = res.inflight_share
-    if sh:
-        rows.append(
-            (
-                "  bare Celery ceiling, runs in flight (hops/s x 1 s x model calls / messages)",
-                f"{sh['bare_ceiling_runs']:,} ({sh['bare_hops_per_s']:.0f} hops/s x "
-                f"{sh['model_latency_s']:g} s x {sh['model_calls_per_run']}/{sh['messages_per_run']})",
-                "",
-                "",
-                prev(lambda b: f"{b.inflight_share['bare_ceiling_runs']:,}"),
+    if sh and "floor_ceiling_runs" in sh:
+        for side in ("floor", "bare"):
+            if f"{side}_ceiling_runs" not in sh:
+                continue
+            rows.append(
+                (
+                    f"  {_SIDE_NAMES[side]} ceiling, runs in flight "
+                    "(hops/s x 1 s x model calls / messages)",
+                    f"{sh[f'{side}_ceiling_runs']:,} ({sh[f'{side}_hops_per_s']:.0f} hops/s x "
+                    f"{sh['model_latency_s']:g} s x "
+                    f"{sh['model_calls_per_run']}/{sh['messages_per_run']})",
+                    "",
+                    "",
+                    prev(_ceiling_of(side)),
+                )
             )
-        )
         rows.append(
             (
-                f"Runs in flight, share of bare ceiling (planner {label(sh['config'])})",
-                f"{sh['tether_runs']:,} / {sh['bare_ceiling_runs']:,} = {sh['share']:.2f}",
+                f"Runs in flight, share of the floor's ceiling (planner {label(sh['config'])})",
+                f"{sh['tether_runs']:,} / {sh['floor_ceiling_runs']:,} = {sh['share']:.2f}"
+                + (f" (of bare's: {sh['bare_share']:.2f})" if "bare_share" in sh else ""),
                 f">= {TARGET_INFLIGHT_SHARE}",
                 _met(sh["share"] >= TARGET_INFLIGHT_SHARE),
                 prev(lambda b: f"{b.inflight_share['share']:.2f}"),
@@ -225,6 +256,13 @@ def _throughput_of(processes: int, key: str) -> Callable[[Results], str]:
         return f"{row[key]:.0f}"
 
     return get
+
+
+_SIDE_NAMES = {"floor": "floor (bench.floor)", "bare": "bare Celery"}
+
+
+def _ceiling_of(side: str) -> Callable[[Results], str]:
+    return lambda b: f"{b.inflight_share[f'{side}_ceiling_runs']:,}"
 
 
 def _in_flight_of(pool: str) -> Callable[[Results], str]:
@@ -324,9 +362,9 @@ def plot(res: Results, path: Path, before: Results | None = None) -> None:
         )
     if res.inflight:
         ax.axhline(100, color="red", linestyle=":", label="100 ms")
-        if res.inflight_share:
-            ceiling = res.inflight_share["bare_ceiling_runs"]
-            ax.axvline(ceiling, color="gray", linestyle="--", label=f"bare ceiling {ceiling:,}")
+        if "floor_ceiling_runs" in res.inflight_share:
+            ceiling = res.inflight_share["floor_ceiling_runs"]
+            ax.axvline(ceiling, color="gray", linestyle="--", label=f"floor ceiling {ceiling:,}")
             ax.axvline(
                 TARGET_INFLIGHT_SHARE * ceiling,
                 color="black",

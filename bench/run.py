@@ -9,12 +9,14 @@ starts on a free port, with real Celery worker processes:
    CPU; and a 60-step run with 4 KB tool outputs, its last steps against its
    first (bench.longrun);
 2. throughput: many runs at once with 1, 2 and 4 worker processes per service,
-   and the CPU each part of the system used;
+   and the CPU each part of the system used; from it and from a stack with its
+   broker on a Redis of its own, a capacity model of what 1,000 to 100,000 runs
+   in flight need past one machine (bench.capacity);
 3. runs in flight: runs whose model takes 1 s (bench.model_server, reached by
    the openai client), kept at a fixed number in flight, raised level by level
    until the p99 scheduling delay (publish to task start) reaches 100 ms, for
-   each planner pool; the best pool's count against the runs bare Celery's hop
-   rate from (2) would carry (bench.inflight.share);
+   each planner pool; the best pool's count against the runs the floor's hop
+   rate from (2) would carry (bench.inflight.share), bare Celery's beside it;
 4. cost of state: Redis memory per idle run (waiting for a human) and Redis
    commands per step;
 5. recovery: seconds from SIGKILL of a worker's process group to the run's
@@ -24,7 +26,14 @@ starts on a free port, with real Celery worker processes:
    its own Redis servers);
 7. handlers: what Tether's own handlers cost a step, called in this process
    with Celery left out, and the Redis CPU and commands they use
-   (bench.handlers).
+   (bench.handlers);
+8. rate limits: runs through two planner processes against a provider that
+   answers 429 over its requests per second, with the same limit configured
+   in Tether and without (bench.ratelimit).
+8. peer: LangGraph with a PostgreSQL checkpointer running the same agent loop,
+   interleaved with Tether's runs, in time and CPU per step and in growth with
+   4 KB tool outputs (bench.peer; skipped with a line when PostgreSQL or
+   LangGraph is missing).
 
 It prints a table with each figure beside its target and writes
 
@@ -46,19 +55,24 @@ from pathlib import Path
 
 import redis
 
+from bench.capacity import capacity_lines, measure_split
+from bench.capacity import model as capacity_model
 from bench.cluster import cluster_line, measure_cluster
+from bench.console import console_line, measure_console
 from bench.driver import Driver, log
 from bench.handlers import handlers_line, measure_handlers
 from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
 from bench.overhead import measure_overhead, start_stack
+from bench.peer import measure_peer, peer_lines
 from bench.plan import QUICK, Plan, Results
+from bench.ratelimit import ratelimit_line, run_both
 from bench.recovery import measure as measure_recovery
 from bench.recovery import recovery_line
 from bench.report import plot, print_table, table
 from bench.state import measure_state
 from bench.throughput import measure_throughput
-from tether.redis_server import RedisServer
+from tether.dev.redis_server import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: overhead,longrun,throughput,state,inflight,recovery,cluster,"
-        "handlers",
+        help="comma-separated: overhead,longrun,peer,throughput,state,inflight,capacity,"
+        "recovery,cluster,handlers,console,ratelimit",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default bench/results)"
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
         res.meta["redis"] = str(redis.Redis.from_url(url).info("server")["redis_version"])
         driver = Driver(url)
-        if {"overhead", "longrun", "throughput", "state"} & set(plan.sections):
+        if {"overhead", "longrun", "peer", "throughput", "state"} & set(plan.sections):
             order = sorted(plan.concurrencies, key=lambda c: c != 2)  # the default first
             for c in order:
                 workers = start_stack(url, c, args.logs)
@@ -130,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                         measure_overhead(plan, driver, workers, res)
                     if c == 2 and "longrun" in plan.sections:
                         measure_long_run(plan, driver, res)
+                    if c == 2 and "peer" in plan.sections:
+                        measure_peer(plan, driver, workers, res)
                     if "throughput" in plan.sections:
                         measure_throughput(plan, driver, workers, c, res, commands=c == 2)
                     if c == 2 and "state" in plan.sections:
@@ -145,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"runs in flight, planner pool {pool}")
                 res.inflight[pool] = run_inflight(plan, url, pool, args.logs)
             record_share(plan, res)
+    if "capacity" in plan.sections:
+        log("the broker and the state store on two Redis servers, for the capacity model")
+        measure_split(plan, res, args.logs)
+    if res.throughput:
+        res.capacity = capacity_model(res)
     if "recovery" in plan.sections:
         log("recovery after SIGKILL, default settings")
         res.recovery = measure_recovery(args.logs)
@@ -154,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     if "handlers" in plan.sections:
         log("Tether's handlers in one process, Celery left out")
         measure_handlers(plan, res)
+    if "console" in plan.sections:
+        log("the console's pages with many runs stored")
+        measure_console(plan, res)
+    if "ratelimit" in plan.sections:
+        log("a provider's requests per second, Tether limited and not")
+        res.ratelimit = run_both(plan.quick, args.logs)
     res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
 
     rows = table(res, before)
@@ -162,11 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{name}.json").write_text(json.dumps(asdict(res), indent=1) + "\n")
     (out / f"{name}.md").write_text(text + "\n")
     plot(res, out / f"{name}.png", before)
+    if res.throughput:
+        for line in capacity_lines(res.capacity):
+            print(line)
     if res.recovery:
         print(recovery_line(res.recovery))
     if res.cluster:
         print(cluster_line(res.cluster))
     if res.handlers:
         print(handlers_line(res.handlers))
+    if res.console:
+        print(console_line(res.console))
+    for line in peer_lines(res.peer):
+        print(line)
+    if res.ratelimit:
+        print(ratelimit_line(res.ratelimit))
     print(f"\nwrote {out / (name + '.json')}, {out / (name + '.png')} in {res.meta['elapsed_s']} s")
     return 0

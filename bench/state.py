@@ -14,7 +14,7 @@ from typing import cast
 
 from bench.driver import Driver, log
 from bench.plan import TARGET_IDLE_BYTES, Plan, Results
-from tether import keys
+from tether.store import keys
 
 
 def measure_state(plan: Plan, driver: Driver, res: Results) -> None:

@@ -3,7 +3,7 @@
 A worker the chaos harness restarts is started from its chaos thread, and the
 kernel ties PR_SET_PDEATHSIG to the thread that forked, not the process: such
 a child would be signalled when that thread ended, so it gets no parent-death
-signal at all (tether.lifetime.die_with_parent), and started in its own session
+signal at all (tether.dev.lifetime.die_with_parent), and started in its own session
 it is out of reach of a signal to the harness's process group. A SIGKILLed
 harness would leave it running.
 

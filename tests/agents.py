@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel, ToolContext, tool
 from tether.errors import TransientToolError
-from tether.messages import TaskEvent
 from tether.models import FallbackModel, ModelResponse, text, tool_call
-from tether.state import ChatMessage, RunState
-from tether.store import run_id_for
+from tether.store.runs import run_id_for
+from tether.store.state import ChatMessage, RunState
+from tether.transport.wire import TaskEvent
 
 
 def ledger_path() -> Path:

@@ -15,9 +15,9 @@ import redis
 from tests.agents import CALCULATOR_TURNS
 from tests.stacks import STOPPING
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.redis_server import RedisServer
+from tether.dev.stack import DevStack
 from tether.models import from_turns
-from tether.redis_server import RedisServer
 from tether.runtime import Runtime
 from tether.testing.openai_server import ScriptedOpenAIServer
 

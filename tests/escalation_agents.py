@@ -7,9 +7,9 @@ import re
 
 from tests.agents import add, record_payment
 from tether import Agent, BudgetLimits, ScriptedModel
-from tether.messages import BudgetEscalation, EscalationKind
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
+from tether.transport.wire import BudgetEscalation, EscalationKind
 
 
 def _asker_script(messages: list[ChatMessage]) -> ModelResponse:
@@ -34,7 +34,7 @@ asker = Agent(
 def _confident_script(messages: list[ChatMessage]) -> ModelResponse:
     """Unsure at first; sure once a human has said something."""
     if any(m.role == "user" and "answered" in (m.content or "") for m in messages):
-        return text('The answer is below.\n```json\n{"answer": "42", "confidence": 0.95}\n```')
+        return text('```json\n{"answer": "42", "confidence": 0.95}\n```')
     return text('{"answer": "maybe 41", "confidence": 0.3}')
 
 

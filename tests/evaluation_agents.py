@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from tests.agents import ledger_path
 from tether import Agent, ScriptedModel, ToolContext, tool
-from tether.autonomy import EarnedAutonomy
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.rollout.autonomy import EarnedAutonomy
+from tether.store.state import ChatMessage
 
 
 def _write(line: str) -> None:

@@ -11,7 +11,7 @@ from tether import Agent, BudgetLimits, ScriptedModel, tool
 from tether.memory import MemoryConfig
 from tether.memory.threads import SUMMARY_INSTRUCTIONS
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 
 def ledger_path() -> Path:

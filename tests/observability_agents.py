@@ -16,7 +16,7 @@ import os
 from tether import Agent, BudgetLimits, ScriptedModel, tool
 from tether.errors import ModelPermanentError
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 # Shaped like no built-in pattern: only TETHER_MODEL_API_KEY's own value redacts it.
 API_KEY = "tether-obs-key-5f1c9a7e2b"

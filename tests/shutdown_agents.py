@@ -12,7 +12,7 @@ import time
 from tests.agents import ledger_path
 from tether import Agent, ScriptedModel, ToolContext, tool
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 
 def _write(line: str) -> None:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 
 # Stacks whose tests are done, still stopping on a thread of their own (see started_stack).
 STOPPING: list[tuple[threading.Thread, list[BaseException]]] = []

@@ -11,6 +11,13 @@ from examples.support_desk.tools import (
 )
 from tether import Agent, BudgetLimits, OpenAIModel, ScriptedModel
 from tether.config import get_settings
+from tether.guardrails import (
+    InjectionGuardrail,
+    LengthLimit,
+    PatternDetector,
+    PiiGuardrail,
+    SecretsGuardrail,
+)
 from tether.memory import MemoryConfig
 from tether.models import ModelClient
 
@@ -28,6 +35,8 @@ def _model() -> ModelClient:
     return ScriptedModel(support_desk_script, label="support_desk")
 
 
+_PAYMENT_DATA = PatternDetector(kinds=("card", "iban"))
+
 support_desk = Agent(
     name="support_desk",
     instructions=(
@@ -39,11 +48,18 @@ support_desk = Agent(
     ),
     model=_model(),
     tools=[lookup_order, find_customer, orders_of_customer, issue_refund],
-    # The model may ask a human when a request is ambiguous (tether.uncertainty).
+    # The model may ask a human when a request is ambiguous (tether.agent.uncertainty).
     ask_human=True,
     # Long-term memory per customer: remember / recall (tether.memory.longterm).
     memory=MemoryConfig(subject_key="customer_id", max_items=50, ttl_s=30 * 24 * 3600),
     budget=BudgetLimits(
         max_steps=8, max_tool_calls=10, max_tokens=50_000, max_cost_usd=0.50, max_wall_s=300
     ),
+    # Guardrails (tether.guardrails). Payment data (card numbers, IBANs) is redacted from
+    # what customers write and from the answers; emails stay, since the desk finds
+    # customers by them. A credential in a request ends the run before it is stored, and a
+    # tool result that tries to give the model orders waits for a person.
+    input_guardrails=[SecretsGuardrail(), LengthLimit(4000), PiiGuardrail(_PAYMENT_DATA)],
+    tool_result_guardrails=[SecretsGuardrail(on_found="redact"), InjectionGuardrail()],
+    output_guardrails=[SecretsGuardrail(), PiiGuardrail(_PAYMENT_DATA)],
 )

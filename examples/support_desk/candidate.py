@@ -1,4 +1,4 @@
-"""A candidate version of the support desk, run in shadow of it (tether.evaluation.shadow).
+"""A candidate version of the support desk, run in shadow of it (tether.rollout.shadow).
 
 Workers that load this module (``make eval`` does; ``make demo`` does not) give
 ``support_desk_v2`` a copy of every support_desk event. Its instructions add a
@@ -16,7 +16,7 @@ from examples.support_desk.agent import support_desk
 from examples.support_desk.script import support_desk_script
 from tether import Agent, ScriptedModel
 from tether.models import ModelClient, ModelResponse, text
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 DAMAGED = re.compile(r"\b(torn|broken|damaged|defective|wrong item|leaks?)\b", re.IGNORECASE)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,10 +20,11 @@ from rich.table import Table
 
 from tether import client
 from tether.cli import render
+from tether.cli.console import serve_in_background
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
-from tether.state import RunState
+from tether.store.state import RunState
 
 TASKS = [
     ("Where is order 1001?", "succeeded"),
@@ -33,6 +35,20 @@ TASKS = [
     # Ambiguous: the model asks a human which order (ask_human); the operator answers.
     ("I want a refund for the stove, it never came.", "succeeded"),
 ]
+
+
+AGENT_MODULES = ["examples.support_desk.agent"]
+# Where `tether dev` serves the console too.
+CONSOLE_PORT = 8680
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def progress(rt: Runtime, run_ids: list[str]) -> Table:
@@ -93,10 +109,15 @@ def main() -> int:
     model = os.environ.get("TETHER_MODEL_BASE_URL") or "the scripted model (scripted:support_desk)"
     render.console.rule("Tether demo: support desk")
     render.console.print(f"model: {model}\nstarting redis-server and three worker services…")
-    with DevStack(agent_modules=["examples.support_desk.agent"], log_dir=logs) as stack:
+    with DevStack(agent_modules=AGENT_MODULES, log_dir=logs) as stack:
         os.environ["TETHER_REDIS_URL"] = stack.redis_url
         rt = Runtime(Settings(redis_url=stack.redis_url))
-        render.console.print(f"redis {stack.redis_url}; worker logs in {logs}/\n")
+        render.console.print(f"redis {stack.redis_url}; worker logs in {logs}/")
+        if _port_free(CONSOLE_PORT):
+            url = serve_in_background(stack.redis_url, AGENT_MODULES, CONSOLE_PORT)
+            render.console.print(f"console {url} (no sign-in: loopback only) while the demo runs\n")
+        else:
+            render.console.print(f"console: port {CONSOLE_PORT} is taken, not served\n")
 
         run_ids = []
         for goal, _ in TASKS:
@@ -156,7 +177,7 @@ def main() -> int:
         )
         render.console.rule("traces")
         for state in settled:
-            events = [e for _, e in rt.store.trace(state.run_id)]
+            events = [e for _, e in rt.store.log.read(state.run_id)]
             render.console.print(render.trace_table(state.run_id, events))
             render.console.print(render.run_panel(state, rt.store.budgets.usage(state.run_id)))
         memory_problems = show_memory(rt)
@@ -171,6 +192,9 @@ def main() -> int:
         render.console.print("[red]demo failed:[/]\n  " + "\n  ".join(wrong))
         return 1
     render.console.print("[green]demo finished: all runs ended as expected; stack stopped.[/]")
+    render.console.print(
+        f"`tether dev` keeps a stack up, the console on http://localhost:{CONSOLE_PORT}/"
+    )
     return 0
 
 

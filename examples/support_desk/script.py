@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from tether.models import ModelResponse, text, tool_call
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 
 def _observations(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -121,7 +121,7 @@ def support_desk_script(messages: list[ChatMessage]) -> ModelResponse:
 
 
 def _last_order(seen: list[dict[str, Any]]) -> ModelResponse:
-    """"My last order": what memory recalls of this customer, then the order itself."""
+    """ "My last order": what memory recalls of this customer, then the order itself."""
     if not seen:
         return tool_call("recall", {"query": "last_order"})
     recalled = seen[0].get("result")

@@ -21,13 +21,13 @@ from examples.support_desk.db import connect
 from tether import client
 from tether.cli import render
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.errors import TetherError
-from tether.evaluation.shadow import shadow_event_id
-from tether.messages import Verdict
+from tether.rollout.shadow import shadow_event_id
 from tether.runtime import Runtime
-from tether.state import RunStatus
-from tether.store import run_id_for
+from tether.store.runs import run_id_for
+from tether.store.state import RunStatus
+from tether.transport.wire import Verdict
 
 CANDIDATE = "support_desk_v2"
 # goal -> the primary's end (a refund waits for a human: approved, or rejected).

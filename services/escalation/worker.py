@@ -1,44 +1,9 @@
-"""Escalation worker: consumes tether.escalations. Run with `tether worker escalation`."""
+"""The escalation service's Celery app, for `celery -A services.escalation.worker worker`.
 
-from __future__ import annotations
+`tether worker escalation` runs the same app from the installed package (tether.escalation.worker);
+this module is where a deployment that runs Celery directly points it.
+"""
 
-from typing import Any
+from tether.escalation.worker import app
 
-from celery.signals import worker_ready, worker_shutdown
-
-from tether import celery_app, escalations, operators
-from tether.messages import Decision, Escalation
-from tether.notifications import Notifier
-from tether.service import TASK_OPTIONS, parse, runtime, service_app
-
-app = service_app("escalation")
-operators.check(runtime().settings)
-_notifier: list[Notifier] = []
-
-
-@worker_ready.connect(weak=False)
-def _start_notifier(**_: Any) -> None:
-    """Deliver escalation notifications to the webhooks (TETHER_WEBHOOK_URLS), if any."""
-    rt = runtime()
-    if rt.settings.webhooks and not _notifier:
-        _notifier.append(Notifier(rt.store.client, rt.settings).start())
-
-
-@worker_shutdown.connect(weak=False)
-def _stop_notifier(**_: Any) -> None:
-    for notifier in _notifier:
-        notifier.stop()
-
-
-@app.task(name=celery_app.ESCALATE, **TASK_OPTIONS)
-def open_escalation(escalation: dict[str, Any]) -> None:
-    parsed = parse(Escalation, escalation, celery_app.ESCALATE, {"escalation": escalation})
-    if parsed is not None:
-        escalations.open_escalation(runtime(), parsed)
-
-
-@app.task(name=celery_app.DECIDE, **TASK_OPTIONS)
-def decide(decision: dict[str, Any]) -> None:
-    parsed = parse(Decision, decision, celery_app.DECIDE, {"decision": decision})
-    if parsed is not None:
-        escalations.decide(runtime(), parsed)
+__all__ = ["app"]

@@ -1,26 +1,9 @@
-"""Executor worker: consumes tether.tools. Run with `tether worker executor`."""
+"""The executor service's Celery app, for `celery -A services.executor.worker worker`.
 
-from __future__ import annotations
+`tether worker executor` runs the same app from the installed package (tether.executor.worker);
+this module is where a deployment that runs Celery directly points it.
+"""
 
-from typing import Any
+from tether.executor.worker import app
 
-from celery import Task
-
-from tether import celery_app, executor
-from tether.errors import ActionInFlightError
-from tether.messages import ToolAction
-from tether.service import TASK_OPTIONS, parse, runtime, service_app
-
-app = service_app("executor")
-
-
-@app.task(name=celery_app.EXECUTE, bind=True, **TASK_OPTIONS)
-def execute(self: Task, action: dict[str, Any]) -> None:
-    parsed = parse(ToolAction, action, celery_app.EXECUTE, {"action": action})
-    if parsed is None:
-        return
-    try:
-        executor.execute(runtime(), parsed)
-    except ActionInFlightError as exc:
-        # Another delivery holds the action; look again once its lock would have lapsed.
-        raise self.retry(countdown=exc.retry_after_s, max_retries=None) from exc
+__all__ = ["app"]

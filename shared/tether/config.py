@@ -6,12 +6,13 @@ import json
 import re
 from functools import lru_cache
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tether.errors import ConfigError
+from tether.redis_tls import TLS_QUERY, tls_problems, tls_url
+from tether.store.ratelimits import RateLimit
 
 
 class Settings(BaseSettings):
@@ -93,10 +94,24 @@ class Settings(BaseSettings):
         "published before it that has not reached intake; then it goes ahead (one reconciler "
         "interval may be added)",
     )
+    # Fairness and priority (tether.planner.admission); no cap set, no event waits.
+    tenant_key: str = Field(default="tenant", description="Metadata field naming an event's "
+        'tenant; events without it are tenant "default"')  # fmt: skip
+    max_runs_in_flight: int | None = Field(default=None, ge=1, description="Runs started and "
+        "not ended, all tenants together; more wait in Redis (unlimited if unset)")  # fmt: skip
+    tenant_default_max_runs: int | None = Field(default=None, ge=1, description="Runs in "
+        "flight per tenant not named in TETHER_TENANT_MAX_RUNS (unlimited if unset)")  # fmt: skip
+    tenant_max_runs: dict[str, int] = Field(default_factory=dict, description="Runs in "
+        'flight per named tenant, e.g. {"acme": 50}')  # fmt: skip
+    batch_every: int = Field(default=4, ge=2, description="While both wait, every Nth run "
+        "started is a batch-priority one, so interactive events never starve batch")  # fmt: skip
+    metric_tenants: list[str] = Field(default_factory=list, description="Tenants named in "
+        'metric labels besides "default" and those in TETHER_TENANT_MAX_RUNS; others '
+        'are "other"')  # fmt: skip
     task_soft_time_limit_s: int = Field(
         default=120,
         description="Soft time limit per message: SoftTimeLimitExceeded is raised in it, under "
-        "prefork by Celery and under gevent by tether.time_limits",
+        "prefork by Celery and under gevent by tether.worker.time_limits",
     )
     task_time_limit_s: int = Field(
         default=180,
@@ -120,7 +135,7 @@ class Settings(BaseSettings):
         default="gevent",
         description="The planner's Celery pool. It waits seconds on each model call and spends "
         "milliseconds of CPU around it: greenlets hold hundreds of calls per process at a few "
-        "KB each; the soft time limit is armed by tether.time_limits",
+        "KB each; the soft time limit is armed by tether.worker.time_limits",
     )
     planner_concurrency: int = Field(
         default=200, description="Model calls one planner process holds at once"
@@ -142,6 +157,13 @@ class Settings(BaseSettings):
         default=3,
         description="Attempts per model call, retrying 408, 409, 429, 5xx, timeouts and "
         "connection errors with jittered backoff that honours Retry-After",
+    )
+    model_max_rate_limit_pauses: int = Field(
+        default=30,
+        ge=0,
+        description="How many 429s with Retry-After one planning step waits out (off the "
+        "worker, pausing the endpoint for every planner) before its run fails as "
+        "model_transient: an endpoint that keeps refusing must not hold runs forever",
     )
     model_retry_wait_max_s: float = Field(
         default=10.0,
@@ -165,6 +187,9 @@ class Settings(BaseSettings):
         "transient, rate_limited, timeout, server_error, permanent); permanent (a 4xx) is off "
         "by default: the same request fails there too, or hides a broken configuration",
     )
+    model_rate_limits: dict[str, RateLimit] = Field(default_factory=dict, description="Shared "
+        'rate limits by "BASE_URL|MODEL" or model name, e.g. {"gpt-4o-mini": {"requests": 500, '
+        '"tokens": 200000, "window_s": 60}}; over an agent\'s model_rate_limit')  # fmt: skip
     max_event_bytes: int = Field(
         default=256 * 1024,
         description="Largest accepted TaskEvent, as JSON; a larger one is rejected "
@@ -193,6 +218,20 @@ class Settings(BaseSettings):
         description="This operator's token, which signs tether escalations decisions "
         "(or --token-file)",
     )
+    api_keys_file: str | None = Field(
+        default=None,
+        description="JSON file of the keys that may publish events through the HTTP API "
+        '(POST /v1/events): {"keys": [{"name": ..., "key_sha256": ...}]}, each the sha256 '
+        "of a key its publisher sends as a Bearer token; unset, only operators may publish",
+    )
+    console_host: str = Field(
+        default="127.0.0.1",
+        description="Address tether console binds the HTTP API and console to",
+    )
+    console_port: int = Field(
+        default=8680,
+        description="Port tether console serves the HTTP API and console on",
+    )
     run_ttl_s: int = Field(
         default=7 * 24 * 3600,
         description="How long (s) a finished run's keys, its action results and decided "
@@ -219,8 +258,7 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(
         default=None,
-        description="Serve Prometheus metrics on this port; each worker on one host needs its "
-        "own",
+        description="Serve Prometheus metrics on this port; each worker on one host needs its own",
     )
     otlp_endpoint: str | None = Field(
         default=None,
@@ -284,7 +322,12 @@ class Settings(BaseSettings):
     def _consistent(self) -> Self:
         # Raised as ConfigError rather than collected by pydantic: every entry
         # point reports a TetherError as one clear line and a non-zero exit.
-        problems: list[str] = []
+        problems: list[str] = [
+            f"TETHER_TENANT_MAX_RUNS gives tenant {tenant!r} the cap {cap}: a cap is 1 or more "
+            "(runs in flight); remove the tenant to leave it uncapped"
+            for tenant, cap in self.tenant_max_runs.items()
+            if cap < 1
+        ]
         if self.visibility_timeout_s <= self.task_time_limit_s:
             problems.append(
                 f"TETHER_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) is not above "
@@ -344,7 +387,7 @@ class Settings(BaseSettings):
         """
         if not isinstance(data, dict):
             return data
-        files = {query: data.get(field) for query, field in _TLS_QUERY.items()}
+        files = {query: data.get(field) for query, field in TLS_QUERY.items()}
         folded = dict(data)
         for field in ("redis_url", "broker_url"):
             url = data.get(field)
@@ -359,7 +402,7 @@ class Settings(BaseSettings):
             urls.append(("TETHER_BROKER_URL", self.broker_url))
         if not any(url.startswith("rediss://") for _, url in urls):
             named = [
-                f"TETHER_{field.upper()}" for field in _TLS_QUERY.values() if getattr(self, field)
+                f"TETHER_{field.upper()}" for field in TLS_QUERY.values() if getattr(self, field)
             ]
             if named:
                 return [
@@ -380,62 +423,6 @@ class Settings(BaseSettings):
             self.model_max_attempts * self.model_timeout_s
             + (self.model_max_attempts - 1) * self.model_retry_wait_max_s
         )
-
-
-def tls_url(url: str, files: dict[str, str | None]) -> tuple[str, dict[str, str]]:
-    """``url`` with the TLS ``files`` (query name -> path) it does not name itself added.
-
-    Returns the URL and its TLS query parameters, ssl_cert_reqs included.
-    """
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for name, path in files.items():
-        if path and name not in query:
-            query[name] = path
-    query.setdefault("ssl_cert_reqs", "required")
-    folded = urlunsplit(parts._replace(query=urlencode(query, safe="/")))
-    return folded, {k: v for k, v in query.items() if k.startswith("ssl_")}
-
-
-def tls_problems(setting: str, tls: dict[str, str]) -> list[str]:
-    """What is wrong with a rediss:// URL's TLS parameters (from tls_url)."""
-    problems: list[str] = []
-    if tls.get("ssl_cert_reqs", "required").lower() != "required":
-        problems.append(
-            f"{setting} has ssl_cert_reqs={tls['ssl_cert_reqs']}: Tether verifies Redis's "
-            "certificate; drop it, and name the CA that signed that certificate "
-            "(TETHER_REDIS_TLS_CA_FILE)"
-        )
-    if tls.get("ssl_keyfile") and not tls.get("ssl_certfile"):
-        problems.append(
-            f"{setting}: a client key (TETHER_REDIS_TLS_KEY_FILE) without its certificate "
-            "(TETHER_REDIS_TLS_CERT_FILE)"
-        )
-    for name, what in (
-        ("ssl_ca_certs", "CA file (TETHER_REDIS_TLS_CA_FILE)"),
-        ("ssl_certfile", "client certificate (TETHER_REDIS_TLS_CERT_FILE)"),
-        ("ssl_keyfile", "client key (TETHER_REDIS_TLS_KEY_FILE)"),
-    ):
-        path = tls.get(name)
-        if not path:
-            continue
-        try:
-            with open(path, "rb") as file:
-                file.read(1)
-        except OSError as exc:
-            problems.append(
-                f"{setting}: the Redis TLS {what} {path} cannot be read "
-                f"({exc.strerror or exc}); fix the path or its permissions"
-            )
-    return problems
-
-
-#: Where each TLS file goes in a rediss:// URL's query, by the setting that names it.
-_TLS_QUERY = {
-    "ssl_ca_certs": "redis_tls_ca_file",
-    "ssl_certfile": "redis_tls_cert_file",
-    "ssl_keyfile": "redis_tls_key_file",
-}
 
 
 @lru_cache(maxsize=1)

@@ -5,6 +5,17 @@ Each message says what happened, to what, and what to do about it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def validation_problems(exc: ValidationError, *, whole: str = "<root>") -> str:
+    """Every problem pydantic found, each with the field it concerns ("a.b: Field
+    required; c: ..."), not the first alone; ``whole`` names the value itself."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())
+
 
 class TetherError(Exception):
     """Root of every error Tether raises on purpose."""
@@ -29,6 +40,30 @@ class UnknownRunError(TetherError):
             f"run {run_id!r} does not exist in the run store; check the id with `tether runs list`"
         )
         self.run_id = run_id
+
+
+class RunNotEndedError(TetherError):
+    """A run that has not ended cannot be retried."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(
+            f"run {run_id!r} is still {status}: retry it once it has ended, or cancel it "
+            "first (`tether runs cancel`)"
+        )
+        self.run_id = run_id
+
+
+class RunResultError(TetherError):
+    """A run's result cannot be given as asked (tether.client.result): the run has not
+    succeeded, or its output is not of the type asked for."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(f"run {run_id!r}: {message}")
+        self.run_id = run_id
+
+
+class ForkError(TetherError):
+    """A run cannot be forked from the step asked for (no such run, step or log)."""
 
 
 class EventRejectedError(TetherError):
@@ -97,6 +132,8 @@ class ModelError(TetherError):
     """
 
     kind: str = "transient"
+    # A 429's Retry-After, where the endpoint said how long to wait (tether.store.ratelimits).
+    retry_after_s: float | None = None
 
     def __init__(
         self, message: str, *, attempts: int = 1, status: int | None = None, kind: str | None = None

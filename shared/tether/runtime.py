@@ -12,11 +12,13 @@ import redis
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
-from tether import celery_app, held_publish, tracing
 from tether.config import Settings, get_settings
-from tether.messages import Decision, Escalation, Observation, TaskEvent, ToolAction
-from tether.metrics import PUBLISHED_AT_HEADER
-from tether.store import RunStore, connect
+from tether.observability import tracing
+from tether.observability.metrics import PUBLISHED_AT_HEADER
+from tether.store.connection import connect
+from tether.store.runs import RunStore
+from tether.transport import celery_app, held_publish
+from tether.transport.wire import Decision, Escalation, Observation, TaskEvent, ToolAction
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Runtime:
         return self.settings.broker_url is None and not self.settings.redis_cluster
 
     def _send(self, task: str, shown: str, *, trace_run: str | None = None, **kwargs: Any) -> None:
-        """Publish ``task``; ``trace_run`` names its run where ``kwargs`` do not (tether.tracing)."""
+        """Publish ``task``; ``trace_run`` names its run where ``kwargs`` do not (tether.observability.tracing)."""
         queue = celery_app.QUEUE_OF[task]
         # ``shown`` is what task events, Flower and worker logs show instead of the
         # payload: shorter to render per message, and no tool arguments in them.
@@ -66,7 +68,7 @@ class Runtime:
             }
             if self.broker_is_store and self.store.batch.holding:
                 # Inside a task: the message goes out with the task's held writes
-                # (tether.held_publish).
+                # (tether.transport.held_publish).
                 with (
                     self.celery.producer_or_acquire() as producer,
                     held_publish.publishing_into(self.store.batch),

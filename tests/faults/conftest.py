@@ -13,7 +13,7 @@ import pytest
 from tests.agents import calculator_script
 from tests.stacks import started_stack
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
 from tether.testing.openai_server import ScriptedOpenAIServer
 

@@ -23,12 +23,14 @@ import redis
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, wait_for, wait_status
 from tests.stacks import started_stack
-from tether import client, keys
-from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
-from tether.transport import CONSUMER_DEAD_AFTER_S, deliveries
+from tether.store import keys
+from tether.transport.celery_app import PLAN_QUEUE, TOOLS_QUEUE
+from tether.transport.consumers import CONSUMER_DEAD_AFTER_S
+from tether.transport.delivery import deliveries
 
 TOOL_S = 3.0
 MODEL_S = 3.0
@@ -186,9 +188,7 @@ def test_planner_sigtermed_mid_model_call_commits_each_step_once(
         what="the late events to wait on the queue while it drains",
     )
     # Both model calls are all it holds.
-    drains_then_exits(
-        shutdown_stack, "planner", PLAN_QUEUE, old, old_consumer, sent, 2, MODEL_S
-    )
+    drains_then_exits(shutdown_stack, "planner", PLAN_QUEUE, old, old_consumer, sent, 2, MODEL_S)
     ledger = Counter(read_ledger())
     for label in thinking.values():
         # The call in flight at SIGTERM returned, in the worker that made it.

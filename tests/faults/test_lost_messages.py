@@ -7,7 +7,7 @@ import time
 from tests.agents import unplanned_calculator_run
 from tests.faults.conftest import STALLED_AFTER_S
 from tether.runtime import Runtime
-from tether.state import RunStatus
+from tether.store.state import RunStatus
 
 
 def test_a_run_whose_next_message_was_lost_is_redriven_and_finishes(frt: Runtime) -> None:
@@ -24,5 +24,5 @@ def test_a_run_whose_next_message_was_lost_is_redriven_and_finishes(frt: Runtime
     assert current.status == RunStatus.succeeded, current.error
     assert current.result is not None and "5" in current.result
     assert time.monotonic() - started >= STALLED_AFTER_S - 1  # left alone until it stalled
-    kinds = [e.kind for _, e in frt.store.trace(state.run_id)]
+    kinds = [e.kind for _, e in frt.store.log.read(state.run_id)]
     assert kinds.count("run_redriven") == 1

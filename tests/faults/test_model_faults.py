@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from tests.integration.helpers import kinds, pending_escalation, wait_status
 from tether import client
-from tether.messages import Verdict
 from tether.runtime import Runtime
 from tether.testing.openai_server import Fault, ScriptedOpenAIServer
+from tether.transport.wire import Verdict
 
 
 def model_calls(rt: Runtime, run_id: str) -> list[dict[str, object]]:
-    return [e.data for _, e in rt.store.trace(run_id) if e.kind == "model_call"]
+    return [e.data for _, e in rt.store.log.read(run_id) if e.kind == "model_call"]
 
 
 def test_rate_limit_is_retried_after_retry_after(
@@ -21,7 +21,13 @@ def test_rate_limit_is_retried_after_retry_after(
     state = wait_status(frt, run_id, "succeeded", timeout_s=30)
 
     assert state.result == "2 + 3 = 5"
-    assert model_calls(frt, run_id)[0]["attempts"] == 3
+    # The primary's 429 went to the fallback model, whose 429 ended the call: its
+    # Retry-After paused the endpoint for every planner, and the step waited it out off
+    # the worker (tether.planner.ratelimited) instead of retrying in place.
+    waits = [e.data for _, e in frt.store.log.read(run_id) if e.kind == "rate_limited"]
+    assert [w["why"] for w in waits] == ["429 Retry-After"]
+    assert waits[0]["seconds"] >= fault_server.retry_after_s
+    assert model_calls(frt, run_id)[0]["attempts"] == 1
 
 
 def test_slow_and_truncated_answers_are_retried(
@@ -84,7 +90,7 @@ def test_malformed_tool_calls_get_corrective_feedback(
     run_id = client.submit("resilient", "What is 2 + 3?", runtime=frt)
     state = wait_status(frt, run_id, "succeeded", timeout_s=30)
 
-    invalid = [e.data for _, e in frt.store.trace(run_id) if e.kind == "tool_call_invalid"]
+    invalid = [e.data for _, e in frt.store.log.read(run_id) if e.kind == "tool_call_invalid"]
     assert [i["error_category"] for i in invalid] == ["model_invalid_output"] * 2
     assert "not valid JSON" in str(invalid[0]["error"])
     assert "'no_such_tool' does not exist" in str(invalid[1]["error"])

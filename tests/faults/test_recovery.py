@@ -2,7 +2,7 @@
 
 The stack here keeps every delivery setting at its default (visibility timeout
 600 s, stall threshold 300 s): recovery comes from consumer liveness
-(tether.transport), not from a short timeout.
+(tether.transport.reliable), not from a short timeout.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import redis
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, wait_for, wait_status
 from tests.stacks import started_stack
-from tether import client, keys
-from tether.celery_app import PLAN_QUEUE
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import TaskEvent
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
-from tether.store import run_id_for
+from tether.store import keys
+from tether.store.runs import run_id_for
+from tether.transport.celery_app import PLAN_QUEUE
+from tether.transport.wire import TaskEvent
 
 RECOVERY_BOUND_S = 30.0
 
@@ -102,6 +103,6 @@ def test_executor_killed_mid_tool_recovers_within_seconds_on_default_settings(
     state = wait_status(drt, run_id, "succeeded", timeout_s=RECOVERY_BOUND_S + 10)
     recovery_s = time.monotonic() - killed
     assert recovery_s <= RECOVERY_BOUND_S, f"took {recovery_s:.1f}s after SIGKILL"
-    assert state.result == "survey said: {\"result\": \"surveyed\"}"
+    assert state.result == 'survey said: {"result": "surveyed"}'
     assert attempts() == 2  # idempotent: run again, once
     assert kinds(drt, run_id).count("run_finished") == 1

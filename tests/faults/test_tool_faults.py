@@ -5,12 +5,12 @@ from __future__ import annotations
 from tests.agents import read_ledger
 from tests.integration.helpers import pending_escalation, wait_status
 from tether import client
-from tether.messages import Verdict
 from tether.runtime import Runtime
+from tether.transport.wire import Verdict
 
 
 def tool_calls(rt: Runtime, run_id: str) -> list[dict[str, object]]:
-    return [e.data for _, e in rt.store.trace(run_id) if e.kind == "tool_call"]
+    return [e.data for _, e in rt.store.log.read(run_id) if e.kind == "tool_call"]
 
 
 def test_transient_tool_errors_are_retried_with_backoff(frt: Runtime) -> None:

@@ -8,12 +8,15 @@ import time
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
-from tether import celery_app, client, deadletters, escalations
-from tether.devstack import DevStack
-from tether.messages import TaskEvent, Verdict
+from tether import client
+from tether.dev.stack import DevStack
+from tether.escalation import records
 from tether.runtime import Runtime
-from tether.store import run_id_for
-from tether.transport import DELIVERIES_HEADER
+from tether.store.runs import run_id_for
+from tether.transport import celery_app
+from tether.transport.reliable import DELIVERIES_HEADER
+from tether.transport.wire import TaskEvent, Verdict
+from tether.worker import deadletters
 
 
 def kill_and_restart(stack: DevStack, service: str) -> None:
@@ -119,14 +122,14 @@ def test_an_approved_rerun_is_single_use_even_when_its_worker_dies(
     def second_question() -> bool:
         pending = [
             r
-            for r in escalations.list_escalations(frt)
+            for r in records.list_escalations(frt)
             if r.escalation.run_id == run_id
             and r.escalation.escalation_id != first.escalation.escalation_id
         ]
         return bool(pending)
 
     wait_for(second_question, timeout_s=40, what="a second unsafe_retry escalation")
-    (second,) = [r for r in escalations.list_escalations(frt) if r.escalation.run_id == run_id]
+    (second,) = [r for r in records.list_escalations(frt) if r.escalation.run_id == run_id]
     assert second.escalation.kind == "unsafe_retry"
     assert "died mid-call" in second.escalation.reason
     assert second.escalation.action is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tether import Agent, ScriptedModel
 from tether.models import ModelResponse, text
-from tether.state import ChatMessage
+from tether.store.state import ChatMessage
 
 HANG_S = 60.0
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from tether.runtime import Runtime
-from tether.state import EscalationRecord, RunState
+from tether.store.state import EscalationRecord, RunState
 
 
 def wait_for(
@@ -31,18 +31,18 @@ def wait_status(rt: Runtime, run_id: str, status: str, timeout_s: float = 20.0) 
         state = rt.store.get(run_id)
         raise AssertionError(
             f"{run_id} is {state.status if state else 'missing'}, not {status}: "
-            f"{state.error if state else ''}; trace: {[e.kind for _, e in rt.store.trace(run_id)]}"
+            f"{state.error if state else ''}; trace: {[e.kind for _, e in rt.store.log.read(run_id)]}"
         ) from None
     return rt.store.load(run_id)
 
 
 def pending_escalation(rt: Runtime, run_id: str, timeout_s: float = 20.0) -> EscalationRecord:
-    from tether import escalations
+    from tether.escalation import records
 
     found: list[EscalationRecord] = []
 
     def opened() -> bool:
-        found[:] = [r for r in escalations.list_escalations(rt) if r.escalation.run_id == run_id]
+        found[:] = [r for r in records.list_escalations(rt) if r.escalation.run_id == run_id]
         return bool(found)
 
     wait_for(opened, timeout_s, f"an escalation for {run_id}")
@@ -50,4 +50,4 @@ def pending_escalation(rt: Runtime, run_id: str, timeout_s: float = 20.0) -> Esc
 
 
 def kinds(rt: Runtime, run_id: str) -> list[str]:
-    return [event.kind for _, event in rt.store.trace(run_id)]
+    return [event.kind for _, event in rt.store.log.read(run_id)]

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from tests.agents import read_ledger
-from tether.agents import load_agent_modules
-from tether.devstack import DevStack
+from tether.agent.definition import load_agent_modules
+from tether.dev.stack import DevStack
 from tether.evaluation.adversarial import AdversarialReport, run_suite
 from tether.runtime import Runtime
 
@@ -36,17 +36,25 @@ def test_support_desk_survives_every_case(stack: DevStack, stack_runtime: Runtim
         "input_oversized",
     ):
         assert outcomes[case] == (True, "rejected"), report.case(case)
-    # A model that obeys the injection asks for the refund: approval is required, nothing ran.
-    for variant in ("ignore_instructions", "fake_authority", "fake_transcript"):
+    # The injected text never reaches the model: support_desk's injection guardrail holds
+    # the tool result for a person (the suite rejects it), so nothing is even asked for.
+    for variant in ("ignore_instructions", "fake_authority", "fake_transcript", "own_model"):
         result = report.case(f"injection_{variant}")
         assert (result.survived, result.how, result.escalations) == (
             True,
             "escalated",
-            ["approval_required"],
+            ["guardrail"],
         ), result
         assert result.status == "rejected"
         assert result.failures == []
-    assert outcomes["injection_own_model"] == (True, "completed")
+    # Its guardrail cases: each place's guardrails caught what they must.
+    assert {c.case: (c.survived, c.how) for c in report.cases if c.group == "guardrail"} == {
+        "guardrail_card_in_input": (True, "completed"),
+        "guardrail_secret_in_input": (True, "rejected"),
+        "guardrail_injection_in_tool_result": (True, "escalated"),
+        "guardrail_secret_in_tool_result": (True, "completed"),
+        "guardrail_card_in_output": (True, "completed"),
+    }
     assert outcomes["tool_raises"] == (True, "fed_back")
     assert report.case("tool_raises").detail == "tool_permanent"
     assert report.case("tool_hangs").detail == "timeout"

@@ -1,5 +1,5 @@
 """Escalate instead of guessing (issue 13), on real Redis and real worker processes:
-ask_human, a low-confidence answer, budgets a human extends, webhook notifications."""
+ask_human, a low-confidence answer, budgets a human extends, webhook webhooks."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import pending_escalation, wait_for, wait_status
-from tether import client, notifications
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.redis_server import RedisServer
+from tether.dev.stack import DevStack
 from tether.errors import DecisionRefusedError, EscalationClosedError
-from tether.messages import Verdict
-from tether.redis_server import RedisServer
+from tether.escalation import webhooks
 from tether.runtime import Runtime
+from tether.transport.wire import Verdict
 
 
 def test_ask_human_answer_comes_back_as_the_tools_result(stack_runtime: Runtime) -> None:
@@ -42,7 +43,7 @@ def test_ask_human_answer_comes_back_as_the_tools_result(stack_runtime: Runtime)
     tool_messages = [json.loads(m.content or "") for m in state.messages if m.role == "tool"]
     assert tool_messages == [{"answer": "ACC-7", "answered_by": "ops"}]
     # The question never reached the executor.
-    assert not [ev for _, ev in rt.store.trace(run_id) if ev.kind == "tool_call"]
+    assert not [ev for _, ev in rt.store.log.read(run_id) if ev.kind == "tool_call"]
 
 
 def test_ask_human_rejected_ends_the_run_rejected(stack_runtime: Runtime) -> None:
@@ -101,7 +102,7 @@ def test_budget_extension_lets_the_run_finish(stack_runtime: Runtime) -> None:
     assert state.result == "added 3 times"
     assert state.limits.max_steps == 4
     assert rt.store.budgets.limit(run_id, "steps") == 4
-    decided = [ev for _, ev in rt.store.trace(run_id) if ev.kind == "escalation_decided"]
+    decided = [ev for _, ev in rt.store.log.read(run_id) if ev.kind == "escalation_decided"]
     assert decided[0].data["verdict"] == "extend" and decided[0].data["by"] == "carol"
     assert (decided[0].data["limit"], decided[0].data["extend_by"]) == ("steps", 2)
 
@@ -160,7 +161,7 @@ def test_two_operators_extending_at_once_spend_one_extension(stack_runtime: Runt
     state = wait_status(rt, run_id, "succeeded")
     assert rt.store.budgets.limit(run_id, "steps") == 4
     assert state.limits.max_steps == 4
-    decided = [ev for _, ev in rt.store.trace(run_id) if ev.kind == "escalation_decided"]
+    decided = [ev for _, ev in rt.store.log.read(run_id) if ev.kind == "escalation_decided"]
     assert len(decided) == 1
     # Once spent, the escalation takes no other extension: the budget script refuses
     # another extender, and the winner's own again is a duplicate that writes nothing.
@@ -263,7 +264,7 @@ def test_webhooks_delivered_once_each_signed_and_retried(
     # The first two attempts failed and were retried.
     assert len(receiver.requests) == len(receiver.accepted) + 2
     for headers, data in receiver.accepted:
-        assert notifications.verify(SECRET, data, headers[notifications.SIGNATURE_HEADER])
+        assert webhooks.verify(SECRET, data, headers[webhooks.SIGNATURE_HEADER])
         assert (
             headers["X-Tether-Delivery"]
             == f"{json.loads(data)['escalation_id']}:" + json.loads(data)["event"]

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from bench import capacity, floor
 from bench import driver as bench_driver
-from bench import floor
+from bench.console import console_line, measure_console
 from bench.driver import Driver
 from bench.handlers import handlers_line, measure_handlers
 from bench.inflight import record_share, run_inflight
 from bench.longrun import measure_long_run
-from bench.overhead import measure_overhead, start_stack
+from bench.overhead import measure_overhead, start_stack, tether_floor_line
 from bench.plan import (
+    TARGET_FLOOR_RATIO,
     TARGET_IDLE_BYTES,
     TARGET_INFLIGHT_SHARE,
     TARGET_LONG_RATIO,
@@ -33,7 +35,7 @@ from bench.procs import Workers
 from bench.report import table
 from bench.state import measure_state
 from bench.throughput import measure_throughput
-from tether.redis_server import RedisServer
+from tether.dev.redis_server import RedisServer
 
 
 def test_bench_measures_overhead_and_state_on_real_workers(
@@ -67,7 +69,7 @@ def test_bench_measures_overhead_and_state_on_real_workers(
             measure_overhead(plan, driver, workers, res)
             measure_long_run(plan, driver, res)
             measure_state(plan, driver, res)
-            measure_throughput(plan, driver, workers, 1, res, commands=False)
+            measure_throughput(plan, driver, workers, 1, res, commands=True)
             # A run or chain is timed to its worker's own stamp, not to when the
             # harness, looking only every second (DUE_POLL_S at least), notices that it ended.
             monkeypatch.setattr(bench_driver, "DUE", 0.0)
@@ -95,6 +97,17 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     # The floor's scripts and writes come on top of what a bare hop sends.
     commands = o["commands_per_step"]
     assert commands["tether"] > commands["floor"] > commands["bare"] > 0
+    # Tether against the floor, as the line prints it (the form).
+    r = o["tether_floor"]
+    assert r == {
+        "time": round(tether / floor[0], 3),
+        "cpu": round(cpu[0] / floor[1], 3),
+        "commands": round(commands["tether"] / commands["floor"], 3),
+    }
+    assert tether_floor_line(o) == (
+        f"floor: {floor[0]} ms/step; tether/floor {r['time']:.2f} (time), "
+        f"{r['cpu']:.2f} (cpu), {r['commands']:.2f} (commands)"
+    )
 
     lr = res.long_run
     assert lr["steps"] == 6 and lr["step_1_ms"] > 0 and lr["step_n_ms"] > 0
@@ -113,6 +126,10 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     assert ratio_row[1] == f"{o['ratio']:.2f}x" and ratio_row[2] == f"<= {TARGET_RATIO}x"
     floor_row = next(row for name, row in rows.items() if name.strip().startswith("floor:"))
     assert floor_row[1].startswith(f"{floor[0]:.2f} = {o['floor_ratio']:.2f}x, CPU")
+    against_floor = rows["Tether / floor, per step: time; CPU; Redis commands"]
+    assert against_floor[1].startswith(f"{r['time']:.2f}x; CPU {r['cpu']:.2f}x; ")
+    assert against_floor[2] == f"<= {TARGET_FLOOR_RATIO}x each"
+    assert against_floor[3] == ("met" if max(r.values()) <= TARGET_FLOOR_RATIO else "NOT met")
     long_row = rows["Long run (6 steps, 4 KB tool outputs), time, step 6 / step 1"]
     assert long_row[2] == f"<= {TARGET_LONG_RATIO}x"
     memory_row = rows["Redis memory per idle run, excl. event log, bytes"]
@@ -120,24 +137,44 @@ def test_bench_measures_overhead_and_state_on_real_workers(
     assert memory_row[3] == ("met" if s["bytes_per_idle_run"] <= TARGET_IDLE_BYTES else "NOT met")
 
     line = re.search(
-        r"in-flight: tether (\d+) runs, bare ceiling (\d+) runs, share (\d+\.\d\d)$",
+        r"in-flight: tether (\d+) runs, floor ceiling (\d+) runs, share (\d+\.\d\d)$",
         capsys.readouterr().err,
         re.MULTILINE,
     )
     assert line is not None
     n, m, share = int(line[1]), int(line[2]), float(line[3])
     sh = res.inflight_share
-    assert (sh["tether_runs"], sh["bare_ceiling_runs"], sh["share"]) == (n, m, share)
+    assert (sh["tether_runs"], sh["floor_ceiling_runs"], sh["share"]) == (n, m, share)
     assert n == res.inflight["threads"]["max_sustained"] and n in (0, 6)
     assert sh["config"] == "threads" and m > 0 and share == round(n / m, 2)
-    # 3 model calls and 5 messages per run at 0.25 s: 0.15 s of the bare hop rate, which
-    # is (2 x 3 + 1) / 3 hops per bare step of the throughput's chains.
+    # 3 model calls and 5 messages per run at 0.25 s: 0.15 s of the floor's hop rate,
+    # which is (2 x 3 + 1) / 3 hops per step of the throughput's floor chains.
     assert (sh["model_calls_per_run"], sh["messages_per_run"]) == (3, 5)
-    hops = res.throughput[0]["bare_steps_per_s"] * 7 / 3
-    assert sh["bare_hops_per_s"] == round(hops, 1) and m == round(hops * 0.25 * 3 / 5)
-    share_row = next(row for row in table(res) if row[0].startswith("Runs in flight, share"))
-    assert share_row[1] == f"{n:,} / {m:,} = {share:.2f}"
+    (row,) = res.throughput
+    hops = row["floor_steps_per_s"] * 7 / 3
+    assert sh["floor_hops_per_s"] == round(hops, 1) and m == round(hops * 0.25 * 3 / 5)
+    # Bare Celery's ceiling stays beside it, from its own rate.
+    bare_hops = row["bare_steps_per_s"] * 7 / 3
+    assert sh["bare_ceiling_runs"] == round(bare_hops * 0.25 * 3 / 5)
+    rendered = table(res)
+    share_row = next(r for r in rendered if r[0].startswith("Runs in flight, share"))
+    assert share_row[0].startswith("Runs in flight, share of the floor's ceiling")
+    assert share_row[1].startswith(f"{n:,} / {m:,} = {share:.2f}")
     assert share_row[2:4] == (f">= {TARGET_INFLIGHT_SHARE}", "met" if share >= 0.75 else "NOT met")
+    assert any(r[0].strip().startswith("floor (bench.floor) ceiling") for r in rendered)
+
+    # The capacity model reads this run's rows: one process per service, commands counted.
+    inputs = capacity.inputs_from(res)
+    assert inputs is not None and inputs.planner_cpu_ms_per_step > 0
+    assert inputs.executor_cpu_ms_per_step > 0 and inputs.broker_commands_per_core_s > 0
+    # Without measure_split's two servers, the broker's share is bare Celery's.
+    assert inputs.split == "bare"
+    assert inputs.broker_commands_per_core_s == inputs.state_commands_per_core_s
+    assert inputs.broker_commands_per_step == row["bare_redis_commands_per_step"]
+    assert inputs.commands_per_step == pytest.approx(row["redis_commands_per_step"])
+    assert inputs.bytes_per_step is not None and inputs.bytes_per_step > 0
+    (check,) = capacity.model(res)["checks"]
+    assert check["measured_steps_per_s"] == row["tether_steps_per_s"] and check["ratio"] > 0
 
 
 def test_a_floor_chain_does_the_least_redis_work_of_each_step(tmp_path: Path) -> None:
@@ -155,7 +192,7 @@ def test_a_floor_chain_does_the_least_redis_work_of_each_step(tmp_path: Path) ->
         (run,) = client.keys("bench:floor:{*}")
         chain = run.removeprefix("bench:floor:{").removesuffix("}")
         # 3 steps: 4 planning hops, each committing what came back, the first 3 their
-        # decisions too; 3 tool hops, each leasing its action and storing its result.
+        # decisions too; 3 tool hops, each storing its result (an idempotent tool: no lease).
         assert client.hget(run, "version") == "7" and client.llen(f"{run}:messages") == 7
         assert client.hget(f"{run}:budget", "steps") == "7"
         # Log entries: an observation per planning hop, a model call and a decision per
@@ -167,7 +204,7 @@ def test_a_floor_chain_does_the_least_redis_work_of_each_step(tmp_path: Path) ->
         assert client.xlen(floor.LIFECYCLE) == 13
         for step in (2, 4, 6):
             action = f"bench:floor:action:{{{chain}}}:{step}"
-            assert client.exists(action, f"{action}:lock") == 2
+            assert client.exists(action) == 1 and client.exists(f"{action}:lock") == 0
             assert json.loads(client.get(action))["ok"] is True
         # The queues are Tether's kind: each message landed and was acknowledged.
         assert client.llen(floor.QUEUES[0]) == client.llen(floor.QUEUES[1]) == 0
@@ -190,3 +227,66 @@ def test_bench_measures_what_the_handlers_cost_in_one_process(
     # Its messages went through Celery onto the queues (and their task-sent events).
     assert {"lpush", "publish"} <= set(h["redis_usec_per_step"])
     assert handlers_line(h) in capsys.readouterr().err
+
+
+def test_bench_times_the_console_pages_with_runs_stored(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = Plan(
+        quick=True, console_runs=120, console_waiting=4, console_requests=5, console_warmup=1
+    )
+    res = Results()
+    measure_console(plan, res)
+
+    c = res.console
+    assert (c["runs"], c["waiting_for_a_human"]) == (120, 4)
+    assert set(c["p95_ms"]) == {"runs page", "inbox", "stats page"}
+    assert all(ms > 0 for ms in c["p95_ms"].values())
+    line = console_line(c)
+    assert re.fullmatch(
+        r"console: runs page p95 \d+ ms, inbox p95 \d+ ms, stats page p95 \d+ ms "
+        r"with 120 runs stored",
+        line,
+    )
+    assert line in capsys.readouterr().out
+
+
+def test_bench_splits_a_steps_commands_between_the_broker_and_the_state_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = Plan(quick=True, steps=3, tp_runs=4)
+    res = Results()
+    capacity.measure_split(plan, res, tmp_path / "logs")
+
+    split = res.capacity["split"]
+    # Batches of 4 runs of 3 steps, repeated until each Redis has used MIN_REDIS_CPU_S.
+    assert split["runs"] % 4 == 0 and split["steps"] == 3 * split["runs"]
+    assert split["steps_per_s"] > 0
+    broker, state = split["broker"], split["state"]
+    # The messages move on the broker (Celery's landing move and pushes), the run's
+    # commits and event log on the state store, and neither does the other's work.
+    assert {"lpush", "blmove"} <= set(broker["commands_by_name"])
+    assert not {"lpush", "blmove"} & set(state["commands_by_name"])
+    assert "xadd" in state["commands_by_name"] and "xadd" not in broker["commands_by_name"]
+    for role in (broker, state):
+        assert role["commands_per_step"] == pytest.approx(
+            sum(role["commands_by_name"].values()), abs=0.2
+        )
+        assert role["bytes_per_step"] > 0 and role["commands_per_core_s"] > 0
+    # Every step logs at least its decision and its tool call, each with a lifecycle line.
+    assert state["lifecycle_entries_per_step"] >= 2
+    assert "capacity split: broker " in capsys.readouterr().err
+
+    # The model reads the split in place of bare Celery's share.
+    res.throughput = [
+        {
+            "processes_per_service": 1,
+            "tether_steps_per_s": 100.0,
+            "cpu_cores_used": {"planner": 0.5, "executor": 0.4, "redis": 0.2, "driver": 0.0},
+        }
+    ]
+    inputs = capacity.inputs_from(res)
+    assert inputs is not None and inputs.split == "measured"
+    assert inputs.broker_commands_per_step == broker["commands_per_step"]
+    assert inputs.state_commands_per_step == state["commands_per_step"]
+    assert inputs.lifecycle_entries_per_step == state["lifecycle_entries_per_step"]

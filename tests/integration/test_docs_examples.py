@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,28 +13,52 @@ import pytest
 
 from tests.integration.helpers import pending_escalation
 from tests.stacks import started_stack
-from tether import client, keys
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import Verdict
+from tether.dev.stack import DevStack
+from tether.guardrails import GuardContext, GuardrailOutcome, GuardrailPlace, PiiGuardrail
+from tether.models.scripted import from_turns, text, tool_call
 from tether.runtime import Runtime
-from tether.state import RunStatus
-from tether.store import run_id_for
+from tether.store import keys
+from tether.store.runs import run_id_for
+from tether.store.state import RunStatus
+from tether.testing.openai_server import ScriptedOpenAIServer
+from tether.transport.wire import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
-AGENT_EXAMPLES = ["docs.examples.billing", "docs.examples.memory_agent", "docs.examples.short_agent"]
+AGENT_EXAMPLES = [
+    "docs.examples.billing",
+    "docs.examples.guarded_agent",
+    "docs.examples.memory_agent",
+    "docs.examples.rate_limited",
+    "docs.examples.short_agent",
+    "docs.examples.typed_refund",
+]
 
 
 @pytest.fixture(scope="module")
-def dstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+def courier_endpoint() -> Iterator[ScriptedOpenAIServer]:
+    """The rate-limit guide's model endpoint: it looks the address up, then answers."""
+    turns = [tool_call("geocode", {"address": "1 Main St"}), text("It goes to 52.37,4.89.")]
+    with ScriptedOpenAIServer(from_turns(turns)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dstack(
+    tmp_path_factory: pytest.TempPathFactory, courier_endpoint: ScriptedOpenAIServer
+) -> Iterator[DevStack]:
     """Its own Redis and workers, loading the docs' agent modules and the support desk."""
     logs = Path(tmp_path_factory.mktemp("docs-logs"))
     with started_stack(
         DevStack(
             agent_modules=[*AGENT_EXAMPLES, "examples.support_desk.agent"],
             log_dir=logs,
-            env={"SUPPORT_DESK_DB": str(logs / "support.sqlite3")},
+            env={
+                "SUPPORT_DESK_DB": str(logs / "support.sqlite3"),
+                "COURIER_MODEL_URL": courier_endpoint.base_url,
+            },
         )
     ) as running:
         yield running
@@ -63,6 +88,7 @@ def _run_example(name: str, stack: DevStack) -> subprocess.CompletedProcess[str]
 
 def test_every_example_is_run_by_this_module() -> None:
     covered = {m.rsplit(".", 1)[1] + ".py" for m in AGENT_EXAMPLES} | {
+        "analyzer_detector.py",
         "publish.py",
         "publish_celery.py",
     }
@@ -81,10 +107,59 @@ def test_the_billing_agent_voids_an_invoice_once_a_human_approves(drt: Runtime) 
     assert [o.tool for o in state.completed_actions] == ["get_invoice", "void_invoice"]
 
 
+def test_the_rate_limited_agent_of_the_guide_answers_through_its_limits(drt: Runtime) -> None:
+    run_id = client.submit("courier", "Where does the parcel for 1 Main St go?", runtime=drt)
+    state = client.wait(run_id, timeout_s=60, runtime=drt)
+    assert state.status == RunStatus.succeeded, state.error
+    assert state.result == "It goes to 52.37,4.89."
+    assert [o.output for o in state.completed_actions] == ["52.37,4.89"]
+
+
+def test_the_analyzer_detector_redacts_what_its_analyzer_finds() -> None:
+    from docs.examples.analyzer_detector import AnalyzerDetector
+
+    class Finding:
+        """One finding, shaped as Presidio's RecognizerResult."""
+
+        def __init__(self, entity_type: str, start: int, end: int) -> None:
+            self.entity_type, self.start, self.end = entity_type, start, end
+
+    class MemberIds:
+        """An analyzer that knows one kind of identifier: ACME-<digits>."""
+
+        def analyze(self, text: str, language: str) -> list[Finding]:
+            assert language == "en"
+            return [
+                Finding("MEMBER_ID", m.start(), m.end()) for m in re.finditer(r"ACME-\d+", text)
+            ]
+
+    pii = PiiGuardrail(AnalyzerDetector(MemberIds()))
+    context = GuardContext(run_id="r", agent="a", place=GuardrailPlace.input, step=0)
+    verdict = pii.check("Member ACME-4411 asks about ACME-12.", context)
+    assert verdict.outcome == GuardrailOutcome.rewrite
+    assert verdict.rewritten == "Member [REDACTED member_id] asks about [REDACTED member_id]."
+    assert pii.check("No member here.", context).outcome == GuardrailOutcome.passed
+
+
 def test_the_short_agent_of_the_readme_answers(drt: Runtime) -> None:
     state = client.wait(client.submit("orders", "Where is order 1001?", runtime=drt), runtime=drt)
     assert state.status == RunStatus.succeeded, state.error
     assert state.result == "Order 1001 has shipped."
+
+
+def test_the_guarded_agent_redacts_the_card_from_the_ticket_and_the_answer(
+    drt: Runtime,
+) -> None:
+    state = client.wait(client.submit("tickets", "Settle ticket 7.", runtime=drt), runtime=drt)
+    assert state.status == RunStatus.succeeded, state.error
+    assert state.result is not None and "[REDACTED card]" in state.result
+    assert "4111" not in state.model_dump_json()
+
+
+def test_the_typed_agent_answers_with_a_validated_refund(dstack: DevStack) -> None:
+    ran = _run_example("typed_refund.py", dstack)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "refund 25.00 EUR on order 1001"
 
 
 def test_the_memory_agent_remembers_per_customer(drt: Runtime) -> None:

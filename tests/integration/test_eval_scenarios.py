@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.evaluation import run_scenarios
 from tether.evaluation.judge import Judge
 from tether.evaluation.scenario import parse_scenario
@@ -98,7 +98,7 @@ def test_a_failing_expectation_fails_with_its_reason(
         "at most 1 steps": "the run took 2 steps",
     }
     # The fixture's result reached the model through the real executor.
-    trace = [e for _, e in stack_runtime.store.trace(trial.run_id) if e.kind == "tool_call"]
+    trace = [e for _, e in stack_runtime.store.log.read(trial.run_id) if e.kind == "tool_call"]
     assert trace[0].data["output"]["status"] == "out for delivery"
     with pytest.raises(AssertionError, match="at most 1 steps: the run took 2 steps"):
         report.assert_passed()

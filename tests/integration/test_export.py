@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tests.integration.helpers import wait_status
 from tether import client, runtime
-from tether.agents import load_agent_modules
+from tether.agent.definition import load_agent_modules
 from tether.cli.main import app
 from tether.evaluation.export import export_run
 from tether.evaluation.runner import run_scenarios

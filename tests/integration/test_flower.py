@@ -13,11 +13,12 @@ import pytest
 
 from tests.integration.helpers import wait_for, wait_status
 from tests.stacks import started_stack
-from tether import celery_app, client
+from tether import client
 from tether.config import Settings
-from tether.devstack import SERVICES, DevStack
-from tether.redis_server import free_port
+from tether.dev.redis_server import free_port
+from tether.dev.stack import SERVICES, DevStack
 from tether.runtime import Runtime
+from tether.transport import celery_app
 
 
 @pytest.fixture(scope="module")

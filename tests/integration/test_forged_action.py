@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from tests.agents import read_ledger
 from tests.integration.helpers import wait_for, wait_status
-from tether import client, deadletters
-from tether.devstack import DevStack
-from tether.messages import ToolAction
+from tether import client
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
+from tether.transport.wire import ToolAction
+from tether.worker import deadletters
 
 
 def test_a_forged_action_for_an_undeclared_tool_is_refused_and_recorded(
@@ -31,10 +32,10 @@ def test_a_forged_action_for_an_undeclared_tool_is_refused_and_recorded(
     rt.send_action(forged)
 
     def refused() -> bool:
-        return any(e.kind == "forged_message_refused" for _, e in rt.store.trace(run_id))
+        return any(e.kind == "forged_message_refused" for _, e in rt.store.log.read(run_id))
 
     wait_for(refused, timeout_s=20)
-    (event,) = [e for _, e in rt.store.trace(run_id) if e.kind == "forged_message_refused"]
+    (event,) = [e for _, e in rt.store.log.read(run_id) if e.kind == "forged_message_refused"]
     # Not pending in the run's committed state: refused before its tool is even looked up.
     assert event.data["queue"] == "tether.tools.execute"
     assert event.data["reason"] == "not_pending"

@@ -25,11 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.agents import read_ledger
 from tests.integration.helpers import pending_escalation, wait_for, wait_status
 from tests.stacks import started_stack
-from tether import celery_app, client, deadletters, escalations, operators
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import Decision, EscalationKind, Observation, Verdict
+from tether.dev.stack import DevStack
+from tether.escalation import operators, records
 from tether.runtime import Runtime
+from tether.transport import celery_app
+from tether.transport.wire import Decision, EscalationKind, Observation, Verdict
+from tether.worker import deadletters
 
 SERVICE_OF = {
     celery_app.EXECUTE: "executor",
@@ -65,7 +68,7 @@ class Forged:
     def refusals(self, run_id: str, reason: str) -> list[dict[str, object]]:
         return [
             e.data
-            for _, e in self.rt.store.trace(run_id)
+            for _, e in self.rt.store.log.read(run_id)
             if e.kind == "forged_message_refused" and e.data["reason"] == reason
         ]
 
@@ -146,7 +149,7 @@ def test_a_forged_approval_required_payment_runs_nothing(forged: Forged) -> None
     )
     forged.assert_refused(run_id, celery_app.EXECUTE, "not_pending", before=before, times=2)
     assert _lines(run_id) == []
-    assert escalations.load(rt, record.escalation.escalation_id)[0].status == "pending"
+    assert records.load(rt, record.escalation.escalation_id)[0].status == "pending"
     assert rt.store.load(run_id).status == "waiting_human"
 
     # The genuine path: alice approves, signed; the payment runs once.
@@ -173,7 +176,7 @@ def test_a_rerun_without_a_decided_approval_runs_nothing(forged: Forged) -> None
     rt.send_action(action.model_copy(update={"rerun_approval": record.escalation.escalation_id}))
     forged.assert_refused(run_id, celery_app.EXECUTE, "rerun_not_approved", before=before, times=2)
     assert _lines(run_id) == [f"{run_id} wire 900"]
-    assert escalations.load(rt, record.escalation.escalation_id)[0].status == "pending"
+    assert records.load(rt, record.escalation.escalation_id)[0].status == "pending"
     client.decide(
         record.escalation.escalation_id,
         Verdict.reject,
@@ -235,7 +238,7 @@ def test_forged_resumes_release_nothing(forged: Forged) -> None:
     rt.send_resume(escalation, approve)
     forged.assert_refused(run_id, celery_app.RESUME, "not_decided", before=not_decided)
     assert rt.store.load(run_id).status == "waiting_human"
-    assert escalations.load(rt, escalation.escalation_id)[0].status == "pending"
+    assert records.load(rt, escalation.escalation_id)[0].status == "pending"
     state = rt.store.load(run_id)
     assert state.pending_actions == []
     assert _lines(run_id) == []
@@ -256,6 +259,6 @@ def test_a_forged_decision_records_nothing(forged: Forged) -> None:
     rt.send_decision(operators.sign(approve, stranger), run_id=run_id)
     forged.assert_refused(run_id, celery_app.DECIDE, "unsigned", before=unsigned)
     forged.assert_refused(run_id, celery_app.DECIDE, "bad_signature", before=bad_signature)
-    assert escalations.load(rt, escalation_id)[0].status == "pending"
+    assert records.load(rt, escalation_id)[0].status == "pending"
     assert rt.store.load(run_id).status == "waiting_human"
     assert _lines(run_id) == []

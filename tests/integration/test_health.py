@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 
-from tether import health
 from tether.config import Settings
-from tether.devstack import SERVICES, DevStack
-from tether.redis_server import free_port
+from tether.dev.redis_server import free_port
+from tether.dev.stack import SERVICES, DevStack
+from tether.worker import health
 
 
 def _health(*args: str, redis_url: str) -> subprocess.CompletedProcess[str]:

@@ -11,11 +11,13 @@ from pathlib import Path
 from tests.agents import read_ledger
 from tests.integration.helpers import pending_escalation, wait_status
 from tests.processes import tether_cli
-from tether import client, escalations, keys
-from tether.devstack import DevStack
-from tether.messages import Verdict
+from tether import client
+from tether.dev.stack import DevStack
+from tether.escalation import records
 from tether.runtime import Runtime
-from tether.state import RunState
+from tether.store import keys
+from tether.store.state import RunState
+from tether.transport.wire import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,14 +82,12 @@ def test_an_expired_escalation_ends_its_run_rejected_and_a_late_decision_exits_n
     assert state.error is not None and state.error.category == "escalation_expired"
     assert escalation_id in state.error.message and "expired after 2s" in state.error.message
     assert state.partial_result
-    expired, _ = escalations.load(rt, escalation_id)
+    expired, _ = records.load(rt, escalation_id)
     assert expired.status == "expired" and expired.decision is None
     assert expired.expires_at is not None
     assert (expired.expires_at - expired.escalation.created_at).total_seconds() == 2.0
-    assert escalation_id not in {
-        r.escalation.escalation_id for r in escalations.list_escalations(rt)
-    }
-    kinds = [event.kind for _, event in rt.store.trace(run_id)]
+    assert escalation_id not in {r.escalation.escalation_id for r in records.list_escalations(rt)}
+    kinds = [event.kind for _, event in rt.store.log.read(run_id)]
     assert kinds.index("escalation_expired") < kinds.index("run_finished")
     assert not [line for line in read_ledger() if line.startswith(run_id)]
 

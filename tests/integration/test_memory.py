@@ -16,19 +16,20 @@ import pytest
 
 from tests.memory_agents import ledger_path
 from tests.stacks import started_stack
-from tether import client, keys
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.evaluation.runner import run_trial
 from tether.evaluation.scenario import Scenario, ScenarioEvent
 from tether.memory import forget, longterm, threads
 from tether.memory.window import Turn, fit
-from tether.messages import ErrorCategory, TaskEvent
 from tether.planner import reconcile
 from tether.planner.lifecycle import finish
 from tether.runtime import Runtime
-from tether.state import RunError, RunState, RunStatus
-from tether.store import run_id_for
+from tether.store import keys
+from tether.store.runs import run_id_for
+from tether.store.state import RunError, RunState, RunStatus
+from tether.transport.wire import ErrorCategory, TaskEvent
 
 # How long the workers let an event wait for one published before it.
 GAP_S = 6.0
@@ -62,7 +63,7 @@ def answer(state: RunState) -> dict[str, object]:
 
 
 def context_entry(rt: Runtime, run_id: str) -> dict[str, object]:
-    return next(e.data for _, e in rt.store.trace(run_id) if e.kind == "thread_context")
+    return next(e.data for _, e in rt.store.log.read(run_id) if e.kind == "thread_context")
 
 
 def thread_keys(rt: Runtime, needle: str) -> list[str]:
@@ -155,7 +156,7 @@ def test_an_event_ahead_of_an_earlier_one_waits_for_it_its_rejection_or_the_gap(
     publish(3, agent="nobody-by-this-name")
     four = done(mrt, fourth)
     assert four.created_at.timestamp() < published_at[4] + GAP_S
-    assert any(f"{thread}-3" in r["reason"] for r in mrt.store.rejected(10))
+    assert any(f"{thread}-3" in r["reason"] for r in mrt.store.rejections.recent(10))
     # The fifth never comes (its publisher died after taking its number): the sixth
     # waits out the gap, then the reconciler lets it go ahead.
     sixth = publish(6)
@@ -292,7 +293,9 @@ def test_a_queued_event_rejected_when_its_turn_comes_gives_way_to_the_next(
     ran = done(mrt, run_id_for(after.event_id))
     assert ran.status == RunStatus.succeeded
     time.sleep(1.0)  # time for a hand-over loop to show
-    reasons = [r["reason"] for r in mrt.store.rejected(1000) if gone.event_id in r["reason"]]
+    reasons = [
+        r["reason"] for r in mrt.store.rejections.recent(1000) if gone.event_id in r["reason"]
+    ]
     assert len(reasons) == 1 and "renamed-away" in reasons[0]
     assert mrt.store.get(run_id_for(gone.event_id)) is None
     assert threads.queued(mrt, thread) == []
@@ -325,7 +328,7 @@ def test_the_window_trims_and_summarises_as_configured(mrt: Runtime) -> None:
             assert summary_tokens > 0
             step_tokens = sum(
                 int(e.data["input_tokens"]) + int(e.data["output_tokens"])
-                for _, e in mrt.store.trace(ids[-1])
+                for _, e in mrt.store.log.read(ids[-1])
                 if e.kind == "model_call"
             )
             usage = mrt.store.budgets.usage(ids[-1])
@@ -358,7 +361,7 @@ def test_memory_remembers_per_subject_with_limits_and_logs_writes(mrt: Runtime) 
     meta = {"customer_id": who}
     wrote = done(mrt, client.submit("memo", "remember last_order=1042", metadata=meta, runtime=mrt))
     assert wrote.status == RunStatus.succeeded
-    writes = [e.data for _, e in mrt.store.trace(wrote.run_id) if e.kind == "memory_write"]
+    writes = [e.data for _, e in mrt.store.log.read(wrote.run_id) if e.kind == "memory_write"]
     assert writes == [{"agent": "memo", "subject": who, "key": "last_order", "value": "1042"}]
     recalled = done(mrt, client.submit("memo", "recall order", metadata=meta, runtime=mrt))
     assert "1042" in (recalled.result or "")
@@ -392,7 +395,7 @@ def test_an_evaluation_run_remembers_apart_from_the_production_agent(mrt: Runtim
     # The production agent's memory is as it was; the evaluation's is its own.
     assert mrt.store.client.hgetall(keys.memory("memo", who)) == production
     assert [i.value for i in longterm.items(mrt.store.client, "eval:memo", who)] == ["eval-9"]
-    writes = [e.data for _, e in mrt.store.trace(trial.run_id) if e.kind == "memory_write"]
+    writes = [e.data for _, e in mrt.store.log.read(trial.run_id) if e.kind == "memory_write"]
     assert [w["agent"] for w in writes] == ["eval:memo"]
     # A production run recalls nothing the evaluation wrote.
     recalled = done(mrt, client.submit("memo", "recall order", metadata=meta, runtime=mrt))

@@ -31,17 +31,18 @@ from tests.integration.helpers import pending_escalation, wait_for, wait_status
 from tests.observability_agents import API_KEY
 from tests.stacks import started_stack
 from tether import client
-from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
 from tether.cli.main import app
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import TaskEvent, Verdict
+from tether.dev.stack import DevStack
+from tether.observability.tracing import run_span_id, run_trace_id
 from tether.runtime import Runtime
-from tether.state import RunState
-from tether.store import run_id_for
+from tether.store.rollups import bucket_value, log_bucket
+from tether.store.runs import run_id_for
+from tether.store.state import RunState
 from tether.testing.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tether.testing.sentry_server import SentryServer
-from tether.tracing import run_span_id, run_trace_id
+from tether.transport.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether.transport.wire import TaskEvent, Verdict
 
 SERVICES = {"tether-planner", "tether-executor", "tether-escalation"}
 
@@ -89,7 +90,7 @@ def complete_trace(
 
 def stats_json(rt: Runtime, monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
     """`tether stats ... --json`, run in this process (so its clock is this test's)."""
-    monkeypatch.setattr("tether.cli.stats.get_runtime", lambda: rt)
+    monkeypatch.setattr("tether.cli.stats.runtime", lambda: rt)
     done = CliRunner().invoke(app, ["stats", *args, "--json"])
     assert done.exit_code == 0, done.output
     return dict(json.loads(done.stdout))
@@ -208,7 +209,7 @@ def test_agents_on_real_workers_are_measured_traced_reported_and_compared(
     # step before one commit won. The metric, like the budget, counts each step once.
     per_step = {
         e.step: e.data["input_tokens"] + e.data["output_tokens"]
-        for _, e in rt.store.trace(run["obs_ok"])
+        for _, e in rt.store.log.read(run["obs_ok"])
         if e.kind == "model_call"
     }
     ok_tokens = sum(per_step.values())
@@ -297,7 +298,7 @@ def test_agents_on_real_workers_are_measured_traced_reported_and_compared(
     assert all(API_KEY not in json.dumps(e) for e in sentry.events())
 
     # Event log and logs: the key is redacted --------------------------------------------------
-    trace = rt.store.trace(run["obs_failing"])
+    trace = rt.store.log.read(run["obs_failing"])
     assert API_KEY not in json.dumps([e.model_dump(mode="json") for _, e in trace])
     (ended,) = [e for _, e in trace if e.kind == "run_finished"]
     assert ended.data["error"]["message"].startswith(
@@ -441,7 +442,9 @@ def test_agents_on_real_workers_are_measured_traced_reported_and_compared(
         (s.finished_at - s.created_at).total_seconds() for s in finished if s.finished_at
     )
     assert len(latencies) == 4
-    assert stats["latency_s"]["p50"] == pytest.approx((latencies[1] + latencies[2]) / 2)
+    # Latency is rolled up in log buckets: the p50 is between its buckets' values.
+    middle = [bucket_value(log_bucket(latency)) for latency in latencies[1:3]]
+    assert stats["latency_s"]["p50"] == pytest.approx(sum(middle) / 2)
     assert stats["errors"] == {
         "budget": {"count": 1, "rate": 0.25},
         "model_permanent": {"count": 1, "rate": 0.25},
@@ -457,17 +460,24 @@ def test_agents_on_real_workers_are_measured_traced_reported_and_compared(
 
     # A second version that takes more steps: the drift is flagged -----------------------------
     restart_planner(stack, {"OBS_OK_VERSION": "v2", "OBS_OK_EXTRA_STEPS": "2"})
+    # Stats windows are whole minutes (the rollups' smallest bucket): the v2 runs start in
+    # a later minute than the v1 run, so a window can hold the one and not the other.
+    v1_at = states["obs_ok"].created_at.timestamp()
+    boundary = (v1_at // 60 + 1) * 60
+    time.sleep(max(0.0, boundary - time.time()))
     second = [client.submit("obs_ok", "go", runtime=rt) for _ in range(2)]
     v2 = [wait_status(rt, run_id, "succeeded", 30) for run_id in second]
     assert [(s.agent_version, s.step) for s in v2] == [("v2", 4), ("v2", 4)]
-    # The current window starts midway between the v1 run and the first v2 run; the earlier
-    # one, as long, is centred on the v1 run (the restart keeps them seconds apart).
-    v1_at = states["obs_ok"].created_at.timestamp()
-    v2_at = min(s.created_at.timestamp() for s in v2)
-    assert v2_at - v1_at > 2
+    assert min(s.created_at.timestamp() for s in v2) >= boundary
+    # The current window starts at that minute; the earlier one, as long, ends there and
+    # so holds the v1 run's minute. Not within a second of the next minute, so the
+    # command's clock reads the same current window as this one.
+    time.sleep(max(0.0, boundary + 1 - time.time()))
+    if -time.time() % 60 < 1:
+        time.sleep(1.5)
     now = time.time()
-    since_s = now - (v1_at + v2_at) / 2
-    compare_s = now - v1_at - since_s / 2
+    since_s = now - boundary - 0.5
+    compare_s = -(-now // 60) * 60 - boundary
     compared = stats_json(
         rt,
         monkeypatch,

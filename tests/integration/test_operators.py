@@ -20,11 +20,12 @@ import pytest
 
 from tests.integration.helpers import pending_escalation, wait_for
 from tests.stacks import started_stack
-from tether import client, operators
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import Verdict
+from tether.dev.stack import DevStack
+from tether.escalation import operators
 from tether.runtime import Runtime
+from tether.transport.wire import Verdict
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def operator_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[D
 
 
 def _events(rt: Runtime, run_id: str, kind: str) -> list[dict[str, object]]:
-    return [e.data for _, e in rt.store.trace(run_id) if e.kind == kind]
+    return [e.data for _, e in rt.store.log.read(run_id) if e.kind == kind]
 
 
 def test_decisions_need_an_operator_credential(
@@ -73,9 +74,22 @@ def test_decisions_need_an_operator_credential(
     env = dict(os.environ, PYTHONPATH=path, TETHER_REDIS_URL=stack.redis_url)
     env.pop("TETHER_OPERATOR_TOKEN", None)
     done = subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", "escalations", "approve", escalation_id,
-         "--by", "alice", "--token-file", str(token_file)],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tether.cli.main",
+            "escalations",
+            "approve",
+            escalation_id,
+            "--by",
+            "alice",
+            "--token-file",
+            str(token_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     state = client.wait(run_id, timeout_s=30, runtime=rt)

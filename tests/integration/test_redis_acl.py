@@ -1,7 +1,7 @@
-"""The Redis ACL that docker-compose.yml and deploy/k8s/redis.yaml set up lets Tether work.
+"""The Redis ACL that docker-compose.yml and deploy/k8s's Redis set up lets Tether work.
 
 The Redis container's own start script is run here, taken from
-docker-compose.yml (tests/unit/test_deploy_manifests.py checks that k8s runs
+docker-compose.yml (tests/unit/test_deploy_k8s.py checks that k8s runs
 the same one on the same deploy/redis/users.acl): it writes the ACL file out
 with the passwords from the environment and starts a real redis-server on it.
 Then real workers, each logged in as its own user, take one run end to end,
@@ -27,11 +27,15 @@ import pytest
 import redis
 import yaml
 
-from tether import client, health, keys, transport
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.redis_server import find_redis_server, free_port
+from tether.dev.redis_server import find_redis_server, free_port
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
+from tether.store import keys
+from tether.store.scripts import Script
+from tether.transport import consumers
+from tether.worker import health
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")
@@ -212,9 +216,15 @@ CROSSING = {
         ("PUBLISH", "/0.celery.pidbox", "{}"),
     ],
 }
-REFUSED = [(user, command) for user in USERS for command in ADMIN] + [
-    (user, command) for user, commands in CROSSING.items() for command in commands
-]
+# Tether's own scripts go by SHA (tether.store.scripts): a script sent as text is
+# one the code never sends, from a client that may have been stolen.
+BY_SHA_ONLY = ("planner", "executor", "escalation", "operator")
+TEXT_SCRIPTS = [("EVAL", "return 1", "0"), ("eval_ro", "return 1", "0")]
+REFUSED = (
+    [(user, command) for user in USERS for command in ADMIN]
+    + [(user, command) for user, commands in CROSSING.items() for command in commands]
+    + [(user, command) for user in BY_SHA_ONLY for command in TEXT_SCRIPTS]
+)
 
 
 @pytest.mark.parametrize(
@@ -240,8 +250,9 @@ def test_a_script_gets_no_more_than_its_caller(
     acl_redis: int, passwords: dict[str, str], user: str, key: str
 ) -> None:
     connection = redis.Redis(port=acl_redis, username=user, password=passwords[user])
+    writes = Script("test_redis_acl/set.lua", "return redis.call('SET', KEYS[1], '{}')")
     with pytest.raises(redis.ResponseError, match=r"can't run this command|permission|NOPERM"):
-        connection.eval("return redis.call('SET', KEYS[1], '{}')", 1, key)
+        writes.run(connection, keys=[key])  # loaded (SCRIPT LOAD is allowed), then refused
 
 
 DANGEROUS = [
@@ -310,11 +321,11 @@ def test_a_dead_consumer_of_a_queue_a_worker_may_not_write_goes_to_one_that_may(
     no_qos = cast(Any, None)  # nothing held: only the landing list goes back
     try:
         # The executor's sweep claims it, may not write its queue, and lets it go at once.
-        assert transport.recover_dead_consumers(as_user("executor"), no_qos) == []
+        assert consumers.recover_dead_consumers(as_user("executor"), no_qos) == []
         assert operator.lrange(keys.consumer_landing(dead), 0, -1) == [b'{"decision": 1}']
         assert not operator.exists(keys.consumer_recovering(dead))
         # An escalation worker's sweep puts the message back on its queue.
-        assert transport.recover_dead_consumers(as_user("escalation"), no_qos) == [dead]
+        assert consumers.recover_dead_consumers(as_user("escalation"), no_qos) == [dead]
         assert operator.lrange("tether.escalations", 0, -1) == [b'{"decision": 1}']
         assert operator.hget(keys.CONSUMERS, dead) is None
     finally:

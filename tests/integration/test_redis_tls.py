@@ -32,11 +32,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tether import client, health
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.redis_server import find_redis_server, free_port, render_acl
+from tether.dev.redis_server import find_redis_server, free_port, render_acl
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
+from tether.worker import health
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = ("planner", "executor", "escalation", "operator", "flower", "monitor")

@@ -11,12 +11,13 @@ import redis
 
 from tests.agents import add, read_ledger
 from tests.integration.helpers import pending_escalation, wait_status
-from tether import agents, client, tool
-from tether.agents import Agent, get_agent, load_agent_modules
+from tether import client, tool
+from tether.agent import definition as agents
+from tether.agent.definition import Agent, get_agent, load_agent_modules
 from tether.cli.main import app
 from tether.evaluation.replay import replay, scratch_url
-from tether.messages import Verdict
 from tether.runtime import Runtime
+from tether.transport.wire import Verdict
 
 SCRATCH_DB = 14
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import pytest
@@ -9,13 +11,14 @@ from celery import Celery
 
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
-from tether import client, keys
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import Verdict
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
-from tether.store import run_id_for
+from tether.store import keys
+from tether.store.runs import run_id_for
 from tether.testing.openai_server import ScriptedOpenAIServer
+from tether.transport.wire import Verdict
 
 
 def new_id() -> str:
@@ -39,7 +42,7 @@ def test_happy_path_records_every_decision_point(stack_runtime: Runtime) -> None
         "decision",
         "run_finished",
     ]
-    model_calls = [e for _, e in rt.store.trace(run_id) if e.kind == "model_call"]
+    model_calls = [e for _, e in rt.store.log.read(run_id) if e.kind == "model_call"]
     assert model_calls[0].data["model"] == "scripted:calculator"
     assert [m["role"] for m in model_calls[1].data["messages"]] == [
         "system",
@@ -60,7 +63,9 @@ def test_invalid_tool_calls_are_fed_back_never_executed(stack_runtime: Runtime) 
     run_id = client.submit("self_correcting", "Add two and three", runtime=rt)
     state = wait_status(rt, run_id, "succeeded")
 
-    invalid = [e.data["error"] for _, e in rt.store.trace(run_id) if e.kind == "tool_call_invalid"]
+    invalid = [
+        e.data["error"] for _, e in rt.store.log.read(run_id) if e.kind == "tool_call_invalid"
+    ]
     assert len(invalid) == 3
     assert "not valid JSON" in invalid[0]
     assert "failed validation" in invalid[1] and "a:" in invalid[1]
@@ -84,7 +89,7 @@ def test_approval_approved_runs_the_tool_once(stack_runtime: Runtime) -> None:
 
     assert state.result == "paid acme 500 cents"
     assert [line for line in read_ledger() if line.startswith(run_id)] == [f"{run_id} acme 500"]
-    decided = [e for _, e in rt.store.trace(run_id) if e.kind == "escalation_decided"]
+    decided = [e for _, e in rt.store.log.read(run_id) if e.kind == "escalation_decided"]
     assert decided[0].data["by"] == "alice" and decided[0].data["verdict"] == "approve"
     assert decided[0].data["at"]
 
@@ -186,7 +191,7 @@ def test_redelivered_action_and_observation_change_nothing(stack_runtime: Runtim
     action = rt.store.load(run_id).pending_actions[0]
     rt.send_action(action)  # a second delivery while the first is still running
     state = wait_status(rt, run_id, "succeeded")
-    stored = rt.store.get_result(action.action_id)
+    stored = rt.store.results.get(action.action_id)
     assert stored is not None
 
     rt.send_observation(stored)
@@ -197,24 +202,37 @@ def test_redelivered_action_and_observation_change_nothing(stack_runtime: Runtim
     assert kinds(rt, run_id).count("run_finished") == 1
 
 
+def _in_hand(rt: Runtime, action_id: str) -> bool:
+    """Whether a worker holds a delivery of the action's message (kombu's unacked hash)."""
+    for raw in rt.store.client.hvals("unacked"):
+        message = json.loads(raw)[0]
+        if action_id in base64.b64decode(message["body"]).decode():
+            return True
+    return False
+
+
 def test_cancel_stops_the_run_and_keeps_it_cancelled(stack_runtime: Runtime) -> None:
     rt = stack_runtime
     run_id = client.submit("sleeper", "Wait for the API", runtime=rt)
     (action,) = wait_status(rt, run_id, "waiting_tools").pending_actions
-    # Cancelled once the executor holds the call: one it takes later is skipped, not observed.
-    wait_for(
-        lambda: bool(rt.store.client.exists(keys.action_lock(action.action_id))),
-        what="the executor to take the slow call",
-    )
+    # Cancelled once the executor holds the call (an idempotent tool takes no lease: its
+    # delivery in hand shows it); one it starts only after the cancel is skipped.
+    wait_for(lambda: _in_hand(rt, action.action_id), what="the executor to take the slow call")
 
     cancelled = client.cancel(run_id, by="ops", runtime=rt)
     assert cancelled is not None and cancelled.status == "cancelled"
-    # The tool still finishes; its observation must not revive the run.
     wait_for(
-        lambda: "observation_ignored" in kinds(rt, run_id),
-        timeout_s=20,
-        what="the slow tool's observation to arrive",
+        lambda: not _in_hand(rt, action.action_id),
+        timeout_s=30,
+        what="the executor to be done with the slow call",
     )
+    if rt.store.client.exists(keys.action_result(action.action_id)):
+        # It ran and finished; its observation must not revive the run.
+        wait_for(
+            lambda: "observation_ignored" in kinds(rt, run_id),
+            timeout_s=20,
+            what="the slow tool's observation to arrive",
+        )
 
     state = rt.store.load(run_id)
     assert state.status == "cancelled"
@@ -239,11 +257,13 @@ def test_bad_events_are_recorded_and_nothing_else_is_disturbed(stack_runtime: Ru
     good = client.submit("calculator", "What is 2 + 3?", runtime=rt)
     wait_status(rt, good, "succeeded")
     wait_for(
-        lambda: sum(marker in r["payload"] for r in rt.store.rejected(200)) == 2,
+        lambda: sum(marker in r["payload"] for r in rt.store.rejections.recent(200)) == 2,
         what="both bad events to be recorded",
     )
 
-    reasons = {r["payload"]: r["reason"] for r in rt.store.rejected(200) if marker in r["payload"]}
+    reasons = {
+        r["payload"]: r["reason"] for r in rt.store.rejections.recent(200) if marker in r["payload"]
+    }
     assert any("malformed TaskEvent" in reason and "input" in reason for reason in reasons.values())
     assert any("'nobody' is not registered" in reason for reason in reasons.values())
 
@@ -261,7 +281,7 @@ def test_openai_compatible_endpoint_through_the_real_client(
     assert [r["model"] for r in requests] == ["gpt-4o-mini", "gpt-4o-mini"]
     assert requests[0]["tools"][0]["function"]["name"] == "add"
     assert requests[1]["messages"][-1]["role"] == "tool"
-    calls = [e.data for _, e in rt.store.trace(run_id) if e.kind == "model_call"]
+    calls = [e.data for _, e in rt.store.log.read(run_id) if e.kind == "model_call"]
     # gpt-4o-mini is in the price table, so the trace and the budget carry real cost.
     assert all(c["cost_usd"] > 0 for c in calls)
     usage = rt.store.budgets.usage(run_id)

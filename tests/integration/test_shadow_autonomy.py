@@ -14,14 +14,15 @@ import pytest
 from tests.agents import read_ledger
 from tests.integration.helpers import kinds, pending_escalation, wait_for, wait_status
 from tests.stacks import started_stack
-from tether import client, escalations
-from tether.autonomy import PolicyView
+from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.evaluation.shadow import ShadowReport, report, shadow_event_id
-from tether.messages import TaskEvent, Verdict
+from tether.dev.stack import DevStack
+from tether.escalation import records
+from tether.rollout.autonomy import PolicyView
+from tether.rollout.shadow import ShadowReport, report, shadow_event_id
 from tether.runtime import Runtime
-from tether.store import run_id_for
+from tether.store.runs import run_id_for
+from tether.transport.wire import TaskEvent, Verdict
 
 MODULES = ["tests.evaluation_agents", "tests.shadow_approval_agents"]
 
@@ -76,7 +77,7 @@ def test_shadow_runs_without_side_effects_budget_or_humans(
     assert outcomes["issue_refund"] == (True, "would refund 500 on 1001", None)
     ok, _, error = outcomes["send_email"]
     assert not ok and error is not None and "was not run: this is a shadow run" in error
-    trace = [e for _, e in rt.store.trace(shadow_id)]
+    trace = [e for _, e in rt.store.log.read(shadow_id)]
     assert [(e.data["tool"], e.data["mode"]) for e in trace if e.kind == "shadow_tool"] == [
         ("issue_refund", "dry_run"),
         ("send_email", "not_run"),
@@ -84,7 +85,7 @@ def test_shadow_runs_without_side_effects_budget_or_humans(
     assert [e.data["tool"] for e in trace if e.kind == "auto_approved"] == ["issue_refund"]
     # No human was asked, and the primary's budget counts only its own work.
     assert "escalation_opened" not in kinds(rt, shadow_id)
-    assert [r for r in escalations.list_escalations(rt) if r.escalation.run_id == shadow_id] == []
+    assert [r for r in records.list_escalations(rt) if r.escalation.run_id == shadow_id] == []
     primary_usage, shadow_usage = (
         rt.store.budgets.usage(primary_id),
         rt.store.budgets.usage(shadow_id),
@@ -145,7 +146,7 @@ def test_a_shadow_never_runs_a_safe_read_that_needs_approval(
     (outcome,) = shadowed.completed_actions
     assert outcome.tool == "export_customers" and not outcome.ok
     assert outcome.error is not None and "was not run: this is a shadow run" in outcome.error
-    trace = [e for _, e in rt.store.trace(shadow_id)]
+    trace = [e for _, e in rt.store.log.read(shadow_id)]
     assert [(e.data["tool"], e.data["mode"]) for e in trace if e.kind == "shadow_tool"] == [
         ("export_customers", "not_run")
     ]
@@ -171,7 +172,7 @@ def test_earned_autonomy_end_to_end(rt: Runtime, eval_stack: DevStack) -> None:
 
     earned = _pay(rt, 300)
     wait_status(rt, earned, "succeeded")
-    (auto,) = [e for _, e in rt.store.trace(earned) if e.kind == "auto_approved"]
+    (auto,) = [e for _, e in rt.store.log.read(earned) if e.kind == "auto_approved"]
     assert (auto.data["tool"], auto.data["mode"], auto.data["streak"]) == ("pay", "earned", 2)
     assert "2 approvals in a row (needs 2)" in auto.data["reason"]
     assert "escalation_opened" not in kinds(rt, earned)

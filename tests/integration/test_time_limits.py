@@ -9,7 +9,7 @@ from tests.integration.helpers import wait_for
 from tests.stacks import stop_in_background
 from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
+from tether.dev.stack import DevStack
 from tether.runtime import Runtime
 
 SOFT_S = 2

@@ -16,12 +16,12 @@ from tests.integration.helpers import pending_escalation, wait_status
 from tests.stacks import started_stack
 from tether import client
 from tether.config import Settings
-from tether.devstack import DevStack
-from tether.messages import Verdict
+from tether.dev.stack import DevStack
+from tether.observability.tracing import run_span_id, run_trace_id
 from tether.runtime import Runtime
 from tether.testing.openai_server import ScriptedOpenAIServer
 from tether.testing.otlp_receiver import OTLPReceiver, ReceivedSpan
-from tether.tracing import run_span_id, run_trace_id
+from tether.transport.wire import Verdict
 
 SERVICES = {"tether-planner", "tether-executor", "tether-escalation"}
 

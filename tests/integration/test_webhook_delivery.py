@@ -1,5 +1,5 @@
 """Webhook notifications reach a slow receiver once each, with two escalation workers
-claiming from the same stream (tether.notifications), in the Standard Webhooks form."""
+claiming from the same stream (tether.escalation.webhooks), in the Standard Webhooks form."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
-from tether import keys, notifications
 from tether.config import Settings
+from tether.escalation import webhooks
+from tether.store import keys
 
 # The standard's form of a secret: its key in base64 after "whsec_".
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -63,7 +64,7 @@ def _notification(data: bytes) -> tuple[str, str]:
     return body["escalation_id"], body["event"]
 
 
-def _counting(worker: notifications.Notifier, claimed: Counter[str]) -> Any:
+def _counting(worker: webhooks.Notifier, claimed: Counter[str]) -> Any:
     """The worker's claim of idle entries, counting what it takes over."""
     claim = worker._claim_stale
 
@@ -87,8 +88,8 @@ def test_a_slow_webhook_gets_each_notification_once_from_two_claiming_workers(
 ) -> None:
     # The windows scaled down with the receiver's delay: a worker's batch outlasts the
     # claim's idle time many times over, and one send outlasts its lease unrenewed.
-    monkeypatch.setattr(notifications, "CLAIM_IDLE_MS", 200)
-    monkeypatch.setattr(notifications, "SEND_LEASE_MS", 1200)
+    monkeypatch.setattr(webhooks, "CLAIM_IDLE_MS", 200)
+    monkeypatch.setattr(webhooks, "SEND_LEASE_MS", 1200)
     settings = Settings(
         redis_url=redis_url,
         webhook_urls=receiver.url,
@@ -98,7 +99,7 @@ def test_a_slow_webhook_gets_each_notification_once_from_two_claiming_workers(
         webhook_retry_wait_max_s=0.2,
     )
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    sent = [(f"esc_{i}", notifications.OPENED) for i in range(4)]
+    sent = [(f"esc_{i}", webhooks.OPENED) for i in range(4)]
     for escalation_id, event in sent:
         body = json.dumps({"escalation_id": escalation_id, "event": event, "n": escalation_id})
         client.xadd(
@@ -107,13 +108,13 @@ def test_a_slow_webhook_gets_each_notification_once_from_two_claiming_workers(
 
     claimed: Counter[str] = Counter()
     stop = threading.Event()
-    workers = [notifications.Notifier(client, settings) for _ in range(2)]
+    workers = [webhooks.Notifier(client, settings) for _ in range(2)]
     for name, worker in zip(("a", "b"), workers, strict=True):
         worker.consumer = name
         worker._ensure_group()
         monkeypatch.setattr(worker, "_claim_stale", _counting(worker, claimed))
 
-    def serve(worker: notifications.Notifier) -> None:
+    def serve(worker: webhooks.Notifier) -> None:
         while not stop.is_set():
             worker.run_once(block_ms=100)
 
@@ -124,7 +125,7 @@ def test_a_slow_webhook_gets_each_notification_once_from_two_claiming_workers(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
             len({_notification(d) for _, d in receiver.accepted()}) < len(sent)
-            or client.xpending(keys.NOTIFICATIONS, notifications.GROUP)["pending"]
+            or client.xpending(keys.NOTIFICATIONS, webhooks.GROUP)["pending"]
         ):
             time.sleep(0.1)
         time.sleep(2 * DELAY_S)  # time for a duplicate to arrive

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from tether.messages import ErrorCategory, EscalationKind, Observation, TaskEvent
-from tether.state import HumanWait, RunError, RunState, RunStatus
-from tether.store import RunStore, run_id_for
+from tether.store import rollups
+from tether.store.runs import RunStore, run_id_for
+from tether.store.state import HumanWait, RunError, RunState, RunStatus
+from tether.transport.wire import ErrorCategory, EscalationKind, Observation, TaskEvent
 
 
 def make_run(
@@ -23,8 +24,12 @@ def make_run(
     waiting: bool = False,
     agent: str = "calc",
     version: str = "v1",
+    waited_s: float = 0.0,
 ) -> str:
-    """A run as the planner leaves it: created at ``created``, then committed as given."""
+    """A run as the planner leaves it: created at ``created``, then committed as given;
+    a run in a terminal status is ended with the rollup writes of the planner's end
+    commit (tether.planner.lifecycle.finish), its cost spent before. ``waited_s``: how
+    long it waited for a human earlier in its life."""
     event = TaskEvent(event_id=name, agent=agent, input=f"task {name}")
     run_id = run_id_for(name)
     store.create(
@@ -59,10 +64,21 @@ def make_run(
         ]
         if waiting
         else [],
+        "human_wait_s": waited_s,
     }
-    if status.terminal:
-        update["finished_at"] = created + timedelta(seconds=latency_s or 0.0)
-    store.update(run_id, lambda s: s.model_copy(update=update))
     if cost_usd:
         store.budgets.reserve(run_id, "model:0", tokens=100, cost_usd=cost_usd)
+    if status.terminal:
+        update["finished_at"] = created + timedelta(seconds=latency_s or 0.0)
+    store.update(
+        run_id,
+        lambda s: s.model_copy(update=update),
+        side_writes=lambda ended: (
+            rollups.ending_writes(
+                ended, rollups.spent(store.batch, run_id), escalated=waited_s > 0
+            )
+            if ended.terminal
+            else []
+        ),
+    )
     return run_id

@@ -7,10 +7,10 @@ import sys
 
 from tests.agents import add, calculator, slow_lookup
 from tether import planner
-from tether.agents import Agent, register
-from tether.messages import TaskEvent
+from tether.agent.definition import Agent, register
 from tether.models import ScriptedModel, text
 from tether.runtime import Runtime
+from tether.transport.wire import TaskEvent
 
 
 def _agent(**overrides: object) -> Agent:
@@ -63,12 +63,12 @@ def test_intake_records_the_version_on_the_run_and_in_run_started(runtime: Runti
     assert run_id is not None
     state = runtime.store.load(run_id)
     assert state.agent_version == calculator.version
-    started = [e for _, e in runtime.store.trace(run_id) if e.kind == "run_started"]
+    started = [e for _, e in runtime.store.log.read(run_id) if e.kind == "run_started"]
     assert [e.data["agent_version"] for e in started] == [calculator.version]
 
 
 def test_states_stored_before_versions_still_parse() -> None:
-    from tether.state import RunState
+    from tether.store.state import RunState
 
     old = '{"schema_version":1,"run_id":"run_x","event_id":"e","agent":"a","goal":"g"}'
     state = RunState.model_validate_json(old)

@@ -1,4 +1,4 @@
-"""Earned autonomy on real Redis: decisions go through escalations.decide, the real commit."""
+"""Earned autonomy on real Redis: decisions go through records.decide, the real commit."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tether import autonomy, escalations
 from tether import runtime as runtime_module
-from tether.agents import get_agent, load_agent_modules
-from tether.autonomy import Mode
+from tether.agent.definition import get_agent, load_agent_modules
 from tether.cli.main import app
-from tether.messages import (
+from tether.escalation import records
+from tether.rollout import autonomy
+from tether.rollout.autonomy import Mode
+from tether.runtime import Runtime
+from tether.transport.wire import (
     Decision,
     ErrorCategory,
     Escalation,
@@ -21,7 +23,6 @@ from tether.messages import (
     ToolAction,
     Verdict,
 )
-from tether.runtime import Runtime
 
 AGENT = "sampling_payer"  # EarnedAutonomy(after=3, sample=0.25)
 
@@ -53,11 +54,11 @@ def decide(rt: Runtime, action_id: str, verdict: Verdict, reason: str | None = N
         reason="pay needs approval",
         action=action(action_id),
     )
-    escalations.open_escalation(rt, escalation)
+    records.open_escalation(rt, escalation)
     decision = Decision(
         escalation_id=escalation.escalation_id, verdict=verdict, by="alice", reason=reason
     )
-    escalations.decide(rt, decision)
+    records.decide(rt, decision)
     return decision
 
 
@@ -79,7 +80,7 @@ def test_approvals_relax_the_policy_once_each(runtime: Runtime) -> None:
     assert ask(runtime, "run_x:0:0") is True  # supervised: every call asks
 
     decision = decide(runtime, "run_2:0:0", Verdict.approve)
-    escalations.decide(runtime, decision)  # a redelivered decision counts nothing more
+    records.decide(runtime, decision)  # a redelivered decision counts nothing more
     view = state(runtime)
     assert (view.mode, view.record.streak, view.record.approvals) == (Mode.earned, 3, 3)
     assert "3 approvals in a row (needs 3)" in view.why

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tether import keys
-from tether.budgets import Budgets, Reservation, raised_limit
-from tether.messages import BudgetLimits
-from tether.store import connect
-from tether.versioned import SideWrite
+from tether.store import keys
+from tether.store.budgets import Budgets, Reservation, raised_limit
+from tether.store.connection import connect
+from tether.store.versioned import SideWrite
+from tether.transport.wire import BudgetLimits
 
 
 @pytest.fixture
@@ -117,7 +117,10 @@ def test_same_reservation_id_charges_once(budgets: Budgets, client: redis.Redis)
     assert again == Reservation(granted=True, reason="duplicate")
     usage = budgets.usage("run_g")
     assert (usage.steps, usage.tokens) == (1, 10)
-    assert client.smembers(keys.reservations("run_g")) == {"reserve:model:0"}
+    assert budgets.applied("run_g") == {"reserve:model:0"}
+    # Kept in the budget hash: the reservations set holds only what a commit requires.
+    assert client.hget(keys.budget("run_g"), "reserve:model:0") == "1"
+    assert not client.exists(keys.reservations("run_g"))
 
 
 def test_duplicate_is_granted_even_when_the_budget_is_now_spent(budgets: Budgets) -> None:
@@ -159,7 +162,7 @@ def test_settle_is_idempotent_per_id(budgets: Budgets, client: redis.Redis) -> N
     usage = budgets.usage("run_k")
     assert usage.tokens == 400
     assert usage.cost_usd == pytest.approx(0.01)
-    assert client.smembers(keys.reservations("run_k")) == {"reserve:model:0", "settle:model:0"}
+    assert budgets.applied("run_k") == {"reserve:model:0", "settle:model:0"}
 
 
 def test_settle_records_real_spend_even_over_the_limit(budgets: Budgets) -> None:
@@ -193,6 +196,7 @@ def test_wall_time_limit(budgets: Budgets, client: redis.Redis) -> None:
     (checked,) = budgets._batch.run(lambda pipe: budgets.add_check(pipe, "run_ok"))
     assert Budgets.reservation(checked).granted
     assert not client.exists(keys.reservations("run_ok"))
+    assert budgets.applied("run_ok") == set()
 
     budgets.open("run_new", BudgetLimits(max_wall_s=10), started_at=time.time() - 1)
     assert budgets.reserve("run_new", "model:0", steps=1).granted
@@ -315,7 +319,7 @@ def test_concurrent_redeliveries_of_the_same_ids_charge_once(
 
 def _apply(client: redis.Redis, writes: list[SideWrite]) -> None:
     for w in writes:  # as the escalation record's commit would write them
-        client.execute_command(w.command, w.key, *w.args)
+        client.execute_command(w.command, w.key, *w.args)  # type: ignore[no-untyped-call]
 
 
 def test_an_extension_is_answered_without_spending_and_written_once(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.processes import tether_at_once
-from tether import operators
 from tether.config import Settings
 from tether.errors import ConfigError
+from tether.escalation import operators
 
 
 def test_the_defaults_are_consistent_even_with_a_model_endpoint() -> None:
@@ -84,7 +84,8 @@ def test_the_escalation_service_refuses_to_start_on_an_unusable_operators_file(
         timeout=60,
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert f"TETHER_OPERATORS_FILE {str(broken)!r} is unreadable" in done.stdout
+    assert f"TETHER_OPERATORS_FILE {str(broken)!r}" in done.stdout
+    assert "Field required" in done.stdout and "key_sha256" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     # Read for each decision, it may change while the service runs; a good one passes.
     broken.write_text(json.dumps({"operators": [{"name": "alice", "key_sha256": "ab" * 32}]}))
@@ -114,7 +115,7 @@ def test_the_consistency_check_writes_nothing_into_the_settings(tmp_path: Path) 
 
 
 def test_the_tls_files_go_into_every_rediss_url_with_verification(tmp_path: Path) -> None:
-    from tether.celery_app import create_app
+    from tether.transport.celery_app import create_app
 
     files = _tls_files(tmp_path)
     (tmp_path / "broker-ca.pem").write_text("-----BEGIN-----\n")

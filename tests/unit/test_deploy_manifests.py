@@ -1,8 +1,8 @@
-"""docker-compose.yml and deploy/k8s checked against their schemas and against the code.
+"""docker-compose.yml and the image checked against their schemas and against the code.
 
-No network and no container engine: the compose specification's JSON schema and
-KEDA's CRD schema are vendored in tests/schemas (see its README), Kubernetes'
-schemas come with the kubernetes-validate package. Every `tether ...` command
+No network and no container engine: the compose specification's JSON schema is
+vendored in tests/schemas (see its README). deploy/k8s is rendered and checked
+in tests/unit/test_deploy_k8s.py. Every `tether ...` command
 named in a file is parsed by the real CLI, and every TETHER_* variable is
 checked against the Settings fields, so a renamed option or setting fails here.
 """
@@ -15,57 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import typer
 import yaml
 
-from tether import celery_app
 from tether.cli.main import app
 from tether.config import Settings
-from tether.devstack import SERVICES
+from tether.dev.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "tests" / "schemas"
 COMPOSE = ROOT / "docker-compose.yml"
-K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 EXAMPLE_ENV = ROOT / "deploy" / "config" / "example.env"
-KUBERNETES_VERSION = "1.30.0"
-QUEUE_OF_SERVICE = {
-    "planner": celery_app.PLAN_QUEUE,
-    "executor": celery_app.TOOLS_QUEUE,
-    "escalation": celery_app.ESCALATIONS_QUEUE,
-}
 
 
 def _compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return loaded
-
-
-def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
-    return [
-        (path.name, doc)
-        for path in K8S
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc is not None
-    ]
-
-
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    if doc["kind"] not in ("Deployment", "StatefulSet"):
-        return []
-    containers: list[dict[str, Any]] = doc["spec"]["template"]["spec"]["containers"]
-    return containers
-
-
-def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {doc["metadata"]["name"]: doc for _, doc in _k8s_docs() if doc["kind"] == kind}
-
-
-def _configmap() -> dict[str, str]:
-    data: dict[str, str] = _by_kind("ConfigMap")["tether-config"]["data"]
-    return data
 
 
 # --- schemas -----------------------------------------------------------------
@@ -84,26 +50,6 @@ def test_compose_schema_check_catches_a_misspelt_key() -> None:
     broken["services"]["planner"]["healtcheck"] = broken["services"]["planner"].pop("healthcheck")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema, cls=jsonschema.Draft201909Validator)
-
-
-@pytest.mark.parametrize(
-    ("name", "doc"), _k8s_docs(), ids=lambda v: v if isinstance(v, str) else v["kind"]
-)
-def test_manifest_matches_its_schema(name: str, doc: dict[str, Any]) -> None:
-    if doc["apiVersion"].startswith("keda.sh/"):
-        keda = json.loads((SCHEMAS / "keda-v2.json").read_text())
-        schema = {**keda["definitions"][doc["kind"]], "definitions": keda["definitions"]}
-        jsonschema.validate(doc, schema)
-    else:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-
-
-def test_kubernetes_schema_check_catches_an_unknown_field() -> None:
-    deployment = _by_kind("Deployment")["tether-planner"]
-    broken = json.loads(json.dumps(deployment))
-    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
 
 # --- commands and settings against the code ----------------------------------
@@ -136,18 +82,12 @@ def _commands() -> list[tuple[str, list[str]]]:
         test = service.get("healthcheck", {}).get("test")
         if test and test[0] == "CMD":
             found.append((f"compose {name} healthcheck", test[1:]))
-    for file, doc in _k8s_docs():
-        for container in _containers(doc):
-            found.append((f"{file} {container['name']}", container["command"]))
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                if "exec" in container.get(probe, {}):
-                    found.append((f"{file} {probe}", container[probe]["exec"]["command"]))
     return found
 
 
 def test_every_command_is_one_the_code_accepts() -> None:
     commands = _commands()
-    assert any(argv[:2] == ["tether", "health"] for _, argv in commands)
+    assert any(argv[:2] == ["tether", "worker"] for _, argv in commands)
     from celery.bin.celery import celery
 
     for where, argv in commands:
@@ -188,20 +128,10 @@ def _named_variables() -> dict[str, str]:
     for name, service in compose["services"].items():
         for key in service.get("environment", {}):
             named.setdefault(key, f"compose {name}")
-    for file, doc in _k8s_docs():
-        if doc["kind"] == "ConfigMap":
-            for key in doc["data"]:
-                named.setdefault(key, file)
-        for container in _containers(doc):
-            for env in container.get("env", []):
-                named.setdefault(env["name"], f"{file} {container['name']}")
     for line in EXAMPLE_ENV.read_text().splitlines():
         match = re.match(r"#?\s*(TETHER_[A-Z0-9_]+)=", line)
         if match:
             named.setdefault(match.group(1), "example.env")
-    for file in K8S:  # settings named in comments (`kubectl create secret ... TETHER_X=`)
-        for key in re.findall(r"\b(TETHER_[A-Z0-9_]+)=", file.read_text()):
-            named.setdefault(key, file.name)
     return {key: where for key, where in named.items() if key.startswith("TETHER_")}
 
 
@@ -221,11 +151,7 @@ def _env_values(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> Sett
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-def test_configmap_and_example_env_values_are_valid_settings(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    settings = _env_values(monkeypatch, _configmap())
-    assert settings.task_time_limit_s == int(_configmap()["TETHER_TASK_TIME_LIMIT_S"])
+def test_example_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     example: dict[str, str] = {}
     for line in EXAMPLE_ENV.read_text().splitlines():
         if line.startswith("TETHER_"):
@@ -235,7 +161,7 @@ def test_configmap_and_example_env_values_are_valid_settings(
     _env_values(monkeypatch, _compose()["x-tether"]["environment"])
 
 
-# --- what the issue asks of compose ------------------------------------------
+# --- what compose must hold --------------------------------------------------
 
 
 def _seconds(text: str) -> int:
@@ -271,20 +197,6 @@ def _acl_users() -> dict[str, str]:
     return rules
 
 
-def test_compose_and_kubernetes_set_up_the_same_redis_acl() -> None:
-    configmap = _by_kind("ConfigMap")["tether-redis-acl"]["data"]["users.acl"]
-    assert configmap == ACL_FILE.read_text(), "deploy/k8s/redis.yaml's ACL differs from users.acl"
-    compose_script = str(_compose()["services"]["redis"]["command"][-1]).replace("$$", "$")
-    (redis,) = _by_kind("StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"]
-    assert compose_script == redis["command"][-1]
-    mounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
-    assert mounts["acl"] == "/etc/redis"
-    k8s_env = {env["name"] for env in redis["env"]}
-    compose_env = set(_compose()["services"]["redis"]["environment"])
-    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", " ".join(_acl_users().values())))
-    assert placeholders == compose_env == k8s_env - {"REDISCLI_AUTH"}
-
-
 def test_the_acl_has_a_user_per_service_and_no_catch_all() -> None:
     rules = _acl_users()
     assert rules.pop("default") == "off"
@@ -304,17 +216,8 @@ def test_each_service_logs_in_to_redis_as_its_own_user() -> None:
     for name in SERVICES:
         url = compose["services"][name]["environment"]["TETHER_REDIS_URL"]
         assert url.startswith(f"redis://{name}:${{REDIS_{name.upper()}_PASSWORD:?"), url
-        (container,) = _containers(_by_kind("Deployment")[f"tether-{name}"])
-        env = {e["name"]: e for e in container["env"]}
-        assert env["TETHER_REDIS_URL"]["value"].startswith(f"redis://{name}:$(REDIS_PASSWORD)@")
-        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": "tether-redis",
-            "key": name,
-        }
     flower = compose["services"]["flower"]["environment"]["CELERY_BROKER_URL"]
     assert flower.startswith("redis://flower:")
-    (auth,) = _by_kind("TriggerAuthentication").values()
-    assert {ref["name"] for ref in auth["spec"]["secretTargetRef"]} == {"tether-redis-monitor"}
 
 
 def test_compose_services_are_healthchecked_scalable_and_loopback_only() -> None:
@@ -323,7 +226,11 @@ def test_compose_services_are_healthchecked_scalable_and_loopback_only() -> None
     for name in SERVICES:
         service = compose["services"][name]
         assert service["command"] == ["tether", "worker", name]
-        assert service["healthcheck"]["test"] == ["CMD", "tether", "health", name]
+        # The worker's own /readyz on its metrics port, not a Python process importing Celery.
+        port = service["environment"]["TETHER_METRICS_PORT"]
+        probe = f"urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=5)"
+        assert service["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
+        assert probe in service["healthcheck"]["test"][3], name
         # --scale needs neither a fixed container name nor a published port.
         assert "container_name" not in service and "ports" not in service
         assert _seconds(service["stop_grace_period"]) > limit
@@ -333,54 +240,6 @@ def test_compose_services_are_healthchecked_scalable_and_loopback_only() -> None
     flower = compose["services"]["flower"]
     assert "FLOWER_BASIC_AUTH" in flower["environment"]
     assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
-
-
-# --- what the issue asks of Kubernetes ---------------------------------------
-
-
-def test_deployments_have_probes_requests_grace_and_a_disruption_budget() -> None:
-    limit = int(_configmap()["TETHER_TASK_TIME_LIMIT_S"])
-    deployments = _by_kind("Deployment")
-    budgets = _by_kind("PodDisruptionBudget")
-    for service in SERVICES:
-        deployment = deployments[f"tether-{service}"]
-        pod = deployment["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] > limit
-        (container,) = pod["containers"]
-        assert container["command"] == ["tether", "worker", service]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["exec"]["command"] == ["tether", "health", service]
-        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
-        labels = deployment["spec"]["selector"]["matchLabels"]
-        assert budgets[f"tether-{service}"]["spec"]["selector"]["matchLabels"] == labels
-        assert pod["securityContext"]["runAsNonRoot"] is True
-
-
-def test_each_service_scales_on_its_own_queue() -> None:
-    scaled = _by_kind("ScaledObject")
-    auth = _by_kind("TriggerAuthentication")
-    for service in SERVICES:
-        spec = scaled[f"tether-{service}"]["spec"]
-        assert spec["scaleTargetRef"]["name"] == f"tether-{service}"
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "redis"
-        assert trigger["metadata"]["listName"] == QUEUE_OF_SERVICE[service]
-        assert trigger["authenticationRef"]["name"] in auth
-
-
-def test_only_the_services_reach_redis() -> None:
-    (policy,) = _by_kind("NetworkPolicy").values()
-    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
-    allowed = policy["spec"]["ingress"][0]["from"]
-    label = {"tether.dev/redis-client": "true"}
-    assert {"podSelector": {"matchLabels": label}} in allowed
-    clients = {
-        doc["metadata"]["name"]
-        for _, doc in _k8s_docs()
-        if doc["kind"] == "Deployment"
-        and doc["spec"]["template"]["metadata"]["labels"].get("tether.dev/redis-client") == "true"
-    }
-    assert clients == {f"tether-{s}" for s in SERVICES} | {"tether-flower"}
 
 
 # --- the image ---------------------------------------------------------------
@@ -412,6 +271,6 @@ def test_the_image_installs_every_dependency_from_the_hashed_lock() -> None:
 
 
 def test_health_knows_the_same_services_as_the_workers() -> None:
-    from tether import health
+    from tether.worker import health
 
     assert health.SERVICES == SERVICES

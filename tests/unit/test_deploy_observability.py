@@ -1,7 +1,7 @@
 """The alert rules and the Grafana dashboard in deploy/ query only what the services export.
 
 What is exported is read from the code, never listed here: the collectors that
-tether.metrics registers in prometheus_client's default registry (their names,
+tether.observability.metrics registers in prometheus_client's default registry (their names,
 types and label names), and the gauges its Redis collector yields against the
 test Redis. Every expression is parsed as PromQL (promql-parser); each metric it
 selects must be one of those series, and every label it filters on or groups
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from tether import metrics
+from tether.observability import metrics
 from tether.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,6 +11,7 @@ import pytest
 from docs import gen_reference
 from tests.unit.test_deploy_manifests import CliRefused, _parse_tether
 from tether.config import Settings
+from tether.store import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -31,6 +32,46 @@ def test_the_generated_references_match_the_code(path: Path) -> None:
     assert path.read_text() == gen_reference.pages()[path], (
         f"{path.relative_to(ROOT)} is out of date: run `python docs/gen_reference.py`"
     )
+
+
+def test_a_stale_redis_keys_page_fails_and_its_prose_is_kept() -> None:
+    page = (DOCS / "reference" / "redis-keys.md").read_text()
+    row = "| `tether:runs` | sorted set | run ids by creation time. |"
+    assert row in page
+    stale = page.replace(row, "| `tether:runs` | list | runs. |").replace(
+        "# Redis keys\n", "# Redis keys\n\nProse written by hand.\n"
+    )
+    regenerated = gen_reference.redis_keys_reference(stale)
+    assert regenerated != stale
+    assert row in regenerated and "Prose written by hand." in regenerated
+
+
+def test_the_redis_keys_page_names_every_key_with_its_type() -> None:
+    page = gen_reference.redis_keys_reference()
+    constants = {
+        name: value
+        for name, value in vars(keys).items()
+        if name.isupper() and isinstance(value, str) and value.startswith(f"{keys.PREFIX}:")
+    }
+    assert len(constants) > 15
+    for name, value in constants.items():
+        assert f"| `{value}` |" in page, f"keys.{name} is missing from the Redis keys page"
+    for pattern in (
+        "tether:run:{<run_id>}",
+        "tether:action:{<run_id>}:<step>:<n>:inflight",
+        "tether:escalation:esc_{<run_id>}_<...>",
+        "tether:spilled:{<slot>}:<write_id>",
+        "tether:thread:{<thread_id>}:queue",
+    ):
+        assert f"| `{pattern}` |" in page
+    assert "| `tether:run:{<run_id>}:log` | stream |" in page
+
+
+def test_a_key_without_its_type_in_its_doc_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"keys\.RUN_INDEX's doc must start with its Redis type"):
+        gen_reference.KeyEntry("Runs", "RUN_INDEX", keys.RUN_INDEX, "run ids by creation time")
+    with pytest.raises(ValueError, match=r"keys\.run's doc"):
+        gen_reference.KeyEntry("Runs", "run", keys.run("run_x"), "")
 
 
 def test_every_setting_has_a_description() -> None:

@@ -17,16 +17,17 @@ import redis
 from pydantic import ValidationError
 from redis.client import Pipeline
 
-from tether import executor, planner
-from tether.agents import get_agent, load_agent_modules
+from tether import planner
+from tether.agent.definition import get_agent, load_agent_modules
+from tether.agent.tools import ToolContext
 from tether.errors import ToolTimeoutError
 from tether.evaluation import harness
 from tether.evaluation.scenario import Scenario, ScenarioEvent, ToolFault
+from tether.executor import actions as executor
 from tether.planner import step
 from tether.runtime import Runtime
-from tether.state import RunStatus
-from tether.store import run_id_for
-from tether.tools import ToolContext
+from tether.store.runs import run_id_for
+from tether.store.state import RunStatus
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,13 +77,13 @@ def test_a_production_action_round_trip_reads_no_eval_key(
     monkeypatch.undo()
     assert touched, "the recorder saw no command"
     assert not [t for t in touched if ":eval:" in t]
-    outcome = [e for _, e in runtime.store.trace(run_id) if e.kind == "tool_call"]
+    outcome = [e for _, e in runtime.store.log.read(run_id) if e.kind == "tool_call"]
     assert [e.data.get("ok") for e in outcome] == [True]
 
 
 def test_intake_rejects_an_eval_event_without_its_harness_document(runtime: Runtime) -> None:
     assert planner.start(runtime, _event("eval:calculator", "evt-no-harness")) is None
-    reason = runtime.store.rejection("evt-no-harness")
+    reason = runtime.store.rejections.reason("evt-no-harness")
     assert reason is not None
     assert "is an evaluation run but no harness document is stored" in reason
     assert harness.harness_key(run_id_for("evt-no-harness")) in reason
@@ -92,7 +93,7 @@ def test_intake_rejects_an_eval_event_without_its_harness_document(runtime: Runt
 def test_intake_rejects_an_invalid_harness_document(runtime: Runtime) -> None:
     runtime.store.client.set(harness.harness_key(run_id_for("evt-bad")), '{"name": 1}')
     assert planner.start(runtime, _event("eval:calculator", "evt-bad")) is None
-    assert "an invalid harness document" in (runtime.store.rejection("evt-bad") or "")
+    assert "an invalid harness document" in (runtime.store.rejections.reason("evt-bad") or "")
 
 
 def test_an_eval_event_with_its_harness_plays_the_scenario(runtime: Runtime) -> None:

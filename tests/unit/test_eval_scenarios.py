@@ -18,7 +18,7 @@ from tether.evaluation.scenario import (
     parse_scenario,
 )
 from tether.models.scripted import text
-from tether.state import RunState, RunStatus
+from tether.store.state import RunState, RunStatus
 from tether.testing.openai_server import ScriptedOpenAIServer
 
 SCENARIOS = Path(__file__).parents[2] / "examples" / "support_desk" / "scenarios"

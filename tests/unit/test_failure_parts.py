@@ -11,22 +11,24 @@ from typing import Any
 import openai
 import pytest
 
-from tether import deadletters
-from tether.agents import Agent
+from tether.agent.definition import Agent
+from tether.agent.tools import NO_UNSAFE_RETRY, RetryPolicy, tool
 from tether.errors import ModelError, TransientToolError
-from tether.leases import Lease
-from tether.messages import ErrorCategory, ToolAction
 from tether.models import FallbackModel, ModelResponse, OpenAIModel, ScriptedModel, from_turns, text
 from tether.runtime import Runtime
-from tether.state import ChatMessage, RunState
+from tether.store.leases import Lease
+from tether.store.state import ChatMessage, RunState
 from tether.testing.openai_server import Fault, ScriptedOpenAIServer
-from tether.tools import NO_UNSAFE_RETRY, RetryPolicy, tool
+from tether.transport.wire import ErrorCategory, ToolAction
+from tether.worker import deadletters
 
 USER = [ChatMessage(role="user", content="hi")]
 
 
 class Failing:
     name = "failing"
+    system = "failing"
+    billed_models = ()
 
     def __init__(self) -> None:
         self.calls = 0
@@ -40,6 +42,7 @@ class Failing:
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> ModelResponse:
         self.calls += 1
         raise ModelError("endpoint down", attempts=3)
@@ -123,7 +126,7 @@ def test_dead_letters_record_list_show_and_replay(runtime: Runtime) -> None:
     (letter,) = deadletters.list_dead(runtime)
     assert letter.id == entry_id and letter.run_id == "run_x"
     assert letter.kwargs == kwargs and letter.reason == "ValueError: broken"
-    assert [e.kind for _, e in runtime.store.trace("run_x")] == ["dead_letter"]
+    assert [e.kind for _, e in runtime.store.log.read("run_x")] == ["dead_letter"]
 
     replayed = deadletters.replay(runtime, entry_id)
     assert replayed is not None
@@ -134,13 +137,13 @@ def test_dead_letters_record_list_show_and_replay(runtime: Runtime) -> None:
 
 
 def test_rejections_are_found_by_event_id(runtime: Runtime) -> None:
-    runtime.store.reject(
+    runtime.store.rejections.record(
         "malformed TaskEvent: input: Field required", {"event_id": "e1", "agent": "a"}
     )
-    runtime.store.reject("not JSON at all", "garbage")
-    assert runtime.store.rejection("e1") == "malformed TaskEvent: input: Field required"
-    assert runtime.store.rejection("e2") is None
-    assert [r["reason"] for r in runtime.store.rejected()] == [
+    runtime.store.rejections.record("not JSON at all", "garbage")
+    assert runtime.store.rejections.reason("e1") == "malformed TaskEvent: input: Field required"
+    assert runtime.store.rejections.reason("e2") is None
+    assert [r["reason"] for r in runtime.store.rejections.recent()] == [
         "not JSON at all",
         "malformed TaskEvent: input: Field required",
     ]

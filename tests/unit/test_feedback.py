@@ -13,10 +13,11 @@ from pydantic import ValidationError
 
 from tests.processes import tether_at_once
 from tests.unit.run_records import make_run
-from tether import client, keys
+from tether import client
 from tether.errors import UnknownRunError
 from tether.runtime import Runtime
-from tether.state import RunStatus
+from tether.store import keys
+from tether.store.state import RunStatus
 
 
 def _env(redis_url: str) -> dict[str, str]:
@@ -51,7 +52,7 @@ def test_feedback_is_recorded_on_the_run_with_its_log_entry(runtime: Runtime) ->
         (-1, "bob", None),
     ]
     assert state.feedback[0] == given
-    logged = [e for _, e in runtime.store.trace(run_id) if e.kind == "feedback"]
+    logged = [e for _, e in runtime.store.log.read(run_id) if e.kind == "feedback"]
     assert [(e.data["score"], e.data["by"], e.data["feedback_id"]) for e in logged] == [
         (1, "alice", given.feedback_id),
         (-1, "bob", state.feedback[1].feedback_id),
@@ -66,7 +67,7 @@ def test_a_retried_feedback_counts_once(runtime: Runtime) -> None:
     for _ in range(2):
         client.feedback(run_id, 0, by="alice", feedback_id="fb-abc", runtime=runtime)
     assert len(runtime.store.load(run_id).feedback) == 1
-    assert [e.kind for _, e in runtime.store.trace(run_id)].count("feedback") == 1
+    assert [e.kind for _, e in runtime.store.log.read(run_id)].count("feedback") == 1
 
 
 def test_feedback_on_a_run_in_flight(runtime: Runtime) -> None:

@@ -11,13 +11,13 @@ import subprocess
 import sys
 import textwrap
 
-from tether import gevent_poll
+from tether.worker import gevent_poll
 
 PATCHED = """
 from gevent import monkey
 monkey.patch_all()
 import gevent, select, socket
-from tether import gevent_poll
+from tether.worker import gevent_poll
 gevent_poll.install()
 assert select.poll is gevent_poll.ReadyFirstPoll
 """

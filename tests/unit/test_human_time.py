@@ -14,12 +14,18 @@ from typing import Any
 
 import pytest
 
-from tether import escalations, keys, notifications, planner
-from tether.agents import load_agent_modules
-from tether.budgets import Budgets
+from tether import planner
+from tether.agent.definition import load_agent_modules
 from tether.config import Settings
 from tether.errors import EscalationClosedError, StaleStateError
-from tether.messages import (
+from tether.escalation import records, webhooks
+from tether.planner import lifecycle, reconcile
+from tether.planner.reconcile import expire_escalations
+from tether.runtime import Runtime
+from tether.store import keys
+from tether.store.budgets import Budgets
+from tether.store.state import EscalationRecord, RunStatus
+from tether.transport.wire import (
     BudgetLimits,
     BudgetRequest,
     Decision,
@@ -28,10 +34,6 @@ from tether.messages import (
     Verdict,
     utcnow,
 )
-from tether.planner import lifecycle, reconcile
-from tether.planner.reconcile import expire_escalations
-from tether.runtime import Runtime
-from tether.state import EscalationRecord, RunStatus
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,9 +80,9 @@ def test_the_commits_that_start_and_end_a_wait_stop_and_credit_the_clock(
 
     (wait,) = state.awaiting_human
     escalation = wait.escalation(run_id, state.agent)
-    escalations.open_escalation(runtime, escalation)
+    records.open_escalation(runtime, escalation)
     decision = Decision(escalation_id=wait.escalation_id, verdict=Verdict.approve, by="ops")
-    assert escalations.decide(runtime, decision) is not None
+    assert records.decide(runtime, decision) is not None
     planner.resume(runtime, escalation, decision)
 
     resumed = runtime.store.load(run_id)
@@ -101,7 +103,7 @@ def _budget_escalation(runtime: Runtime, run_id: str) -> Escalation:
         reason="steps ran out",
         budget=BudgetRequest(limit="steps", used=2, max=2, ceiling=5),
     )
-    escalations.open_escalation(runtime, escalation)
+    records.open_escalation(runtime, escalation)
     return escalation
 
 
@@ -126,15 +128,15 @@ def test_an_extension_whose_decision_loses_its_commit_raises_no_limit(
         return write(key, doc, expected_version, **kw)
 
     monkeypatch.setattr(runtime.store.docs, "write", another_commit_first)
-    assert escalations.decide(runtime, decision) is None
+    assert records.decide(runtime, decision) is None
     monkeypatch.undo()
 
     assert runtime.store.budgets.limit(run_id, "steps") == 2
     assert not runtime.store.client.hexists(
         keys.budget(run_id), f"extended:{escalation.escalation_id}"
     )
-    assert escalations.load(runtime, escalation.escalation_id)[0].status == "pending"
-    assert not [e for _, e in runtime.store.trace(run_id) if e.kind == "escalation_decided"]
+    assert records.load(runtime, escalation.escalation_id)[0].status == "pending"
+    assert not [e for _, e in runtime.store.log.read(run_id) if e.kind == "escalation_decided"]
 
 
 def test_an_extension_is_written_with_its_decision_once(runtime: Runtime) -> None:
@@ -147,15 +149,15 @@ def test_an_extension_is_written_with_its_decision_once(runtime: Runtime) -> Non
         limit="steps",
         extend_by=2,
     )
-    assert escalations.decide(runtime, decision) is not None
-    assert escalations.decide(runtime, decision) is not None  # redelivered: the same record
+    assert records.decide(runtime, decision) is not None
+    assert records.decide(runtime, decision) is not None  # redelivered: the same record
     assert runtime.store.budgets.limit(run_id, "steps") == 4
     assert runtime.store.budgets.reserve(run_id, "model:3", steps=4).granted
-    (decided,) = [e for _, e in runtime.store.trace(run_id) if e.kind == "escalation_decided"]
+    (decided,) = [e for _, e in runtime.store.log.read(run_id) if e.kind == "escalation_decided"]
     assert (decided.data["limit"], decided.data["extend_by"]) == ("steps", 2)
     # A second extender for the same escalation is refused: it was decided.
     other = decision.model_copy(update={"by": "dan"})
-    assert escalations.decide(runtime, other) is None
+    assert records.decide(runtime, other) is None
     assert runtime.store.budgets.limit(run_id, "steps") == 4
 
 
@@ -164,13 +166,13 @@ def _waiting_run(runtime: Runtime, event_id: str) -> tuple[str, Escalation]:
     assert run_id is not None
     (wait,) = runtime.store.load(run_id).awaiting_human
     escalation = wait.escalation(run_id, "impatient")
-    escalations.open_escalation(runtime, escalation)
+    records.open_escalation(runtime, escalation)
     return run_id, escalation
 
 
 def test_an_escalation_expires_by_its_agents_expiry_and_ends_its_run(runtime: Runtime) -> None:
     run_id, escalation = _waiting_run(runtime, "evt-h2")
-    record, _ = escalations.load(runtime, escalation.escalation_id)
+    record, _ = records.load(runtime, escalation.escalation_id)
     assert record.expires_at == escalation.created_at + timedelta(seconds=2)
 
     assert expire_escalations(runtime, now=time.time() - 60) == []  # not due yet
@@ -181,7 +183,7 @@ def test_an_escalation_expires_by_its_agents_expiry_and_ends_its_run(runtime: Ru
     assert state.status == RunStatus.rejected
     assert state.error is not None and state.error.category == "escalation_expired"
     assert f"escalation {escalation.escalation_id}" in state.error.message
-    expired, _ = escalations.load(runtime, escalation.escalation_id)
+    expired, _ = records.load(runtime, escalation.escalation_id)
     assert expired.status == "expired"
     assert not runtime.store.client.zscore(keys.EXPIRING_ESCALATIONS, escalation.escalation_id)
     assert not runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id)
@@ -190,19 +192,19 @@ def test_an_escalation_expires_by_its_agents_expiry_and_ends_its_run(runtime: Ru
     late = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
     # True whether or not the sweep's second commit has ended the run yet.
     with pytest.raises(EscalationClosedError, match=r"ends rejected \(escalation_expired\)"):
-        escalations.check_decision(expired, late)
-    assert escalations.decide(runtime, late) is None
-    refused = [e for _, e in runtime.store.trace(run_id) if e.kind == "decision_refused"]
+        records.check_decision(expired, late)
+    assert records.decide(runtime, late) is None
+    refused = [e for _, e in runtime.store.log.read(run_id) if e.kind == "decision_refused"]
     assert refused and "expired" in refused[0].data["reason"]
 
 
 def test_a_decision_recorded_before_the_expiry_wins(runtime: Runtime) -> None:
     run_id, escalation = _waiting_run(runtime, "evt-h3")
     decision = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
-    assert escalations.decide(runtime, decision) is not None
+    assert records.decide(runtime, decision) is not None
 
     assert expire_escalations(runtime, now=time.time() + 3) == []
-    assert escalations.load(runtime, escalation.escalation_id)[0].status == "decided"
+    assert records.load(runtime, escalation.escalation_id)[0].status == "decided"
     assert runtime.store.load(run_id).status == RunStatus.waiting_human  # its resume is due
 
 
@@ -211,7 +213,7 @@ def test_a_sweep_that_died_after_the_record_expired_ends_the_run_next_time(
 ) -> None:
     run_id, escalation = _waiting_run(runtime, "evt-h4")
     # The record's expiry committed; its sweeper died before ending the run.
-    assert escalations.expire(runtime, escalation.escalation_id, utcnow() + timedelta(seconds=3))
+    assert records.expire(runtime, escalation.escalation_id, utcnow() + timedelta(seconds=3))
     assert runtime.store.load(run_id).status == RunStatus.waiting_human
 
     assert expire_escalations(runtime, now=time.time() + 3) == [escalation.escalation_id]
@@ -233,14 +235,14 @@ def test_reminders_fall_due_within_the_expiry_window() -> None:
         expires_at=opened + timedelta(seconds=1000),
     )
     at = opened.timestamp()
-    assert notifications.reminders_due(settings, record, at + 499) == []
-    assert notifications.reminders_due(settings, record, at + 500) == [notifications.WAITING]
-    assert notifications.reminders_due(settings, record, at + 900) == [
-        notifications.WAITING,
-        notifications.EXPIRING,
+    assert webhooks.reminders_due(settings, record, at + 499) == []
+    assert webhooks.reminders_due(settings, record, at + 500) == [webhooks.WAITING]
+    assert webhooks.reminders_due(settings, record, at + 900) == [
+        webhooks.WAITING,
+        webhooks.EXPIRING,
     ]
     fixed = Settings(escalation_waiting_after_s=60)
-    assert notifications.reminders_due(fixed, record, at + 60) == [notifications.WAITING]
+    assert webhooks.reminders_due(fixed, record, at + 60) == [webhooks.WAITING]
 
 
 def test_a_decision_whose_run_ends_before_it_is_recorded_is_reported_not_approved(
@@ -294,7 +296,7 @@ def test_one_expiry_that_fails_holds_back_no_other(
     runtime.store.client.delete(
         keys.run(gone_run), keys.run_messages(gone_run), keys.run_completed(gone_run)
     )
-    runtime.store._known.pop(gone_run, None)
+    runtime.store.known.forget(gone_run)
     finish = lifecycle.finish
 
     def finish_failing_for_one(rt: Runtime, run: str, *args: Any, **kw: Any) -> Any:

@@ -24,16 +24,33 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.unit.test_planner_fencing import queued
-from tether import agents, deadletters, escalations, executor, keys, operators, planner
-from tether.agents import Agent, load_agent_modules, register
-from tether.celery_app import EXECUTE, OBSERVE, PLAN_QUEUE, RESUME
+from tether import planner
+from tether.agent import definition as agents
+from tether.agent.definition import Agent, load_agent_modules, register
+from tether.agent.tools import ToolContext, tool
 from tether.config import Settings
-from tether.messages import Decision, ErrorCategory, EscalationKind, Observation, Verdict
+from tether.escalation import operators
+from tether.escalation import records as escalations
+from tether.executor import actions as executor
 from tether.models import ModelResponse, ScriptedModel, text, tool_call
+from tether.planner import inbox
 from tether.runtime import Runtime
-from tether.state import ChatMessage, RunStatus
-from tether.store import run_id_for
-from tether.tools import ToolContext, tool
+from tether.store import keys
+from tether.store.runs import run_id_for
+from tether.store.state import ChatMessage, RunStatus
+from tether.transport.celery_app import EXECUTE, OBSERVE, PLAN_QUEUE, RESUME
+from tether.transport.wire import (
+    Decision,
+    ErrorCategory,
+    EscalationKind,
+    GuardrailFinding,
+    GuardrailOutcome,
+    GuardrailPlace,
+    Observation,
+    ToolAction,
+    Verdict,
+)
+from tether.worker import deadletters
 
 # What a tool or the model does in the middle of its call, once: a second delivery
 # of the same message that runs meanwhile, as after a stalled worker's lease lapsed.
@@ -117,7 +134,7 @@ def sent_observations(rt: Runtime) -> list[Observation]:
 
 
 def tool_calls_logged(rt: Runtime, run_id: str) -> int:
-    return sum(1 for _, e in rt.store.trace(run_id) if e.kind == "tool_call")
+    return sum(1 for _, e in rt.store.log.read(run_id) if e.kind == "tool_call")
 
 
 def test_a_redelivery_after_a_lapsed_lease_sends_the_stored_result(runtime: Runtime) -> None:
@@ -125,7 +142,7 @@ def test_a_redelivery_after_a_lapsed_lease_sends_the_stored_result(runtime: Runt
     run_id = start(runtime, "trust_transferer", "evt-trust-lapsed")
     (action,) = runtime.store.load(run_id).pending_actions
     executor.execute(runtime, action)
-    stored = runtime.store.get_result(action.action_id)
+    stored = runtime.store.results.get(action.action_id)
     assert stored is not None and stored.ok
     # Its worker stalled after sending: the lease lapses, and the message comes back.
     runtime.store.client.delete(keys.action_lock(action.action_id))
@@ -158,7 +175,7 @@ def test_a_tool_call_run_by_two_deliveries_is_counted_once(runtime: Runtime) -> 
         == latency + 1
     )
     # The first stored result is the action's, and the one both deliveries sent.
-    stored = runtime.store.get_result(action.action_id)
+    stored = runtime.store.results.get(action.action_id)
     assert sent_observations(runtime) == [stored, stored]
 
 
@@ -174,7 +191,7 @@ def test_a_step_whose_commit_lost_counts_nothing(runtime: Runtime) -> None:
     state = runtime.store.load(run_id)
     assert state.agent_version == version
     assert state.step == 1 and len(state.pending_actions) == 1
-    assert [e.kind for _, e in runtime.store.trace(run_id)].count("decision") == 1
+    assert [e.kind for _, e in runtime.store.log.read(run_id)].count("decision") == 1
     assert sample("tether_planner_steps_total", **labels) - before == 1
 
 
@@ -259,10 +276,119 @@ def test_an_observation_with_nothing_stored_is_refused(runtime: Runtime) -> None
         ok=True,
         output="the attacker's result",
     )
+    version = runtime.store.load(run_id).version
     planner.observe(runtime, lie)
+    state = runtime.store.load(run_id)
+    assert state.status == RunStatus.waiting_tools and state.version == version
+    assert not any(e.kind == "observation" for _, e in runtime.store.log.read(run_id))
+    assert sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor") == (
+        before + 1
+    )
+
+
+def _executed(rt: Runtime, event_id: str) -> tuple[str, Observation]:
+    """A trust_looker run whose one action the executor ran: its id and what it sent."""
+    run_id = start(rt, "trust_looker", event_id)
+    (action,) = rt.store.load(run_id).pending_actions
+    executor.execute(rt, action)
+    (sent,) = sent_observations(rt)
+    return run_id, sent
+
+
+def test_an_observation_as_stored_is_vouched_for_by_its_commit_without_a_read(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The common case: the message is the stored result byte for byte, and the commit
+    checks that itself, so no read of the stored result goes first."""
+    run_id, sent = _executed(runtime, "evt-trust-vouch-commit")
+
+    def no_read(*_: object) -> None:
+        raise AssertionError("the stored result was read before the commit")
+
+    monkeypatch.setattr(inbox, "_vouched", no_read)
+    planner.observe(runtime, sent)
+    done = runtime.store.load(run_id)
+    assert done.status == RunStatus.succeeded
+    assert done.completed_actions == [sent]
+
+
+def test_an_observation_forged_over_a_stored_result_is_never_recorded_as_it_says(
+    runtime: Runtime,
+) -> None:
+    """Mutant: the observation's commit without its check of the stored result
+    (versioned.lua's held keys, or inbox passing no ``holding``)."""
+    run_id, stored = _executed(runtime, "evt-trust-vouch-forged")
+    lie = stored.model_copy(update={"output": "the attacker's result"})
+    planner.observe(runtime, lie)
+    done = runtime.store.load(run_id)
+    assert done.status == RunStatus.succeeded
+    assert done.completed_actions == [stored]
+    assert not any("attacker" in (m.content or "") for m in done.messages)
+    logged = [e for _, e in runtime.store.log.read(run_id) if e.kind == "observation"]
+    assert len(logged) == 1
+
+
+def _blocked(action: ToolAction, output: str) -> Observation:
+    """An observation of ``action`` whose result a guardrail blocked."""
+    return Observation(
+        action_id=action.action_id,
+        run_id=action.run_id,
+        step=action.step,
+        tool=action.tool,
+        tool_call_id=action.tool_call_id,
+        ok=True,
+        output=output,
+        guardrails=[
+            GuardrailFinding(
+                place=GuardrailPlace.tool_result,
+                guardrail="length",
+                outcome=GuardrailOutcome.block,
+                tool=action.tool,
+                tool_call_id=action.tool_call_id,
+            )
+        ],
+    )
+
+
+def test_a_blocked_result_ends_the_run_only_as_the_executor_stored_it(runtime: Runtime) -> None:
+    """A blocked result ends the run outside the observation's commit, so it is read and
+    vouched for first: a forged one with nothing stored ends nothing; the stored one
+    ends the run."""
+    run_id = start(runtime, "trust_looker", "evt-trust-vouch-blocked")
+    (action,) = runtime.store.load(run_id).pending_actions
+    before = sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor")
+    planner.observe(runtime, _blocked(action, "forged"))
     assert runtime.store.load(run_id).status == RunStatus.waiting_tools
     assert sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor") == (
         before + 1
+    )
+    stored = runtime.store.results.save(_blocked(action, "too long"))
+    planner.observe(runtime, stored)
+    ended = runtime.store.load(run_id)
+    assert ended.status == RunStatus.rejected and ended.completed_actions == []
+
+
+def test_a_replayed_observation_is_ignored_and_a_forged_one_for_no_action_refused(
+    runtime: Runtime,
+) -> None:
+    """A run that declines an observation says so only of one vouched for: a replay of
+    the stored result is logged as ignored; a claim for an action with no stored result
+    is refused as forged and logs nothing in the run."""
+    run_id, sent = _executed(runtime, "evt-trust-vouch-replay")
+    planner.observe(runtime, sent)
+    assert runtime.store.load(run_id).status == RunStatus.succeeded
+    before = forged_total()
+    planner.observe(runtime, sent)
+    ignored = [e for _, e in runtime.store.log.read(run_id) if e.kind == "observation_ignored"]
+    assert [e.data["action_id"] for e in ignored] == [sent.action_id]
+    assert forged_total() == before
+
+    refused = sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor")
+    planner.observe(runtime, sent.model_copy(update={"action_id": f"{run_id}:0:9"}))
+    again = [e for _, e in runtime.store.log.read(run_id) if e.kind == "observation_ignored"]
+    assert len(again) == 1
+    assert sample("tether_forged_messages_total", queue=OBSERVE, reason="not_from_executor") == (
+        refused + 1
     )
 
 
@@ -281,7 +407,7 @@ def test_a_pending_action_for_a_tool_no_longer_declared_is_deploy_skew(
     executor.execute(runtime, action)
     assert ran == []
     assert forged_total() == before
-    assert not any(e.kind == "forged_message_refused" for _, e in runtime.store.trace(run_id))
+    assert not any(e.kind == "forged_message_refused" for _, e in runtime.store.log.read(run_id))
     (observation,) = sent_observations(runtime)
     assert not observation.ok
     assert observation.error_category == ErrorCategory.tool_permanent
@@ -311,13 +437,13 @@ def test_a_late_redelivery_of_an_action_a_human_was_asked_about_is_no_forgery(
     assert ran == []
     assert sample("tether_forged_messages_total", queue=EXECUTE, reason="not_pending") == before
     assert [d for d in deadletters.list_dead(runtime) if d.run_id == run_id] == []
-    skipped = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "action_skipped"]
+    skipped = [e.data for _, e in runtime.store.log.read(run_id) if e.kind == "action_skipped"]
     assert skipped and "human" in str(skipped[-1]["reason"])
     # A question the executor never asked is refused, though.
     forged = asked.model_copy(update={"needs_human": EscalationKind.approval_required})
     planner.observe(runtime, forged)
     refusals = [
-        e.data for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"
+        e.data for _, e in runtime.store.log.read(run_id) if e.kind == "forged_message_refused"
     ]
     assert [r["reason"] for r in refusals] == ["not_from_executor"]
 
@@ -342,7 +468,7 @@ def test_a_question_about_one_attempt_vouches_for_no_other(runtime: Runtime) -> 
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.waiting_tools and state.pending_actions == [rerun]
     refusals = [
-        e.data for _, e in runtime.store.trace(run_id) if e.kind == "forged_message_refused"
+        e.data for _, e in runtime.store.log.read(run_id) if e.kind == "forged_message_refused"
     ]
     assert [r["reason"] for r in refusals] == ["differs_from_pending"]
     # The approved re-run itself runs, once.
@@ -379,7 +505,7 @@ def test_a_copy_of_the_attempt_that_asked_arriving_after_its_rerun_is_no_forgery
     assert ran == []
     assert forged_total() == before
     assert [d for d in deadletters.list_dead(runtime) if d.run_id == run_id] == []
-    skipped = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "action_skipped"]
+    skipped = [e.data for _, e in runtime.store.log.read(run_id) if e.kind == "action_skipped"]
     assert skipped and wait.escalation_id in str(skipped[-1]["reason"])
     assert sent_observations(runtime) == []
     # The approved re-run still runs, once.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from tether.messages import (
+from tether.transport.wire import (
     SCHEMA_VERSION,
     BudgetLimits,
     Decision,
@@ -134,10 +134,10 @@ def test_task_event_rejects_overlong_event_id() -> None:
 
 def test_task_event_rejects_extra_fields() -> None:
     with pytest.raises(ValidationError) as info:
-        TaskEvent.model_validate(_event(priority="high"))
+        TaskEvent.model_validate(_event(urgency="high"))
     error = info.value.errors()[0]
     assert error["type"] == "extra_forbidden"
-    assert error["loc"] == ("priority",)
+    assert error["loc"] == ("urgency",)
 
 
 def test_task_event_rejects_extra_fields_in_its_budget() -> None:

@@ -17,14 +17,20 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from tests.memory_agents import summarising
 from tests.observability_agents import obs_approver
-from tether import deadletters, escalations, executor, feedback, keys, metrics, planner
-from tether.agents import load_agent_modules
-from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether import planner
+from tether.agent.definition import load_agent_modules
+from tether.escalation import records
+from tether.executor import actions as executor
+from tether.insights import feedback
 from tether.memory import threads
 from tether.memory.window import Turn
-from tether.messages import ErrorCategory, Observation, ToolAction
+from tether.observability import metrics
 from tether.runtime import Runtime
-from tether.state import Feedback, RunStatus
+from tether.store import keys
+from tether.store.state import Feedback, RunStatus
+from tether.transport.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether.transport.wire import ErrorCategory, Observation, ToolAction
+from tether.worker import deadletters
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,7 +54,7 @@ def event(agent: str, event_id: str) -> dict[str, str]:
 
 def delivered(runtime: Runtime, observation: Observation) -> None:
     """Deliver ``observation`` as the executor does: its result stored first, then sent."""
-    runtime.store.save_result(observation)
+    runtime.store.results.save(observation)
     planner.observe(runtime, observation)
 
 
@@ -85,7 +91,7 @@ def test_a_step_delivered_twice_counts_its_step_and_model_call_once(runtime: Run
         "tether_planner_steps_total", OK, lambda: planner.start(runtime, event("obs_ok", "evt-m2"))
     )
     run_id = runtime.store.recent(1)[0].run_id
-    logged = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "model_call"]
+    logged = [e.data for _, e in runtime.store.log.read(run_id) if e.kind == "model_call"]
     assert steps == 1
     assert sample("tether_model_tokens_total", **tokens) - before == sum(
         d["input_tokens"] + d["output_tokens"] for d in logged
@@ -142,7 +148,7 @@ def test_a_tool_action_executed_twice_counts_one_tool_call(runtime: Runtime) -> 
     assert (
         sample("tether_tool_latency_seconds_count", agent="obs_ok", tool="obs_add") == latency + 1
     )
-    stored = runtime.store.get_result(action.action_id)
+    stored = runtime.store.results.get(action.action_id)
     assert stored is not None and stored.output == 5
 
 
@@ -195,7 +201,7 @@ def test_an_escalation_opened_twice_counts_once(runtime: Runtime) -> None:
         moved(
             "tether_escalations_opened_total",
             labels,
-            lambda: [escalations.open_escalation(runtime, escalation) for _ in range(2)],
+            lambda: [records.open_escalation(runtime, escalation) for _ in range(2)],
         )
         == 1
     )
@@ -209,7 +215,12 @@ def test_a_dead_letter_recorded_twice_for_one_message_counts_once(runtime: Runti
             labels,
             lambda: [
                 deadletters.record(
-                    runtime, "tether.tools.execute", {}, "boom", ErrorCategory.internal, "msg-1"
+                    runtime,
+                    "tether.tools.execute",
+                    {},
+                    "boom",
+                    ErrorCategory.internal,
+                    "msg-1",
                 )
                 for _ in range(2)
             ],
@@ -307,10 +318,10 @@ def test_a_thread_summary_is_made_and_counted_once_however_often_its_event_comes
     run_id = planner.start(runtime, message)
     assert run_id is not None
     assert summaries == [1]  # the redeliveries fit nothing again
-    (context,) = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "thread_context"]
+    (context,) = [e.data for _, e in runtime.store.log.read(run_id) if e.kind == "thread_context"]
     step_tokens = sum(
         int(e.data["input_tokens"]) + int(e.data["output_tokens"])
-        for _, e in runtime.store.trace(run_id)
+        for _, e in runtime.store.log.read(run_id)
         if e.kind == "model_call"
     )
     summary_tokens = int(context["summary_tokens"])

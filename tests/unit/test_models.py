@@ -21,6 +21,9 @@ from tether.errors import (
     ModelTransientError,
     TetherError,
 )
+from tether.evaluation.harness import Gullible, HarnessModel
+from tether.evaluation.recording import Recording
+from tether.evaluation.replay_runtime import ReplayModel
 from tether.models import (
     FallbackModel,
     ModelClient,
@@ -33,8 +36,9 @@ from tether.models import (
 )
 from tether.models.openai import wait_retry_after
 from tether.models.prices import cost_usd, prompt_token_bound, typical_tokens
-from tether.state import ChatMessage, ToolCall
+from tether.store.state import ChatMessage, ToolCall
 from tether.testing.openai_server import Fault, ScriptedOpenAIServer
+from tether.transport.wire import RunEvent
 
 SYSTEM = ChatMessage(role="system", content="You add numbers.")
 USER = ChatMessage(role="user", content="What is 2 + 3?")
@@ -163,6 +167,49 @@ def test_scripted_model_bills_a_long_answer_as_a_capped_model_would() -> None:
 def test_both_clients_satisfy_the_protocol() -> None:
     assert isinstance(ScriptedModel([]), ModelClient)
     assert isinstance(OpenAIModel("gpt-4o-mini"), ModelClient)
+
+
+class Undeclared:
+    """A client that completes and estimates but says nothing of its system or billing."""
+
+    name = "undeclared"
+
+    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+        return 1
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> ModelResponse:
+        return text("hi")
+
+
+def test_the_protocol_declares_what_callers_read_off_a_client() -> None:
+    assert not isinstance(Undeclared(), ModelClient)
+    for model in (ScriptedModel([]), OpenAIModel("gpt-4o-mini")):
+        assert isinstance(model, ModelClient)
+        assert isinstance(model.system, str) and model.system
+    assert OpenAIModel("gpt-4o-mini").billed_models == ("gpt-4o-mini",)
+    assert ScriptedModel([]).billed_models == ()
+
+
+def test_wrapping_clients_speak_and_bill_as_the_model_they_wrap() -> None:
+    inner = FallbackModel(OpenAIModel("gpt-4o-mini"), OpenAIModel("local-llama"))
+    assert inner.system == "openai"
+    recording = Recording(
+        run_id="run_x", started=RunEvent(run_id="run_x", kind="run_started", step=0)
+    )
+    for wrapper in (ReplayModel(inner, recording), Gullible(inner)):
+        assert isinstance(wrapper, ModelClient)
+        assert wrapper.billed_models == ("gpt-4o-mini", "local-llama")
+        assert wrapper.system == "openai"
+    harness = HarnessModel(inner)
+    assert isinstance(harness, ModelClient)
+    assert harness.billed_models == () and harness.system == "tether.eval"
 
 
 # prices ---------------------------------------------------------------------------------
@@ -445,8 +492,9 @@ def test_openai_model_rejects_a_completion_without_choices(fake_openai: FakeOpen
 def test_openai_model_estimate_reserves_the_output_cap() -> None:
     model = OpenAIModel("gpt-4o-mini", max_output_tokens=300)
     messages = [SYSTEM, USER]
+    # Its prompt counted by gpt-4o-mini's tokenizer (tether.models.tokens).
     assert model.estimate_tokens(messages, [ADD_SCHEMA]) == (
-        prompt_token_bound(messages, [ADD_SCHEMA]) + 300
+        prompt_token_bound(messages, [ADD_SCHEMA], "gpt-4o-mini") + 300
     )
     assert model.name == "gpt-4o-mini"
 
@@ -492,6 +540,7 @@ class Counting:
     """A fallback model that answers and counts its calls."""
 
     name = "counting"
+    system = "counting"
     billed_models = ()
 
     def __init__(self) -> None:
@@ -506,6 +555,7 @@ class Counting:
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> ModelResponse:
         self.calls += 1
         return ModelResponse(content="from the fallback", model=self.name)
@@ -633,7 +683,7 @@ def test_the_output_cap_is_sent_and_comes_from_the_settings(
     model = endpoint_model(fault_endpoint)
     model.complete([USER], [])
     assert fault_endpoint.requests[-1]["max_tokens"] == 77
-    assert model.estimate_tokens([USER], []) == prompt_token_bound([USER], []) + 77
+    assert model.estimate_tokens([USER], []) == prompt_token_bound([USER], [], model.name) + 77
 
     reasoning = OpenAIModel(
         "o4-mini", base_url=fault_endpoint.base_url, output_cap_field="max_completion_tokens"

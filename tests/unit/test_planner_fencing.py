@@ -14,9 +14,16 @@ from typing import Any
 import pytest
 
 from tests.agents import add, unplanned_calculator_run
-from tether import client, escalations, keys, planner
-from tether.agents import Agent, get_agent, load_agent_modules, register
-from tether.celery_app import (
+from tether import client, planner
+from tether.agent.definition import Agent, get_agent, load_agent_modules, register
+from tether.config import Settings
+from tether.escalation import records
+from tether.models import ScriptedModel, tool_call
+from tether.runtime import Runtime
+from tether.store import keys
+from tether.store.runs import run_id_for
+from tether.store.state import ChatMessage, RunState, RunStatus
+from tether.transport.celery_app import (
     ESCALATE,
     ESCALATIONS_QUEUE,
     EXECUTE,
@@ -25,8 +32,7 @@ from tether.celery_app import (
     STEP,
     TOOLS_QUEUE,
 )
-from tether.config import Settings
-from tether.messages import (
+from tether.transport.wire import (
     Decision,
     ErrorCategory,
     Escalation,
@@ -36,10 +42,6 @@ from tether.messages import (
     ToolAction,
     Verdict,
 )
-from tether.models import ScriptedModel, tool_call
-from tether.runtime import Runtime
-from tether.state import ChatMessage, RunState, RunStatus
-from tether.store import run_id_for
 
 always_invalid = register(
     Agent(
@@ -72,7 +74,7 @@ def queued(rt: Runtime, queue: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def kinds(rt: Runtime, run_id: str) -> list[str]:
-    return [event.kind for _, event in rt.store.trace(run_id)]
+    return [event.kind for _, event in rt.store.log.read(run_id)]
 
 
 def observation_for(action: ToolAction, output: Any, ok: bool = True) -> Observation:
@@ -97,7 +99,7 @@ def observe(runtime: Runtime, observation: Observation) -> None:
     (tether.planner.inbox), so a test standing in for the executor stores it too.
     """
     if observation.needs_human is None:
-        runtime.store.save_result(observation)
+        runtime.store.results.save(observation)
     planner.observe(runtime, observation)
 
 
@@ -106,8 +108,8 @@ def record_decision(runtime: Runtime, escalation: Escalation, decision: Decision
 
     The planner applies a decision only as its escalation's record holds it.
     """
-    escalations.open_escalation(runtime, escalation)
-    assert escalations.decide(runtime, decision) is not None
+    records.open_escalation(runtime, escalation)
+    assert records.decide(runtime, decision) is not None
 
 
 def calculator_event(event_id: str = "evt-calc") -> dict[str, Any]:
@@ -160,7 +162,7 @@ def test_duplicate_step_delivery_does_not_advance(runtime: Runtime) -> None:
     assert log.count("decision") == 1
     assert log.count("model_call") == 1
     assert log[-1] == "duplicate_step"
-    duplicate = runtime.store.trace(run_id)[-1][1]
+    duplicate = runtime.store.log.read(run_id)[-1][1]
     assert duplicate.step == 0
     assert duplicate.data["current_step"] == 1
     # The committed step's actions are re-published (consumers are idempotent by id).
@@ -171,8 +173,7 @@ def test_duplicate_step_delivery_does_not_advance(runtime: Runtime) -> None:
 def test_an_older_step_delivery_is_dropped_silently(runtime: Runtime) -> None:
     run_id = planner.start(runtime, calculator_event())
     assert run_id is not None
-    state = runtime.store.load(run_id)
-    runtime.store.commit(state.model_copy(update={"step": 3}))
+    runtime.store.update(run_id, lambda s: s.model_copy(update={"step": 3}))
     published = len(queued(runtime, TOOLS_QUEUE))
     planner.plan(runtime, run_id, 0)
     planner.plan(runtime, run_id, 7)  # a step from the future is dropped too
@@ -196,7 +197,7 @@ def test_duplicate_event_starts_no_second_run(runtime: Runtime) -> None:
     assert log.count("duplicate_event") == 1
     assert log.count("decision") == 1
     assert runtime.store.budgets.usage(first).steps == 1
-    duplicate = next(e for _, e in runtime.store.trace(first) if e.kind == "duplicate_event")
+    duplicate = next(e for _, e in runtime.store.log.read(first) if e.kind == "duplicate_event")
     assert duplicate.data == {"event_id": "evt-calc"}
 
 
@@ -227,7 +228,7 @@ def test_duplicate_observation_is_recorded_once_and_the_run_succeeds(runtime: Ru
     assert log.count("observation") == 1
     assert log.count("run_finished") == 1
     assert log.count("decision") == 2
-    ignored = [e for _, e in runtime.store.trace(run_id) if e.kind == "observation_ignored"]
+    ignored = [e for _, e in runtime.store.log.read(run_id) if e.kind == "observation_ignored"]
     assert len(ignored) == 1
     assert ignored[0].data["action_id"] == action.action_id
     assert runtime.store.budgets.usage(run_id).steps == 2
@@ -251,9 +252,9 @@ def test_the_observation_that_readies_a_step_reserves_its_model_call_in_its_comm
 
     assert runtime.store.load(run_id).status == RunStatus.succeeded
     assert separate == []  # no round trip of its own: it went with the observation's commit
-    assert "reserve:model:1" in runtime.store.client.smembers(keys.reservations(run_id))
+    assert "reserve:model:1" in runtime.store.budgets.applied(run_id)
     usage = runtime.store.budgets.usage(run_id)
-    calls = [e.data for _, e in runtime.store.trace(run_id) if e.kind == "model_call"]
+    calls = [e.data for _, e in runtime.store.log.read(run_id) if e.kind == "model_call"]
     assert usage.steps == len(calls) == 2
     # Settled to what each call used: the estimate reserved ahead was taken back exactly.
     assert usage.tokens == sum(c["input_tokens"] + c["output_tokens"] for c in calls)
@@ -363,7 +364,7 @@ def test_malformed_event_is_rejected_and_recorded(runtime: Runtime) -> None:
         is None
     )
     assert planner.start(runtime, "just a string") is None
-    rejected = runtime.store.rejected()
+    rejected = runtime.store.rejections.recent()
     assert len(rejected) == 4
     reasons = [r["reason"] for r in reversed(rejected)]
     assert all(r.startswith("malformed TaskEvent: ") for r in reasons)
@@ -383,7 +384,7 @@ def test_malformed_event_is_rejected_and_recorded(runtime: Runtime) -> None:
 def test_unknown_agent_is_rejected_and_recorded(runtime: Runtime) -> None:
     event = {"event_id": "evt-ghost", "agent": "nobody_by_this_name", "input": "hello"}
     assert planner.start(runtime, event) is None
-    (entry,) = runtime.store.rejected()
+    (entry,) = runtime.store.rejections.recent()
     assert "evt-ghost" in entry["reason"]
     assert "agent 'nobody_by_this_name' is not registered" in entry["reason"]
     assert "calculator" in entry["reason"]  # lists the known agents
@@ -396,7 +397,7 @@ def test_oversized_event_is_rejected(redis_url: str) -> None:
     rt = Runtime(Settings(redis_url=redis_url, max_event_bytes=300))
     big = {"event_id": "evt-big", "agent": "calculator", "input": "x" * 400}
     assert planner.start(rt, big) is None
-    (entry,) = rt.store.rejected()
+    (entry,) = rt.store.rejections.recent()
     assert "over the 300-byte cap" in entry["reason"]
     assert "TETHER_MAX_EVENT_BYTES" in entry["reason"]
     assert len(entry["payload"]) <= 4096
@@ -404,7 +405,7 @@ def test_oversized_event_is_rejected(redis_url: str) -> None:
 
     small = {"event_id": "evt-small", "agent": "calculator", "input": "x" * 100}
     assert planner.start(rt, small) == run_id_for("evt-small")
-    assert len(rt.store.rejected()) == 1
+    assert len(rt.store.rejections.recent()) == 1
 
 
 def test_event_budget_narrows_but_never_widens(runtime: Runtime) -> None:
@@ -443,7 +444,7 @@ def test_malformed_tool_call_is_fed_back_to_the_model(runtime: Runtime) -> None:
     assert "tool 'add'" in error
     assert "not valid JSON" in error
 
-    invalid = [e for _, e in runtime.store.trace(run_id) if e.kind == "tool_call_invalid"]
+    invalid = [e for _, e in runtime.store.log.read(run_id) if e.kind == "tool_call_invalid"]
     assert len(invalid) == 1
     assert invalid[0].step == 0
     assert invalid[0].data["tool_call_id"] == call_id
@@ -569,7 +570,7 @@ def test_looper_ends_budget_exhausted_with_a_partial_result(runtime: Runtime) ->
     assert state.partial_result == "\n".join(f"add -> {o}" for o in outputs)
     assert runtime.store.budgets.usage(run_id).steps == 2
 
-    finished = [e for _, e in runtime.store.trace(run_id) if e.kind == "run_finished"]
+    finished = [e for _, e in runtime.store.log.read(run_id) if e.kind == "run_finished"]
     assert len(finished) == 1
     assert finished[0].data["status"] == "budget_exhausted"
     assert finished[0].data["error"]["category"] == "budget"
@@ -673,13 +674,13 @@ def test_a_run_waiting_for_a_human_is_redriven_only_where_a_message_went_missing
     assert (task, kwargs["escalation"]["escalation_id"]) == (ESCALATE, escalation.escalation_id)
     runtime.store.client.delete(ESCALATIONS_QUEUE)
 
-    escalations.open_escalation(runtime, escalation)  # recorded: now it is a human's turn
+    records.open_escalation(runtime, escalation)  # recorded: now it is a human's turn
     assert planner.sweep(runtime, stalled_after_s=0) == []  # however long they take
     assert queued(runtime, ESCALATIONS_QUEUE) == []
     assert kinds(runtime, run_id).count("run_redriven") == 1
 
     approve = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
-    escalations.decide(runtime, approve)
+    records.decide(runtime, approve)
     runtime.store.client.delete(PLAN_QUEUE)  # the decision's resume is lost on its way back
     assert planner.sweep(runtime, stalled_after_s=0) == [run_id]
     ((task, kwargs),) = queued(runtime, PLAN_QUEUE)
@@ -696,7 +697,9 @@ def test_a_run_that_stays_stalled_through_its_redrives_ends_failed(runtime: Runt
     state = runtime.store.load(run_id)
     assert state.status == RunStatus.failed
     assert state.error is not None and state.error.category == ErrorCategory.internal
-    assert "through 2 re-drives" in state.error.message and "tether dead list" in state.error.message
+    assert (
+        "through 2 re-drives" in state.error.message and "tether dead list" in state.error.message
+    )
     assert queued(runtime, TOOLS_QUEUE) == []
     planner.sweep(runtime, stalled_after_s=0)  # the finished run leaves the index
     assert runtime.store.client.zscore(keys.ACTIVE_RUNS, run_id) is None
@@ -747,14 +750,14 @@ def test_an_escalation_record_its_indexes_and_log_entry_are_one_write(runtime: R
     key = keys.escalation(escalation.escalation_id)
     # A competing record at version 1: this opening loses, and must write nothing at all.
     runtime.store.client.hset(key, mapping={"doc": "{}", "version": 1})
-    escalations.open_escalation(runtime, escalation)
+    records.open_escalation(runtime, escalation)
     assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id) is None
     assert runtime.store.client.zscore(keys.ALL_ESCALATIONS, escalation.escalation_id) is None
     assert "escalation_opened" not in kinds(runtime, run_id)
 
     runtime.store.client.delete(key)
-    escalations.open_escalation(runtime, escalation)
-    escalations.open_escalation(runtime, escalation)  # redelivered
+    records.open_escalation(runtime, escalation)
+    records.open_escalation(runtime, escalation)  # redelivered
     assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id)
     assert runtime.store.client.zscore(keys.ALL_ESCALATIONS, escalation.escalation_id)
     assert kinds(runtime, run_id).count("escalation_opened") == 1
@@ -762,16 +765,16 @@ def test_an_escalation_record_its_indexes_and_log_entry_are_one_write(runtime: R
 
 def test_ending_a_run_closes_its_escalations_in_the_same_commit(runtime: Runtime) -> None:
     run_id, escalation = _payer_escalation(runtime, "evt-esc-closed")
-    escalations.open_escalation(runtime, escalation)
+    records.open_escalation(runtime, escalation)
     ended = client.cancel(run_id, by="ops", runtime=runtime)
     assert ended is not None and ended.status == RunStatus.cancelled
 
     assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id) is None
-    record, _ = escalations.load(runtime, escalation.escalation_id)
+    record, _ = records.load(runtime, escalation.escalation_id)
     assert record.status == "closed"
     assert runtime.store.client.ttl(keys.escalation(escalation.escalation_id)) > 0
     approve = Decision(escalation_id=escalation.escalation_id, verdict=Verdict.approve, by="ops")
-    assert escalations.decide(runtime, approve) is None  # refused: the run is over
+    assert records.decide(runtime, approve) is None  # refused: the run is over
     assert queued(runtime, PLAN_QUEUE) == []
     assert kinds(runtime, run_id).count("run_finished") == 1
 
@@ -781,6 +784,6 @@ def test_an_escalation_still_in_flight_when_its_run_ends_is_never_opened(
 ) -> None:
     run_id, escalation = _payer_escalation(runtime, "evt-esc-late")
     client.cancel(run_id, by="ops", runtime=runtime)
-    escalations.open_escalation(runtime, escalation)  # the message arrives after the end
+    records.open_escalation(runtime, escalation)  # the message arrives after the end
     assert runtime.store.client.zscore(keys.PENDING_ESCALATIONS, escalation.escalation_id) is None
-    assert escalations.list_escalations(runtime) == []
+    assert records.list_escalations(runtime) == []

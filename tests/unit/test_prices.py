@@ -12,14 +12,19 @@ from genai_prices import Usage, calc_price
 
 from tests.agents import add
 from tether import planner
-from tether.agents import Agent, register
+from tether.agent.definition import Agent, register
 from tether.config import get_settings
 from tether.errors import UnknownModelPriceError, UnknownRunError
-from tether.messages import BudgetLimits, ErrorCategory
-from tether.models import FallbackModel, OpenAIModel, ScriptedModel, text
+from tether.models import (
+    FallbackModel,
+    ModelClient,
+    ModelResponse,
+    OpenAIModel,
+    ScriptedModel,
+    text,
+)
 from tether.models.prices import (
     TEMPLATE_ALLOWANCE_TOKENS,
-    billed_models,
     cost_bound_usd,
     cost_usd,
     known_price,
@@ -29,9 +34,10 @@ from tether.models.prices import (
     token_bound,
 )
 from tether.runtime import Runtime
-from tether.state import ChatMessage, RunState, RunStatus, ToolCall, openai_json_size
-from tether.store import run_id_for
+from tether.store.runs import run_id_for
+from tether.store.state import ChatMessage, RunState, RunStatus, ToolCall, openai_json_size
 from tether.testing.openai_server import Fault, ScriptedOpenAIServer
+from tether.transport.wire import BudgetLimits, ErrorCategory
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +118,7 @@ def test_a_fallback_is_refused_for_the_one_model_without_a_price(
     model = FallbackModel(
         OpenAIModel("gpt-4o-mini"), OpenAIModel("local-llama"), ScriptedModel([], label="free")
     )
-    assert billed_models(model) == ["gpt-4o-mini", "local-llama"]
+    assert model.billed_models == ("gpt-4o-mini", "local-llama")
     with pytest.raises(UnknownModelPriceError) as info:
         require_prices(model, BudgetLimits(max_cost_usd=1.0))
     assert info.value.models == ["local-llama"]
@@ -125,17 +131,54 @@ def test_a_fallback_is_refused_for_the_one_model_without_a_price(
 
 def test_the_scripted_model_is_free_and_never_refused() -> None:
     model = ScriptedModel([text("hi")])
-    assert billed_models(model) == []
+    assert model.billed_models == ()
     require_prices(model, BudgetLimits(max_cost_usd=0.01))
     assert reserved_cost_usd(model, 10_000, BudgetLimits(max_cost_usd=0.01)) == 0.0
 
 
-def test_a_client_without_billed_models_is_billed_under_its_name() -> None:
-    class Custom:
-        name = "my-hosted-model"
+class Routed:
+    """A client whose calls one endpoint serves under one name and bills at other models."""
 
-    with pytest.raises(UnknownModelPriceError, match="'my-hosted-model'"):
-        require_prices(Custom(), BudgetLimits(max_cost_usd=1.0))  # type: ignore[arg-type]
+    system = "openai"
+
+    def __init__(self, served: OpenAIModel, *billed: str) -> None:
+        self.served = served
+        self.billed_models = billed
+
+    @property
+    def name(self) -> str:
+        return self.served.name
+
+    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
+        return self.served.estimate_tokens(messages, tools)
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> ModelResponse:
+        return self.served.complete(
+            messages, tools, deadline=deadline, response_format=response_format
+        )
+
+
+def test_a_cost_budget_is_priced_at_the_clients_billed_models_not_its_name(
+    prices: pytest.MonkeyPatch,
+) -> None:
+    model = Routed(OpenAIModel("gpt-4o-mini"), "local-llama", "gpt-4o")
+    assert isinstance(model, ModelClient)
+    with pytest.raises(UnknownModelPriceError) as info:
+        require_prices(model, BudgetLimits(max_cost_usd=1.0))
+    assert info.value.models == ["local-llama"]  # gpt-4o-mini, its name, has a price
+
+    set_prices(prices, {"local-llama": [0.5, 1.5]})
+    require_prices(model, BudgetLimits(max_cost_usd=1.0))
+    reserved = reserved_cost_usd(model, 1_000_000, BudgetLimits(max_cost_usd=1.0))
+    assert reserved == pytest.approx(cost_bound_usd("gpt-4o", 1_000_000))
+    assert reserved > (cost_bound_usd("gpt-4o-mini", 1_000_000) or 0.0)
 
 
 # token bounds ---------------------------------------------------------------------------
@@ -311,7 +354,8 @@ def test_the_prompt_bound_covers_what_a_chat_template_renders(
 
 def test_a_model_estimate_covers_the_worst_case_prompt_and_the_output_cap() -> None:
     messages = CONVERSATIONS["cjk, emoji and arabic"]
-    for model in (OpenAIModel("gpt-4o-mini", max_output_tokens=700), ScriptedModel([])):
+    # Models whose tokenizer Tether does not ship (tests/unit/test_tokens.py has the others).
+    for model in (OpenAIModel("local-llama", max_output_tokens=700), ScriptedModel([])):
         estimate = model.estimate_tokens(messages, [ORDER_TOOL])
         worst_prompt = max(
             worst_case_tokens(r(messages, [ORDER_TOOL])) for r in (render_chatml, render_llama31)
@@ -341,7 +385,7 @@ _agents: dict[str, Agent] = {}
 
 def start(rt: Runtime, event: dict[str, Any]) -> RunState:
     run_id = planner.start(rt, event)
-    assert run_id is not None, rt.store.rejection(event["event_id"])
+    assert run_id is not None, rt.store.rejections.reason(event["event_id"])
     return rt.store.load(run_id)
 
 
@@ -367,11 +411,11 @@ def test_intake_refuses_a_cost_budget_on_a_model_without_a_price(
     event = {"event_id": "evt-unpriced", "agent": "unit_unpriced_capped", "input": "hi"}
     assert planner.start(runtime, event) is None
 
-    reason = runtime.store.rejection("evt-unpriced")
+    reason = runtime.store.rejections.reason("evt-unpriced")
     assert reason is not None
     assert "unit_unpriced_capped" in reason and "'local-llama'" in reason
     assert "TETHER_MODEL_PRICES" in reason
-    assert [r["reason"] for r in runtime.store.rejected()] == [reason]
+    assert [r["reason"] for r in runtime.store.rejections.recent()] == [reason]
     with pytest.raises(UnknownRunError):
         runtime.store.load(run_id_for("evt-unpriced"))
     assert served.requests == []  # never called
@@ -388,7 +432,7 @@ def test_intake_refuses_a_cost_budget_the_event_adds(
         "budget": {"max_cost_usd": 0.1},
     }
     assert planner.start(runtime, capped) is None
-    assert "TETHER_MODEL_PRICES" in (runtime.store.rejection("evt-capped") or "")
+    assert "TETHER_MODEL_PRICES" in (runtime.store.rejections.reason("evt-capped") or "")
 
     # Without a cost budget the same model runs, and with a price it runs under one.
     plain = {"event_id": "evt-plain", "agent": "unit_unpriced", "input": "hi"}
@@ -417,11 +461,29 @@ def test_a_step_reserves_the_cost_bound_then_settles_to_the_real_cost(
     agent_on(served, "unit_priced", "gpt-4o-mini", BudgetLimits(max_cost_usd=1.0))
     state = start(runtime, {"event_id": "evt-priced-ok", "agent": "unit_priced", "input": "hi"})
     assert state.status == RunStatus.succeeded
-    (call,) = [e.data for _, e in runtime.store.trace(state.run_id) if e.kind == "model_call"]
+    (call,) = [e.data for _, e in runtime.store.log.read(state.run_id) if e.kind == "model_call"]
     usage = runtime.store.budgets.usage(state.run_id)
     assert call["cost_usd"] > 0
     assert usage.cost_usd == pytest.approx(call["cost_usd"])
     assert usage.tokens == call["input_tokens"] + call["output_tokens"]
+
+
+def test_intake_prices_a_cost_budget_at_the_billed_models(
+    runtime: Runtime, served: ScriptedOpenAIServer
+) -> None:
+    served_model = OpenAIModel("gpt-4o-mini", base_url=served.base_url, timeout_s=5, max_attempts=2)
+    register(
+        Agent(
+            name="unit_routed",
+            instructions="Answer.",
+            model=Routed(served_model, "local-llama"),
+            budget=BudgetLimits(max_cost_usd=0.5),
+        )
+    )
+    event = {"event_id": "evt-routed", "agent": "unit_routed", "input": "hi"}
+    assert planner.start(runtime, event) is None
+    assert "'local-llama'" in (runtime.store.rejections.reason("evt-routed") or "")
+    assert served.requests == []
 
 
 def test_a_permanent_model_error_fails_the_run_as_model_permanent(
@@ -437,7 +499,9 @@ def test_a_permanent_model_error_fails_the_run_as_model_permanent(
     assert "TETHER_MODEL_API_KEY" in state.error.message
     assert "resubmit" in state.error.message
     assert len(served.requests) == 1  # not retried
-    (failed,) = [e.data for _, e in runtime.store.trace(state.run_id) if e.kind == "model_failed"]
+    (failed,) = [
+        e.data for _, e in runtime.store.log.read(state.run_id) if e.kind == "model_failed"
+    ]
     assert (failed["status"], failed["error_category"]) == (401, "model_permanent")
     usage = runtime.store.budgets.usage(state.run_id)
     # The reservation is given back whole.

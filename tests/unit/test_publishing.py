@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from tether import celery_app, held_publish
 from tether import runtime as runtime_module
 from tether.config import Settings
 from tether.runtime import Runtime
-from tether.service import TetherTask
+from tether.transport import celery_app, held_publish
+from tether.transport.wire import EventKind
+from tether.worker.task import TetherTask
 
 
 def test_publish_lands_after_redis_lost_its_bindings(runtime: Runtime) -> None:
@@ -48,7 +49,9 @@ def test_a_message_published_inside_a_task_leaves_with_the_tasks_next_round_trip
     events.get_message(timeout=1)  # the subscription's confirmation
     runtime.store.begin_task()
     try:
-        runtime.store.log("run_a", "note", 0, text="written before the publish")
+        runtime.store.log.append(
+            "run_a", EventKind.observation, 0, text="written before the publish"
+        )
         runtime.send_step("run_a", 4)
         # Nothing has left yet: the log entry and the message are held together.
         assert runtime.store.client.llen("tether.plan") == 0

@@ -13,13 +13,17 @@ import structlog
 from celery import Task
 
 from tests.observability_agents import API_KEY
-from tether import keys, planner, redact, task_context, telemetry
-from tether.agents import load_agent_modules
+from tether import planner
+from tether.agent.definition import load_agent_modules
 from tether.config import Settings
 from tether.errors import ConfigError
-from tether.redact import REDACTED, Redactor
+from tether.observability import logs as telemetry
+from tether.observability import redact
+from tether.observability.redact import REDACTED, Redactor
 from tether.runtime import Runtime
-from tether.state import RunStatus
+from tether.store import keys
+from tether.store.state import RunStatus
+from tether.worker import task_context
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +68,7 @@ def test_the_event_log_holds_no_api_key(runtime: Runtime) -> None:
     assert state.status == RunStatus.failed
     raw = json.dumps(runtime.store.client.xrange(keys.run_log(run_id)))
     assert API_KEY not in raw
-    events = {e.kind: e.data for _, e in runtime.store.trace(run_id)}
+    events = {e.kind: e.data for _, e in runtime.store.log.read(run_id)}
     assert events["model_failed"]["error"] == (
         f"401 Unauthorized: invalid api key {REDACTED} (Authorization: {REDACTED})"
     )
@@ -144,3 +148,19 @@ def test_a_tasks_identifiers_are_read_from_whichever_message_it_carries() -> Non
         "action_id": "r:1:0",
         "step": 1,
     }
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_an_exception_is_logged_with_its_traceback_in_either_format(
+    json_logs: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    telemetry.configure(Settings(log_json=as_json, model_api_key=API_KEY), "planner")
+    try:
+        raise ValueError(f"a corrupt payload near {API_KEY}")
+    except ValueError:
+        # It must not raise: a heartbeat thread logs its failures this way and goes on.
+        structlog.get_logger("t").exception("consumer_heartbeat_recovery_failed")
+    written = json_logs.readouterr().err
+    assert "consumer_heartbeat_recovery_failed" in written
+    assert "ValueError" in written and "a corrupt payload near" in written
+    assert API_KEY not in written

@@ -7,12 +7,14 @@ import json
 import pytest
 
 from tests.unit.test_planner_fencing import calculator_event, observation_for, observe
-from tether import executor, planner
-from tether.agents import load_agent_modules
+from tether import planner
+from tether.agent.definition import load_agent_modules
 from tether.config import Settings
-from tether.messages import ErrorCategory
+from tether.executor import actions as executor
+from tether.executor import calls
 from tether.runtime import Runtime
-from tether.state import RunStatus
+from tether.store.state import RunStatus
+from tether.transport.wire import ErrorCategory
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,17 +55,17 @@ def test_a_huge_tool_output_is_kept_cut_to_the_cap_everywhere(redis_url: str) ->
     assert run_id is not None
     action = rt.store.load(run_id).pending_actions[0]
     executor.execute(rt, action)
-    stored = rt.store.get_result(action.action_id)
+    stored = rt.store.results.get(action.action_id)
     assert stored is not None and stored.ok  # the call happened: no invitation to redo it
     assert isinstance(stored.output, dict)
     assert "300002 bytes of JSON, over the 8192 kept" in stored.output["truncated"]
     assert stored.output["head"].startswith('"abab')
     assert len(json.dumps(stored.output)) <= 8192
-    logged = [e for _, e in rt.store.trace(run_id) if e.kind == "tool_call"]
+    logged = [e for _, e in rt.store.log.read(run_id) if e.kind == "tool_call"]
     assert [e.data["output"] for e in logged] == [stored.output]
     planner.observe(rt, stored)
     state = rt.store.load(run_id)
     assert state.status == RunStatus.succeeded
     assert max(len(m.content or "") for m in state.messages) <= 8192 + 100
     # Under the cap, the output is the tool's own.
-    assert executor.capped("ab" * 10, 8192) == "ab" * 10
+    assert calls.capped("ab" * 10, 8192) == "ab" * 10

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sentry_sdk
 import structlog
 
 from tests.observability_agents import API_KEY
-from tether import deadletters, planner, redact, sentry
-from tether.agents import load_agent_modules
+from tether import planner
+from tether.agent.definition import load_agent_modules
 from tether.config import Settings
-from tether.messages import ErrorCategory
-from tether.redact import REDACTED
+from tether.observability import redact, sentry
+from tether.observability.redact import REDACTED
 from tether.runtime import Runtime
 from tether.testing.sentry_server import SentryServer
+from tether.transport.wire import ErrorCategory
+from tether.worker import deadletters
 
 
 @pytest.fixture
@@ -25,7 +30,7 @@ def receiver() -> Iterator[SentryServer]:
     redact.configure(Settings(model_api_key=API_KEY))
     structlog.contextvars.clear_contextvars()
     with SentryServer() as server:
-        # tether.sentry.init's options, minus the Celery integration, which would patch
+        # tether.observability.sentry.init's options, minus the Celery integration, which would patch
         # Celery for the rest of the suite's process.
         sentry_sdk.init(
             dsn=server.dsn,
@@ -107,3 +112,54 @@ def test_an_unhandled_exception_names_its_task_context_and_leaks_no_tool_argumen
     assert API_KEY not in text
     assert "abcdefgh12345678" not in text
     assert f"tool crashed on use {REDACTED}" in text
+
+
+def test_a_tasks_arguments_and_frame_variables_never_leave_the_process() -> None:
+    card = "4111 1111 1111 1111"
+    event: Any = {
+        "extra": {
+            "celery-job": {
+                "task_name": "tether.plan.start",
+                "args": [],
+                "kwargs": {"event": {"input": f"refund card {card}"}},
+            }
+        },
+        "exception": {
+            "values": [
+                {
+                    "type": "RuntimeError",
+                    "stacktrace": {
+                        "frames": [{"function": "decide", "vars": {"content": f"card {card}"}}]
+                    },
+                }
+            ]
+        },
+    }
+    sent = sentry.before_send(event, {})
+    assert sent is not None
+    assert card not in json.dumps(sent)
+    assert sent["extra"]["celery-job"] == {"task_name": "tether.plan.start"}
+    assert sent["exception"]["values"][0]["stacktrace"]["frames"] == [{"function": "decide"}]
+
+
+def test_init_collects_no_task_arguments_frame_variables_or_model_text() -> None:
+    # In a child process: the Celery integration would patch Celery for the whole suite.
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sentry_sdk\n"
+            "from tether.config import Settings\n"
+            "from tether.observability import sentry\n"
+            "assert sentry.init(Settings(sentry_dsn='http://k@127.0.0.1:9/1'), 'planner')\n"
+            "print(json.dumps(sentry_sdk.get_client().options['data_collection']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    collected = json.loads(shown.stdout.splitlines()[-1])
+    assert collected["queues"] is False and collected["stack_frame_variables"] is False
+    assert collected["gen_ai"] == {"inputs": False, "outputs": False}
+    assert collected["http_bodies"] == []

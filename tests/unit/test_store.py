@@ -8,14 +8,16 @@ import threading
 import pytest
 import redis
 
-from tether import keys
-from tether.batch import WriteBatch
-from tether.budgets import Budgets, GuardedReservation
 from tether.errors import BudgetExhaustedError, StaleStateError, UnknownRunError
-from tether.messages import BudgetLimits, Observation, RunEvent, TaskEvent
-from tether.state import ChatMessage, RunState, RunStatus
-from tether.store import RunStore, connect, run_id_for
-from tether.versioned import CAS_SCRIPT, VersionedDocs
+from tether.store import keys
+from tether.store.batch import WriteBatch
+from tether.store.budgets import Budgets, GuardedReservation
+from tether.store.connection import connect
+from tether.store.known import KnownStates
+from tether.store.runs import RunStore, run_id_for
+from tether.store.state import ChatMessage, RunState, RunStatus
+from tether.store.versioned import VERSIONED, HeldValueDiffersError, VersionedDocs
+from tether.transport.wire import BudgetLimits, EventKind, Observation, RunEvent, TaskEvent
 
 
 @pytest.fixture
@@ -30,6 +32,12 @@ def store(client: redis.Redis) -> RunStore:
 
 def _event(event_id: str = "evt-1", text: str = "add 2 and 3") -> TaskEvent:
     return TaskEvent(event_id=event_id, agent="calculator", input=text)
+
+
+def _rival(store: RunStore, run_id: str, **fields: object) -> RunState | None:
+    """Another process commits the run (with ``fields`` changed) in between."""
+    other = RunStore(store.client, run_ttl_s=3600)
+    return other.update(run_id, lambda s: s.model_copy(update=fields))
 
 
 def _state(event: TaskEvent, **overrides: object) -> RunState:
@@ -64,7 +72,7 @@ def test_run_id_for_is_stable_across_releases() -> None:
     assert run_id_for("") != run_id_for(" ")
 
 
-# create / load / commit ---------------------------------------------------------------
+# create / load / update ---------------------------------------------------------------
 
 
 def test_create_then_create_again_keeps_the_first_state(store: RunStore) -> None:
@@ -103,36 +111,47 @@ def test_get_and_load(store: RunStore) -> None:
     assert loaded.model_dump(exclude={"version"}) == created.model_dump(exclude={"version"})
 
 
-def test_commit_bumps_the_version(store: RunStore) -> None:
+def test_update_bumps_the_version(store: RunStore) -> None:
     event = _event()
     state, _ = store.create(event, _state(event))
-    committed = store.commit(state.model_copy(update={"step": 1, "status": RunStatus.running}))
-    assert committed.version == 2
+    committed = store.update(
+        state.run_id, lambda s: s.model_copy(update={"step": 1, "status": RunStatus.running})
+    )
+    assert committed is not None and committed.version == 2
     assert committed.updated_at >= state.updated_at
     loaded = store.load(state.run_id)
     assert (loaded.version, loaded.step, loaded.status) == (2, 1, RunStatus.running)
 
 
-def test_commit_with_a_stale_version_raises(store: RunStore) -> None:
+def test_an_update_from_a_stale_state_decides_again_on_the_current_one(store: RunStore) -> None:
     event = _event()
-    read_by_a, _ = store.create(event, _state(event))
-    read_by_b = store.load(read_by_a.run_id)
-    store.commit(read_by_a.model_copy(update={"step": 1}))
-    with pytest.raises(StaleStateError, match="reload and decide again"):
-        store.commit(read_by_b.model_copy(update={"step": 7}))
-    loaded = store.load(read_by_a.run_id)
-    assert (loaded.step, loaded.version) == (1, 2)
+    created, _ = store.create(event, _state(event))
+    _rival(store, created.run_id, step=1)  # this store still remembers version 1
+    seen: list[tuple[int, int]] = []
+
+    def change(current: RunState) -> RunState:
+        seen.append((current.version, current.step))
+        return current.model_copy(update={"step": current.step + 6})
+
+    updated = store.update(created.run_id, change)
+    # Its commit over version 1 lost and wrote nothing; the change ran again on the winner.
+    assert seen == [(1, 0), (2, 1)]
+    assert updated is not None and (updated.step, updated.version) == (7, 3)
+    loaded = RunStore(store.client).load(created.run_id)
+    assert (loaded.step, loaded.version) == (7, 3)
 
 
-def test_commit_of_a_terminal_state_sets_expiry(store: RunStore, client: redis.Redis) -> None:
+def test_a_terminal_commit_sets_expiry(store: RunStore, client: redis.Redis) -> None:
     event = _event()
     state, _ = store.create(event, _state(event))
-    store.log(state.run_id, "run_started", 0)
+    store.log.append(state.run_id, EventKind.run_started, 0)
     store.budgets.reserve(state.run_id, "model:0", steps=1)
+    # A reservation a commit requires: its marker is in the reservations set too.
+    store.batch.run(lambda pipe: store.budgets.add_reserve(pipe, state.run_id, "tools:0"))
     assert client.ttl(keys.run(state.run_id)) == -1  # live runs never expire
-    store.commit(state.model_copy(update={"status": RunStatus.running}))
+    store.update(state.run_id, lambda s: s.model_copy(update={"status": RunStatus.running}))
     assert client.ttl(keys.run(state.run_id)) == -1
-    store.commit(store.load(state.run_id).model_copy(update={"status": RunStatus.succeeded}))
+    store.update(state.run_id, lambda s: s.model_copy(update={"status": RunStatus.succeeded}))
     for key in (
         keys.run(state.run_id),
         keys.run_log(state.run_id),
@@ -171,8 +190,7 @@ def test_update_retries_on_a_conflict_and_keeps_both_changes(store: RunStore) ->
         calls.append(current.version)
         if len(calls) == 1:
             # Another writer commits between our read and our commit.
-            other = store.load(current.run_id)
-            store.commit(other.model_copy(update={"metadata": {"other": True}}))
+            _rival(store, current.run_id, metadata={"other": True})
         return current.model_copy(update={"invalid_calls": current.invalid_calls + 1})
 
     updated = store.update(state.run_id, change)
@@ -191,14 +209,14 @@ def test_update_logs_only_the_change_that_won(store: RunStore) -> None:
     def change(current: RunState) -> RunState:
         seen.append(current.version)
         if len(seen) == 1:
-            store.commit(store.load(current.run_id))  # a rival commits first: this try loses
+            _rival(store, current.run_id)  # a rival commits first: this try loses
         return current.model_copy(update={"step": current.step + 1})
 
     def describe(changed: RunState) -> list[RunEvent]:
         return [
             RunEvent(
                 run_id=changed.run_id,
-                kind="stepped",
+                kind=EventKind.decision,
                 step=changed.step,
                 data={"v": changed.version},
             )
@@ -206,11 +224,11 @@ def test_update_logs_only_the_change_that_won(store: RunStore) -> None:
 
     updated = store.update(state.run_id, change, log=describe)
     assert updated is not None and seen == [1, 2]
-    stepped = [e for _, e in store.trace(state.run_id) if e.kind == "stepped"]
+    stepped = [e for _, e in store.log.read(state.run_id) if e.kind == EventKind.decision]
     # One entry, written by the commit that won (read at version 2), none by the loser.
     assert [(e.step, e.data) for e in stepped] == [(1, {"v": 2})]
     lifecycle = [f for _, f in store.client.xrange(keys.LIFECYCLE_STREAM)]
-    assert {"run_id": state.run_id, "kind": "stepped", "step": "1"} in lifecycle
+    assert {"run_id": state.run_id, "kind": "decision", "step": "1"} in lifecycle
 
 
 def test_update_commits_only_if_its_tool_calls_are_granted(store: RunStore) -> None:
@@ -221,13 +239,13 @@ def test_update_commits_only_if_its_tool_calls_are_granted(store: RunStore) -> N
         return s.model_copy(update={"step": s.step + 1})
 
     def describe(s: RunState) -> list[RunEvent]:
-        return [RunEvent(run_id=s.run_id, kind="decided", step=s.step)]
+        return [RunEvent(run_id=s.run_id, kind=EventKind.decision, step=s.step)]
 
     with pytest.raises(BudgetExhaustedError, match="max_tool_calls=1") as refused:
         store.update(state.run_id, step_on, log=describe, tool_calls=("tools:0", 2))
     assert refused.value.limit == "tool_calls"
     assert store.load(state.run_id).version == 1  # nothing written, not even the log
-    assert [e.kind for _, e in store.trace(state.run_id)] == []
+    assert [e.kind for _, e in store.log.read(state.run_id)] == []
     assert store.budgets.usage(state.run_id).tool_calls == 0
 
     first = store.update(state.run_id, step_on, log=describe, tool_calls=("tools:0", 1))
@@ -236,7 +254,119 @@ def test_update_commits_only_if_its_tool_calls_are_granted(store: RunStore) -> N
     again = store.update(state.run_id, step_on, tool_calls=("tools:0", 1))
     assert again is not None and again.step == 2
     assert store.budgets.usage(state.run_id).tool_calls == 1
-    assert [e.kind for _, e in store.trace(state.run_id)] == ["decided"]
+    assert [e.kind for _, e in store.log.read(state.run_id)] == ["decision"]
+
+
+def test_update_commits_only_while_its_held_keys_hold_exactly_their_strings(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event, limits=BudgetLimits(max_steps=3)))
+    held = keys.action_result(f"{state.run_id}:0:0")
+    other = keys.action_result(f"{state.run_id}:0:1")
+    client.set(held, '{"ok": true}')
+    client.set(other, "kept")
+
+    def step_on(s: RunState) -> RunState:
+        return s.model_copy(update={"step": s.step + 1})
+
+    def describe(s: RunState) -> list[RunEvent]:
+        return [RunEvent(run_id=s.run_id, kind=EventKind.decision, step=s.step)]
+
+    ahead = GuardedReservation("model:1", steps=1, tokens=10)
+    # Another string, or none at all: nothing written, not the log, not the reservation.
+    for asked, found in (('{"ok": false}', '{"ok": true}'), ('{"ok": true} ', '{"ok": true}')):
+        with pytest.raises(HeldValueDiffersError) as differs:
+            store.update(
+                state.run_id,
+                step_on,
+                log=describe,
+                reserve_after=lambda _: ahead,
+                holding=[(other, "kept"), (held, asked)],
+            )
+        assert (differs.value.key, differs.value.found) == (held, found)
+    missing = keys.action_result(f"{state.run_id}:0:2")
+    with pytest.raises(HeldValueDiffersError) as differs:
+        store.update(state.run_id, step_on, log=describe, holding=[(missing, "anything")])
+    assert (differs.value.key, differs.value.found) == (missing, None)
+    assert store.load(state.run_id).version == 1
+    assert [e.kind for _, e in store.log.read(state.run_id)] == []
+    assert ahead.outcome is None and store.budgets.usage(state.run_id).steps == 0
+
+    committed = store.update(
+        state.run_id,
+        step_on,
+        log=describe,
+        reserve_after=lambda _: ahead,
+        holding=[(other, "kept"), (held, '{"ok": true}')],
+    )
+    assert committed is not None and committed.step == 1
+    assert [e.kind for _, e in store.log.read(state.run_id)] == ["decision"]
+    assert ahead.outcome is not None and ahead.outcome.granted
+
+
+def test_a_held_key_is_checked_on_the_version_that_commits(
+    store: RunStore, client: redis.Redis
+) -> None:
+    # The first try loses to a rival (its reply carries the winner) and the key changes
+    # meanwhile: the try that commits checks the key as it is then.
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    held = keys.action_result(f"{state.run_id}:0:0")
+    client.set(held, "first")
+    tries: list[int] = []
+
+    def change(current: RunState) -> RunState:
+        if not tries:
+            _rival(store, current.run_id)
+            client.set(held, "second")
+        tries.append(current.version)
+        return current.model_copy(update={"step": current.step + 1})
+
+    with pytest.raises(HeldValueDiffersError) as differs:
+        store.update(state.run_id, change, holding=[(held, "first")])
+    assert differs.value.found == "second" and tries == [1, 2]
+    assert store.load(state.run_id).step == 0
+
+
+def test_a_writer_that_may_only_read_a_held_key_commits_over_it(
+    store: RunStore, client: redis.Redis, redis_url: str
+) -> None:
+    # As the planner over an action's result (users.acl: %R~tether:action:*): a key named
+    # in a script's KEYS needs write rights, so a held key must not be one of them.
+    event = _event()
+    state, _ = store.create(event, _state(event))
+    held = keys.action_result(f"{state.run_id}:0:0")
+    client.set(held, "stored")
+    user = "held_reader"
+    client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+secret"],
+        commands=["+@all"],
+        keys=["tether:[^a]*"],
+        reset_keys=True,
+    )
+    client.execute_command("ACL", "SETUSER", user, "%R~tether:action:*")
+    try:
+        reader = connect(redis_url.replace("redis://", f"redis://{user}:secret@"))
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader.set(held, "forged")
+        limited = RunStore(reader, run_ttl_s=3600)
+        committed = limited.update(
+            state.run_id, lambda s: s.model_copy(update={"step": 1}), holding=[(held, "stored")]
+        )
+        assert committed is not None and committed.step == 1
+    finally:
+        client.acl_deluser(user)
+
+
+def test_holding_and_tool_calls_do_not_go_together(store: RunStore) -> None:
+    event = _event()
+    state, _ = store.create(event, _state(event, limits=BudgetLimits(max_tool_calls=1)))
+    with pytest.raises(ValueError, match="holding"):
+        store.update(state.run_id, lambda s: s, holding=[("k", "v")], tool_calls=("t:0", 1))
+    assert store.budgets.usage(state.run_id).tool_calls == 0
 
 
 def test_a_commit_that_ran_before_its_reservation_commits_again(
@@ -247,7 +377,7 @@ def test_a_commit_that_ran_before_its_reservation_commits_again(
     event = _event()
     state, _ = store.create(event, _state(event, limits=BudgetLimits(max_tool_calls=1)))
     client.script_flush()
-    client.script_load(CAS_SCRIPT.text)
+    client.script_load(VERSIONED.text)
 
     committed = store.update(
         state.run_id, lambda s: s.model_copy(update={"step": s.step + 1}), tool_calls=("t:0", 1)
@@ -265,7 +395,7 @@ def test_a_reservation_after_a_commit_is_made_only_by_the_commit_that_won(
 
     def change(current: RunState) -> RunState:
         if not tries:
-            store.commit(store.load(current.run_id))  # a rival commits first: this try loses
+            _rival(store, current.run_id)  # a rival commits first: this try loses
         return current.model_copy(update={"step": current.step + 1})
 
     def reserve_after(changed: RunState) -> GuardedReservation:
@@ -302,7 +432,7 @@ def test_a_guarded_reservation_is_skipped_once_another_commit_came_after_its_own
     token = client.hget(keys.run(state.run_id), "commit")
     assert token
     # A rival's commit lands between that commit and its reservation.
-    store.commit(store.load(state.run_id))
+    _rival(store, state.run_id)
     late = GuardedReservation("model:1", steps=1, tokens=10)
     pipe = client.pipeline(transaction=False)
     store.budgets.add_guarded(pipe, state.run_id, late, str(token))
@@ -325,7 +455,7 @@ def test_update_gives_up_after_its_attempts(store: RunStore) -> None:
     def always_conflicts(current: RunState) -> RunState:
         nonlocal calls
         calls += 1
-        store.commit(store.load(current.run_id))
+        _rival(store, current.run_id)
         return current
 
     with pytest.raises(StaleStateError, match="kept changing under 3 update attempts"):
@@ -398,12 +528,15 @@ def test_versioned_docs_compare_and_set(client: redis.Redis) -> None:
 
 
 def test_log_and_trace_round_trip(store: RunStore, client: redis.Redis) -> None:
-    first = store.log("run_1", "run_started", 0, agent="calculator", limits={"max_steps": 3})
-    store.log("run_1", "model_call", 0, tokens=12, answer={"content": None, "tool_calls": []})
-    store.log("run_2", "run_started", 0)  # another run's log stays separate
-    store.log("run_1", "run_finished", 1, status="succeeded")
+    first = store.log.append(
+        "run_1", EventKind.run_started, 0, agent="calculator", limits={"max_steps": 3}
+    )
+    answer = {"content": None, "tool_calls": []}
+    store.log.append("run_1", EventKind.model_call, 0, tokens=12, answer=answer)
+    store.log.append("run_2", EventKind.run_started, 0)  # another run's log stays separate
+    store.log.append("run_1", EventKind.run_finished, 1, status="succeeded")
 
-    trace = store.trace("run_1")
+    trace = store.log.read("run_1")
     assert [event.kind for _, event in trace] == ["run_started", "model_call", "run_finished"]
     entry_id, started = trace[0]
     assert started == first
@@ -424,14 +557,14 @@ def test_log_and_trace_round_trip(store: RunStore, client: redis.Redis) -> None:
 
 def test_trace_after_an_id_returns_only_later_entries(store: RunStore) -> None:
     for n in range(5):
-        store.log("run_1", f"k{n}", n)
-    trace = store.trace("run_1")
+        store.log.append("run_1", EventKind.observation, n)
+    trace = store.log.read("run_1")
     ids = [entry_id for entry_id, _ in trace]
-    later = store.trace("run_1", after=ids[1])
-    assert [e.kind for _, e in later] == ["k2", "k3", "k4"]
+    later = store.log.read("run_1", after=ids[1])
+    assert [e.step for _, e in later] == [2, 3, 4]
     assert [i for i, _ in later] == ids[2:]
-    assert store.trace("run_1", after=ids[-1]) == []
-    assert store.trace("run_missing") == []
+    assert store.log.read("run_1", after=ids[-1]) == []
+    assert store.log.read("run_missing") == []
 
 
 # action results ------------------------------------------------------------------
@@ -451,12 +584,12 @@ def _observation(output: object, ok: bool = True) -> Observation:
 
 
 def test_save_result_keeps_the_first(store: RunStore, client: redis.Redis) -> None:
-    assert store.get_result("run_1:0:0") is None
+    assert store.results.get("run_1:0:0") is None
     first = _observation(5)
-    assert store.save_result(first) == first
-    second = store.save_result(_observation(999, ok=False))
+    assert store.results.save(first) == first
+    second = store.results.save(_observation(999, ok=False))
     assert second == first
-    assert store.get_result("run_1:0:0") == first
+    assert store.results.get("run_1:0:0") == first
     assert 0 < client.ttl(keys.action_result("run_1:0:0")) <= 3600
 
 
@@ -468,7 +601,7 @@ def test_concurrent_save_result_agrees_on_one_winner(store: RunStore, redis_url:
     def worker(n: int) -> None:
         mine = RunStore(connect(redis_url))
         barrier.wait()
-        got = mine.save_result(_observation(n))
+        got = mine.results.save(_observation(n))
         with lock:
             results.append(got)
 
@@ -479,27 +612,27 @@ def test_concurrent_save_result_agrees_on_one_winner(store: RunStore, redis_url:
         t.join(10)
     assert len(results) == 8
     assert len({r.output for r in results}) == 1
-    assert store.get_result("run_1:0:0") == results[0]
+    assert store.results.get("run_1:0:0") == results[0]
 
 
 # rejected input ------------------------------------------------------------------
 
 
 def test_reject_and_rejected(store: RunStore) -> None:
-    assert store.rejected() == []
-    store.reject("malformed TaskEvent: event_id", {"event_id": "", "agent": "x"})
-    store.reject("not json", "<<garbage>>")
-    entries = store.rejected()
+    assert store.rejections.recent() == []
+    store.rejections.record("malformed TaskEvent: event_id", {"event_id": "", "agent": "x"})
+    store.rejections.record("not json", "<<garbage>>")
+    entries = store.rejections.recent()
     assert [e["reason"] for e in entries] == ["not json", "malformed TaskEvent: event_id"]
     assert entries[0]["payload"] == "<<garbage>>"
     assert json.loads(entries[1]["payload"]) == {"event_id": "", "agent": "x"}
     assert all(e["id"] and e["at"] for e in entries)
-    assert len(store.rejected(count=1)) == 1
+    assert len(store.rejections.recent(count=1)) == 1
 
 
 def test_reject_truncates_huge_payloads(store: RunStore) -> None:
-    store.reject("too big", {"input": "x" * 10_000})
-    assert len(store.rejected()[0]["payload"]) == 4096
+    store.rejections.record("too big", {"input": "x" * 10_000})
+    assert len(store.rejections.recent()[0]["payload"]) == 4096
 
 
 # appended lists ---------------------------------------------------------------------
@@ -550,7 +683,7 @@ def test_a_change_that_is_not_an_append_writes_the_list_anew(store: RunStore) ->
     state, _ = store.create(event, _state(event))
     state = store.update(state.run_id, lambda s: _tool_turn(s, 0)) or state
     replaced = [ChatMessage(role="user", content="only this")]
-    store.commit(state.model_copy(update={"messages": replaced}))
+    store.update(state.run_id, lambda s: s.model_copy(update={"messages": replaced}))
     assert RunStore(store.client, run_ttl_s=3600).load(state.run_id).messages == replaced
 
 
@@ -586,15 +719,17 @@ def test_trace_gives_each_model_call_its_whole_input(store: RunStore) -> None:
     said = [{"role": "user", "content": "hi"}]
     answer = {"role": "assistant", "content": None}
     tool = {"role": "tool", "content": "4"}
-    store.log(run_id, "model_call", 0, messages_from=0, messages=said)
-    store.log(run_id, "decision", 0)
-    last = store.log(run_id, "model_call", 1, messages_from=1, messages=[answer, tool])
-    entries = store.trace(run_id)
-    calls = [e for _, e in entries if e.kind == "model_call"]
+    store.log.append(run_id, EventKind.model_call, 0, messages_from=0, messages=said)
+    store.log.append(run_id, EventKind.decision, 0)
+    last = store.log.append(
+        run_id, EventKind.model_call, 1, messages_from=1, messages=[answer, tool]
+    )
+    entries = store.log.read(run_id)
+    calls = [e for _, e in entries if e.kind == EventKind.model_call]
     assert [c.data["messages"] for c in calls] == [said, [*said, answer, tool]]
     assert "messages_from" not in calls[1].data
     # Read from a later entry on, the input is still made whole from what came before.
-    after = store.trace(run_id, entries[1][0])
+    after = store.log.read(run_id, entries[1][0])
     assert [e.data["messages"] for _, e in after] == [[*said, answer, tool]]
     assert after[0][1].step == last.step
 
@@ -656,3 +791,52 @@ def test_a_stale_commit_after_a_list_was_written_anew_reads_it_again(
     committed = store.update(state.run_id, lambda s: _tool_turn(s, 0))
     assert committed is not None
     assert [m.content for m in committed.messages] == ["only this", "x" * 4096]
+
+
+# event kinds and the parts' shared view of runs --------------------------------------
+
+
+def test_event_kinds_are_stored_as_their_names_and_unknown_kinds_are_refused(
+    store: RunStore, client: redis.Redis
+) -> None:
+    # Stored logs are read back by these values: each kind is spelled as its name.
+    assert [k.value for k in EventKind] == [k.name for k in EventKind]
+    store.log.append("run_kinds", EventKind.model_call, 0)
+    ((_, fields),) = client.xrange(keys.run_log("run_kinds"))
+    assert json.loads(fields["event"])["kind"] == "model_call"
+    assert client.xrange(keys.LIFECYCLE_STREAM)[-1][1]["kind"] == "model_call"
+    (_, read), *_ = store.log.read("run_kinds")
+    assert read.kind is EventKind.model_call
+    with pytest.raises(ValueError, match="kind"):
+        store.log.append("run_kinds", "modelcall", 0)  # type: ignore[arg-type]
+    assert client.xlen(keys.run_log("run_kinds")) == 1
+
+
+def test_an_append_inside_a_task_waits_for_a_live_run_but_not_for_one_that_ended(
+    store: RunStore, client: redis.Redis
+) -> None:
+    event = _event("evt-ended")
+    state, _ = store.create(event, _state(event))
+    store.begin_task()
+    try:
+        store.log.append(state.run_id, EventKind.observation, 0)
+        assert client.xlen(keys.run_log(state.run_id)) == 0  # held for the next round trip
+        store.update(state.run_id, lambda s: s.model_copy(update={"status": RunStatus.failed}))
+        assert client.xlen(keys.run_log(state.run_id)) == 1  # went with the commit
+        # The log knows from the store's own commit that the run ended: no holding back,
+        # since no later commit of this run will carry it.
+        store.log.append(state.run_id, EventKind.duplicate_step, 1)
+        assert client.xlen(keys.run_log(state.run_id)) == 2
+    finally:
+        store.end_task()
+
+
+def test_known_states_keep_the_most_recent_runs() -> None:
+    known = KnownStates(capacity=2)
+    states = [_state(_event(f"evt-known-{n}")) for n in range(3)]
+    for state in states:
+        known.remember(state)
+    assert known.recall(states[0].run_id) is None  # the oldest left first
+    assert known.recall(states[2].run_id) is states[2]
+    known.forget(states[2].run_id)
+    assert known.recall(states[2].run_id) is None

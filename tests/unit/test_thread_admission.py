@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tether import keys
 from tether.memory import threads
-from tether.messages import TaskEvent
 from tether.runtime import Runtime
+from tether.store import keys
+from tether.transport.wire import TaskEvent
 
 
 def _event(thread: str, name: str, seq: int | None = None) -> TaskEvent:

@@ -6,9 +6,9 @@ from typing import Any, cast
 
 import redis
 
-from tether import keys
 from tether.memory import threads
 from tether.runtime import Runtime
+from tether.store import keys
 
 
 class _AdmittedDuringRemoval:

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from tether.agents import Agent
+from tether.agent.definition import Agent
+from tether.agent.tools import Tool, ToolContext, tool
 from tether.errors import (
     ConfigError,
     InvalidToolCallError,
@@ -19,7 +20,6 @@ from tether.errors import (
     ToolTimeoutError,
 )
 from tether.models import ScriptedModel
-from tether.tools import Tool, ToolContext, tool
 
 CTX = ToolContext(run_id="run_1", action_id="run_1:0:0", agent="tester", step=0)
 

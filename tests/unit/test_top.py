@@ -1,4 +1,4 @@
-"""`tether top` on a real Redis with no workers: queues, runs in flight, rates, escalations."""
+"""`tether top` on a real Redis with no workers: queues, runs in flight, rates, records."""
 
 from __future__ import annotations
 
@@ -10,25 +10,27 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.unit.run_records import make_run
-from tether import escalations, keys, top
-from tether.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
 from tether.cli import render
 from tether.cli.main import app
-from tether.messages import Escalation, EscalationKind, TaskEvent
+from tether.escalation import records
+from tether.insights import top
 from tether.runtime import Runtime
-from tether.state import RunStatus
-from tether.store import run_id_for
+from tether.store import keys
+from tether.store.runs import run_id_for
+from tether.store.state import RunStatus
+from tether.transport.celery_app import ESCALATIONS_QUEUE, PLAN_QUEUE, TOOLS_QUEUE
+from tether.transport.wire import Escalation, EscalationKind, EventKind, TaskEvent
 
 NOW = datetime.now(UTC)
 
 
 def _finished(runtime: Runtime, run_id: str, status: RunStatus) -> None:
     # What the planner's terminal commit writes to the lifecycle stream.
-    runtime.store.log(run_id, "run_finished", 2, status=status)
+    runtime.store.log.append(run_id, EventKind.run_finished, 2, status=status)
 
 
 def _scene(runtime: Runtime) -> tuple[float, float, float]:
-    """Runs in every state, three messages waiting to be planned, two pending escalations.
+    """Runs in every state, three messages waiting to be planned, two pending records.
 
     Returns when the messages were published (before, after) and the oldest escalation opened.
     """
@@ -68,7 +70,7 @@ def _scene(runtime: Runtime) -> tuple[float, float, float]:
         ("esc_top_old", "top-h", EscalationKind.approval_required, opened),
         ("esc_top_new", "top-r1", EscalationKind.model_uncertain, opened + 840),
     ]:
-        escalations.open_escalation(
+        records.open_escalation(
             runtime,
             Escalation(
                 escalation_id=escalation_id,
@@ -137,7 +139,7 @@ def test_tether_top_once_prints_the_figures(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _scene(runtime)
-    monkeypatch.setattr("tether.cli.top.get_runtime", lambda: runtime)
+    monkeypatch.setattr("tether.cli.top.runtime", lambda: runtime)
     # Wide enough that no cell is cut; it writes to whatever sys.stdout is, CliRunner's here.
     monkeypatch.setattr(render, "console", Console(width=160, color_system=None))
 
@@ -163,6 +165,6 @@ def test_tether_top_once_prints_the_figures(
 def test_tether_top_refuses_a_bad_interval(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tether.cli.top.get_runtime", lambda: runtime)
+    monkeypatch.setattr("tether.cli.top.runtime", lambda: runtime)
     done = CliRunner().invoke(app, ["top", "--once", "--interval", "0"])
     assert done.exit_code == 2

@@ -13,9 +13,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tether import celery_app, redact, tracing
 from tether.config import Settings
-from tether.messages import (
+from tether.observability import redact, tracing
+from tether.store.runs import run_id_for
+from tether.store.state import RunError, RunState, RunStatus
+from tether.transport import celery_app
+from tether.transport.wire import (
     Decision,
     ErrorCategory,
     Escalation,
@@ -24,8 +27,6 @@ from tether.messages import (
     ToolAction,
     Verdict,
 )
-from tether.state import RunError, RunState, RunStatus
-from tether.store import run_id_for
 
 RUN = "run_0123456789abcdef0123"
 ACTION = ToolAction(

@@ -16,13 +16,11 @@ import redis
 from kombu import Connection, Consumer, Message, Producer, Queue
 from packaging.requirements import Requirement
 
-from tether import keys, transport
-from tether.transport import (
-    DELIVERIES_HEADER,
-    TESTED_KOMBU,
-    RedisTransport,
-    recover_dead_consumers,
-)
+from tether.store import keys
+from tether.transport import consumers, landing
+from tether.transport import reliable as transport
+from tether.transport.consumers import recover_dead_consumers
+from tether.transport.reliable import DELIVERIES_HEADER, TESTED_KOMBU, RedisTransport
 
 QUEUE = "tether.test"
 OTHER_QUEUE = "tether.test.other"
@@ -81,7 +79,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> N
 def stall(client: redis.Redis, consumer: Consumer) -> str:
     """As if its worker stopped (SIGSTOP, a GC pause): no heartbeat, then recovered."""
     channel = consumer.channel
-    channel._stopped.set()
+    channel.heartbeat._stopped.set()
     stalled: str = channel.consumer_id
     client.delete(keys.consumer_alive(stalled))
 
@@ -143,7 +141,7 @@ def test_a_dead_consumers_landed_and_held_messages_go_back_to_the_queue(
     assert dead is not None
     # The dead consumer had also taken a second message and not recorded it yet.
     client.lmove(QUEUE, keys.consumer_landing(dead), "RIGHT", "LEFT")
-    consumer.channel._stopped.set()  # its heartbeat stops, as with SIGKILL
+    consumer.channel.heartbeat._stopped.set()  # its heartbeat stops, as with SIGKILL
     client.delete(keys.consumer_alive(dead))
 
     recovered = recover_dead_consumers(client, consumer.channel.qos)
@@ -243,8 +241,8 @@ def test_a_give_back_racing_the_record_leaves_one_copy_only(
 def test_a_consumer_forgotten_while_stalled_registers_again_before_it_lands(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transport, "CONSUMER_DEAD_AFTER_S", 2)
-    monkeypatch.setattr(transport, "HEARTBEAT_S", 0.4)
+    monkeypatch.setattr(consumers, "CONSUMER_DEAD_AFTER_S", 2)
+    monkeypatch.setattr(consumers, "HEARTBEAT_S", 0.4)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     stalled_conn, sweeper_conn = connect(redis_url), connect(redis_url)
     try:
@@ -258,7 +256,7 @@ def test_a_consumer_forgotten_while_stalled_registers_again_before_it_lands(
         _, consumer = take(stalled_conn)
         channel = consumer.channel
         stalled = channel.consumer_id
-        channel._stopped.set()  # its heartbeat stops: a stall past CONSUMER_DEAD_AFTER_S
+        channel.heartbeat._stopped.set()  # its heartbeat stops: a stall past CONSUMER_DEAD_AFTER_S
         wait_until(lambda: client.hget(keys.CONSUMERS, stalled) is None, "a recovery")
         assert bodies(client) == ["start run"]
 
@@ -278,7 +276,7 @@ def test_kombu_is_a_version_the_transport_was_tested_on() -> None:
     """The transport subclasses kombu's internals: an untested kombu must fail here."""
     minor = ".".join(kombu.__version__.split(".")[:2])
     assert minor in TESTED_KOMBU, (
-        f"kombu {kombu.__version__} is installed; tether.transport was tested on kombu "
+        f"kombu {kombu.__version__} is installed; tether.transport.reliable was tested on kombu "
         f"{', '.join(TESTED_KOMBU)}: test the transport on it, then add it to TESTED_KOMBU "
         "and widen the pin in pyproject.toml"
     )
@@ -324,7 +322,7 @@ def test_an_unparseable_message_is_dead_lettered_and_blocks_nothing_behind_it(
     assert client.llen(keys.consumer_landing(consumer_id)) == 0
     letters = [fields for _, fields in client.xrange(keys.DEAD_STREAM)]
     assert [json.loads(f["kwargs"])["raw"] for f in letters] == forged
-    assert {f["task"] for f in letters} == {transport.UNPARSEABLE_TASK}
+    assert {f["task"] for f in letters} == {landing.UNPARSEABLE_TASK}
     assert {f["category"] for f in letters} == {"internal"}
     assert all(QUEUE in f["reason"] for f in letters)
     assert "not JSON" in letters[0]["reason"] and "properties" in letters[1]["reason"]
@@ -425,8 +423,8 @@ def test_the_visible_scan_goes_past_an_orphan_it_may_not_restore(
 def test_a_failing_recovery_does_not_stop_the_heartbeat(
     connection: Connection, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transport, "HEARTBEAT_S", 0.1)
-    recover = transport.recover_dead_consumers
+    monkeypatch.setattr(consumers, "HEARTBEAT_S", 0.1)
+    recover = consumers.recover_dead_consumers
     calls: list[int] = []
 
     def corrupt_once(client: redis.Redis, qos: transport.QoS) -> list[str]:
@@ -435,9 +433,9 @@ def test_a_failing_recovery_does_not_stop_the_heartbeat(
             raise ValueError("a corrupt unacked payload")
         return recover(client, qos)
 
-    monkeypatch.setattr(transport, "recover_dead_consumers", corrupt_once)
+    monkeypatch.setattr(consumers, "recover_dead_consumers", corrupt_once)
     publish(connection, "start run")
     message, consumer = take_one(connection)
     wait_until(lambda: len(calls) >= 3, "the heartbeat to go on past the failure", 10)
-    assert consumer.channel._heartbeat.is_alive()
+    assert consumer.channel.heartbeat._thread.is_alive()
     message.ack()

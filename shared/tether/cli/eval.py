@@ -5,34 +5,36 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from tether.agents import load_agent_modules
 from tether.cli import render
-from tether.config import Settings, get_settings
-from tether.devstack import DevStack
+from tether.cli.connection import agent_modules_importable, lasting_runtime
+from tether.cli.terminal_text import escape
 from tether.errors import TetherError
-from tether.evaluation.adversarial import DEFAULT_INPUT, AdversarialReport, run_suite
-from tether.evaluation.report import EvalReport
-from tether.evaluation.runner import run_scenarios
-from tether.runtime import Runtime
+
+if TYPE_CHECKING:
+    from tether.evaluation.adversarial import AdversarialReport
+    from tether.evaluation.report import EvalReport
+    from tether.runtime import Runtime
 
 
 @contextlib.contextmanager
 def _runtime(embedded: bool, agents: list[str]) -> Iterator[Runtime]:
-    if not embedded:
-        yield Runtime(get_settings())
-        return
-    # The stack's workers import agent modules from here; so does this process (the
+    from tether.config import Settings
+    from tether.dev.stack import DevStack
+    from tether.runtime import Runtime
+
+    # This process imports agent modules from here, as the workers started here do (the
     # adversarial suite reads the agent's tools), even run as the `tether` script.
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    agent_modules_importable()
+    if not embedded:
+        yield lasting_runtime()
+        return
     with DevStack(agent_modules=agents, log_dir=Path(".tether/logs/eval")) as stack:
         yield Runtime(Settings(redis_url=stack.redis_url))
 
@@ -99,7 +101,9 @@ def eval_command(
     adversarial: str | None = typer.Option(
         None, "--adversarial", help="Also run the adversarial suite against this agent"
     ),
-    input: str = typer.Option(DEFAULT_INPUT, "--input", help="The task of every adversarial run"),
+    input: str = typer.Option(
+        "", "--input", help="The task of every adversarial run (default: the suite's own)"
+    ),
     timeout_s: float = typer.Option(
         90.0, "--timeout", help="Seconds for all adversarial cases to end"
     ),
@@ -116,6 +120,11 @@ def eval_command(
 
     Exits 1 when a scenario has a failing trial (pass^k below 1) or a case failed.
     """
+    from tether.agent.definition import load_agent_modules
+    from tether.config import get_settings
+    from tether.evaluation.adversarial import DEFAULT_INPUT, run_suite
+    from tether.evaluation.runner import run_scenarios
+
     if not paths and adversarial is None:
         render.console.print("[red]name scenario files or folders, or --adversarial AGENT[/]")
         raise typer.Exit(2)
@@ -128,7 +137,9 @@ def eval_command(
             if adversarial is not None:
                 # The suite reads the agent's tools here too, to plan its cases.
                 load_agent_modules(agents if embedded else get_settings().agent_modules)
-                suite = run_suite(rt, adversarial, input=input, timeout_s=timeout_s)
+                suite = run_suite(
+                    rt, adversarial, input=input or DEFAULT_INPUT, timeout_s=timeout_s
+                )
     except TetherError as exc:
         render.console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from exc

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import typer
-from pydantic import ValidationError
-from rich.markup import escape
 
-from tether import client
 from tether.cli import render
+from tether.cli.connection import runtime
+from tether.cli.terminal_text import escape
 
 
 def feedback(
@@ -20,11 +19,15 @@ def feedback(
 
     Exit 2 if the run does not exist or the feedback is invalid.
     """
+    from pydantic import ValidationError
+
+    from tether import client
+    from tether.errors import validation_problems
+
     try:
-        given = client.feedback(run_id, score, by=by, comment=comment)
+        given = client.feedback(run_id, score, by=by, comment=comment, runtime=runtime())
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise typer.BadParameter(problems) from None
+        raise typer.BadParameter(validation_problems(exc, whole="")) from None
     render.console.print(
         f"recorded feedback {given.score:+d} by {escape(given.by)} on {run_id} ({given.feedback_id})"
     )

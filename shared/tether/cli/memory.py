@@ -3,33 +3,54 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from tether import keys
 from tether.cli import render
-from tether.memory import forget as forgetting
-from tether.memory import longterm, threads
-from tether.runtime import get_runtime
+from tether.cli.connection import nothing_found, runtime
+from tether.cli.terminal_text import escape
 
-threads_app = typer.Typer(help="Conversation threads: history, runs, forgetting.")
-memory_app = typer.Typer(help="Long-term memory per subject: show and forget.")
+if TYPE_CHECKING:
+    from tether.memory.forget import Forgotten
+
+threads_app = typer.Typer(
+    help="Conversation threads: history, runs, forgetting.", rich_markup_mode=None
+)
+memory_app = typer.Typer(
+    help="Long-term memory per subject: show and forget.", rich_markup_mode=None
+)
 
 
 @threads_app.command("list")
-def list_threads(limit: int = typer.Option(20)) -> None:
+def list_threads(
+    limit: int = typer.Option(20, help="How many threads"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
+) -> None:
     """Threads by their last activity."""
-    rt = get_runtime()
+    from tether.query.threads import list_threads as query_threads
+
+    rows = [
+        {
+            **row.model_dump(mode="json"),
+            "last_activity": row.last_activity.isoformat(timespec="seconds"),
+        }
+        for row in query_threads(runtime(), limit)
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        render.console.print(nothing_found("threads"))
+        return
     table = Table("thread", "turns", "queued", "last activity")
-    for thread_id, score in threads.recent(rt, limit):
+    for row in rows:
         table.add_row(
-            escape(thread_id),
-            str(rt.store.client.llen(keys.thread_turns(thread_id))),
-            str(len(threads.queued(rt, thread_id))),
-            datetime.fromtimestamp(score, UTC).isoformat(timespec="seconds"),
+            escape(str(row["thread_id"])),
+            str(row["turns"]),
+            str(row["queued"]),
+            str(row["last_activity"]),
         )
     render.console.print(table)
 
@@ -37,12 +58,11 @@ def list_threads(limit: int = typer.Option(20)) -> None:
 @threads_app.command()
 def show(thread_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """A thread's runs (ended, running, queued) and the messages its history holds."""
-    rt = get_runtime()
-    turns = threads.turns(rt, thread_id)
-    runs = []
-    for run_id in threads.runs_of(rt, thread_id):
-        state = rt.store.get(run_id)
-        runs.append({"run_id": run_id, "status": str(state.status) if state else "queued"})
+    from tether.query.threads import thread
+
+    view = thread(runtime(), thread_id)
+    turns = view.turns if view is not None else []
+    runs = [r.model_dump() for r in view.runs] if view is not None else []
     messages = [
         m.model_dump(mode="json", exclude_none=True)
         for index, turn in enumerate(turns)
@@ -51,7 +71,7 @@ def show(thread_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     doc = {
         "thread_id": thread_id,
         "runs": runs,
-        "queued_events": threads.queued(rt, thread_id),
+        "queued_events": view.queued_events if view is not None else [],
         "turns": [t.model_dump(mode="json") for t in turns],
         "messages": messages,
     }
@@ -70,7 +90,9 @@ def show(thread_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
 @threads_app.command("forget")
 def forget_thread(thread_id: str) -> None:
     """Remove a thread's history and its runs (state, event log, results, escalations)."""
-    report = forgetting.forget_thread(get_runtime(), thread_id)
+    from tether.memory import forget as forgetting
+
+    report = forgetting.forget_thread(runtime(), thread_id)
     _print_report(f"thread {thread_id}", report)
 
 
@@ -81,7 +103,9 @@ def show_memory(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """What agents remember about SUBJECT."""
-    client = get_runtime().store.client
+    from tether.memory import longterm
+
+    client = runtime().store.client
     found = {
         name: [i.model_dump() for i in longterm.items(client, name, subject)]
         for name in ([agent] if agent else longterm.agents(client))
@@ -89,6 +113,9 @@ def show_memory(
     found = {name: items for name, items in found.items() if items}
     if as_json:
         typer.echo(json.dumps({"subject": subject, "agents": found}, indent=2))
+        return
+    if not found:
+        render.console.print(nothing_found(f"memory about {escape(subject)}"))
         return
     table = Table("agent", "key", "value", "written by run", "at")
     for name, items in found.items():
@@ -106,11 +133,13 @@ def forget_memory(
     ),
 ) -> None:
     """Remove what agents remember about SUBJECT."""
-    report = forgetting.forget_subject(get_runtime(), subject, agent or None, runs=runs)
+    from tether.memory import forget as forgetting
+
+    report = forgetting.forget_subject(runtime(), subject, agent or None, runs=runs)
     _print_report(f"subject {subject}", report)
 
 
-def _print_report(what: str, report: forgetting.Forgotten) -> None:
+def _print_report(what: str, report: Forgotten) -> None:
     render.console.print(f"forgot {escape(what)}:")
     render.console.print(f"  deleted {len(report.keys)} keys: {escape(', '.join(report.keys))}")
     if report.index_entries:

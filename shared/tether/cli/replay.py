@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 
 from tether.cli import render
-from tether.evaluation.replay import DEFAULT_SCRATCH_DB, ReplayReport
-from tether.evaluation.replay import replay as replay_run
-from tether.runtime import get_runtime
+from tether.cli.connection import agent_modules_importable, runtime
+from tether.cli.terminal_text import escape
+
+if TYPE_CHECKING:
+    from tether.evaluation.replay import ReplayReport
+
+# tether.evaluation.replay.DEFAULT_SCRATCH_DB, not imported for --help's sake
+# (tests/unit/test_cli_help.py checks the two agree).
+DEFAULT_SCRATCH_DB = 15
 
 
 def replay(
@@ -30,9 +36,12 @@ def replay(
 ) -> None:
     """Replay a run's recorded model answers, tool results and human decisions through the
     current agent code; tools never run. Exit 0 if it decides the same, 1 where it diverges."""
+    from tether.evaluation.replay import replay as replay_run
+
+    agent_modules_importable()
     # The replayed planner logs as workers do; none of it may mix with the report on stdout.
     with contextlib.redirect_stdout(sys.stderr):
-        report = replay_run(get_runtime(), run_id, scratch_db=scratch_db, scratch_redis=scratch_url)
+        report = replay_run(runtime(), run_id, scratch_db=scratch_db, scratch_redis=scratch_url)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from tether.cli import render
-from tether.evaluation.shadow import ShadowReport, report
-from tether.runtime import get_runtime
+from tether.cli.connection import runtime
 
-shadow_app = typer.Typer(help="Compare shadow runs with their primaries.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from tether.rollout.shadow import ShadowReport
+
+shadow_app = typer.Typer(
+    help="Compare shadow runs with their primaries.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @shadow_app.command("report")
@@ -19,7 +25,9 @@ def report_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
 ) -> None:
     """Per event: actions, outcome, steps, cost and latency of the primary and its shadow."""
-    found = report(get_runtime(), agent=agent or None, limit=limit)
+    from tether.rollout.shadow import report
+
+    found = report(runtime(), agent=agent or None, limit=limit)
     if as_json:
         typer.echo(found.model_dump_json(indent=2))
         return

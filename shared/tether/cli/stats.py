@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from tether import stats as run_stats
 from tether.cli import render
-from tether.runtime import get_runtime
-from tether.stats import DriftFigure, Stats, WindowStats
+from tether.cli.connection import nothing_found, runtime
+from tether.cli.terminal_text import escape
+
+if TYPE_CHECKING:
+    from tether.insights.figures import DriftFigure, ErrorFigure, Stats, WindowStats
 
 
 def stats(
@@ -26,20 +28,31 @@ def stats(
         help="Also show the window of the same length ending this much earlier (e.g. 1d), "
         "and flag drift",
     ),
+    include_eval: bool = typer.Option(
+        False, "--include-eval", help="Also count evaluation runs (agent eval:…)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
 ) -> None:
-    """How runs did: success rate, steps, cost, latency, errors, escalations, feedback."""
+    """How runs did: success rate, steps, cost, latency, errors, escalations, feedback.
+
+    Evaluation runs (agent eval:…) are left out unless --include-eval or --agent names one.
+    """
+    from tether.insights import stats as run_stats
+
     result = run_stats.compute(
-        get_runtime().store,
+        runtime().store,
         since=run_stats.parse_duration(since),
         agent=agent,
         version=version,
         compare_to=run_stats.parse_duration(compare_to) if compare_to else None,
+        include_eval=include_eval or bool(agent and agent.startswith("eval:")),
     )
     if as_json:
         # Plain print: rich would wrap and colour the document.
         print(result.to_json())
         return
+    if result.runs.total == 0:
+        render.console.print(nothing_found(f"runs created in the last {since}"))
     render.console.print(stats_table(result))
     for line in definitions(result):
         render.console.print(line)
@@ -57,7 +70,7 @@ def _usd(value: float | None) -> str:
     return _num(value, "${:.6f}")
 
 
-Row = tuple[str, Callable[[WindowStats], str]]
+Row = tuple[str, Callable[["WindowStats"], str]]
 
 ROWS: list[Row] = [
     (
@@ -77,6 +90,7 @@ ROWS: list[Row] = [
     ),
     ("cost per run mean / p95", lambda s: f"{_usd(s.cost_usd.mean)} / {_usd(s.cost_usd.p95)}"),
     ("cost total (tokens)", lambda s: f"{_usd(s.cost_usd.total)} ({s.cost_usd.tokens_total})"),
+    ("rate-limited seconds", lambda s: f"{s.rate_limited_s:.1f}"),
     (
         "latency p50 / p95 / p99",
         lambda s: " / ".join(
@@ -144,20 +158,26 @@ def stats_table(result: Stats) -> Table:
             row.append(drift_cells.get(label, ""))
         table.add_row(*row)
     categories = sorted(
-        {c for w in windows for c in w.errors}, key=lambda c: -result.errors.get(c, _NONE).count
+        {c for w in windows for c in w.errors}, key=lambda c: -result.errors.get(c, _none()).count
     )
     for category in categories:
         row = [f"error {category}"]
         for w in windows:
-            found = w.errors.get(category, _NONE)
+            found = w.errors.get(category, _none())
             row.append(f"{found.count} ({_rate(found.rate)})")
         if result.drift is not None:
             row.append("")
         table.add_row(*row)
+    for outcome in sorted({o for w in windows for o in w.guardrails}):
+        row = [f"guardrail {outcome}", *(str(w.guardrails.get(outcome, 0)) for w in windows)]
+        table.add_row(*row, *([""] if result.drift is not None else []))
     return table
 
 
-_NONE = run_stats.ErrorFigure(count=0, rate=0.0)
+def _none() -> ErrorFigure:
+    from tether.insights.figures import ErrorFigure
+
+    return ErrorFigure(count=0, rate=0.0)
 
 
 def definitions(result: Stats) -> list[str]:

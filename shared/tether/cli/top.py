@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
-from tether import top as top_data
 from tether.cli import render
-from tether.runtime import get_runtime
-from tether.stats import parse_duration
-from tether.top import TopSnapshot
+from tether.cli.connection import runtime
+from tether.cli.terminal_text import escape
+
+if TYPE_CHECKING:
+    from tether.insights.top import TopSnapshot
 
 
 def top(
@@ -24,12 +25,21 @@ def top(
         "5m", "--window", help="Finish rates over this much recent time (30s, 5m, 1h…)"
     ),
     rows: int = typer.Option(5, "--rows", help="Pending escalations listed, oldest first"),
+    as_json: bool = typer.Option(False, "--json", help="Print one snapshot as JSON and exit"),
 ) -> None:
     """Live view: queue depth and oldest message, runs in flight, finish rates, escalations."""
+    from tether.insights import top as top_data
+    from tether.insights.stats import parse_duration
+
     if interval <= 0:
         raise typer.BadParameter("--interval must be positive")
     window_s = parse_duration(window).total_seconds()
-    rt = get_runtime()
+    rt = runtime()
+
+    if as_json:
+        snap = top_data.snapshot(rt, window_s=window_s, escalation_rows=rows)
+        print(snap.model_dump_json(indent=2))
+        return
 
     def frame() -> Group:
         return top_view(top_data.snapshot(rt, window_s=window_s, escalation_rows=rows))

@@ -9,8 +9,8 @@ __all__ = ["run_scenarios"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: workers import tether.evaluation.harness while resolving agents, and must
-    # not pull in the runner (and the client) with it.
+    # Lazy: a worker imports tether.evaluation.harness when it resolves an eval: agent
+    # (the variant's entry point), and must not pull in the runner (and the client) with it.
     if name == "run_scenarios":
         from tether.evaluation.runner import run_scenarios
 

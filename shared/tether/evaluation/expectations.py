@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tether.state import RunState
+from tether.store.state import RunState
 
 from .judge import Judge, JudgeError
 from .report import ExpectationResult

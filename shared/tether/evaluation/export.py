@@ -15,13 +15,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from tether.agents import get_agent
+from tether.agent.definition import get_agent
 from tether.errors import UnknownRunError
-from tether.messages import BudgetLimits, ErrorCategory, RunEvent
 from tether.runtime import Runtime
-from tether.state import RunStatus
+from tether.store.state import RunStatus
+from tether.transport.wire import BudgetLimits, ErrorCategory, EventKind, RunEvent
 
-from .replay import Recording
+from .recording import Recording
 from .scenario import (
     ArgumentMatch,
     Expectations,
@@ -40,7 +40,7 @@ def export_run(
     rt: Runtime, run_id: str, *, expect_status: RunStatus = RunStatus.succeeded
 ) -> Scenario:
     """The scenario that reproduces run ``run_id`` and expects ``expect_status``."""
-    events = [event for _, event in rt.store.trace(run_id)]
+    events = [event for _, event in rt.store.log.read(run_id)]
     if not events:
         raise UnknownRunError(run_id)
     recording = Recording.from_trace(run_id, events)
@@ -114,7 +114,7 @@ def _fixtures(events: list[RunEvent]) -> dict[str, list[Fixture]]:
     fixtures: dict[str, list[Fixture]] = {}
     for event in events:
         data = event.data
-        if event.kind != "tool_call" or data.get("needs_human"):
+        if event.kind != EventKind.tool_call or data.get("needs_human"):
             continue  # a question for a human is no outcome of the tool
         tool = str(data["tool"])
         when = ArgumentMatch(arguments=data.get("arguments") or {}, match="exact")
@@ -139,7 +139,7 @@ def _calls(events: list[RunEvent]) -> list[ToolExpectation]:
     """Every distinct tool call the run decided to make, in order."""
     calls: list[ToolExpectation] = []
     for event in events:
-        if event.kind != "decision" or event.data.get("decision") != "tool_calls":
+        if event.kind != EventKind.decision or event.data.get("decision") != "tool_calls":
             continue
         for action in event.data.get("actions", []):
             expected = ToolExpectation(
@@ -151,7 +151,7 @@ def _calls(events: list[RunEvent]) -> list[ToolExpectation]:
 
 
 def _on_escalation(events: list[RunEvent]) -> Literal["stop", "approve", "reject"]:
-    verdicts = {e.data.get("verdict") for e in events if e.kind == "escalation_decided"}
+    verdicts = {e.data.get("verdict") for e in events if e.kind == EventKind.escalation_decided}
     if "reject" in verdicts:
         return "reject"
     return "approve" if "approve" in verdicts else "stop"
@@ -179,7 +179,7 @@ def _event_budget(agent: str, recorded: dict[str, Any] | None) -> BudgetLimits |
 
 def _finish_error(events: list[RunEvent]) -> str | None:
     for event in reversed(events):
-        if event.kind == "run_finished":
+        if event.kind == EventKind.run_finished:
             error = event.data.get("error") or {}
             return str(error["message"]) if error.get("message") else None
     return None

@@ -1,10 +1,12 @@
 """The one way an evaluation replaces an agent's model and tools: the ``eval:`` agent.
 
-An evaluation run names the agent ``eval:<agent>``. ``tether.agents.get_agent``
-resolves such a name, in any worker, to the agent itself with two parts
-swapped: its model answers as the run's scenario says (scripted turns, an
-endpoint, nonsense, a gullible wrapper of the agent's own model, or the agent's
-own model), and each tool first applies the scenario's faults and fixtures
+An evaluation run names the agent ``eval:<agent>``: the ``eval`` agent variant
+(``EVAL_VARIANT``, declared as an entry point in the ``tether.agent_variants`` group,
+so workers load this module only when such a run arrives: see
+``tether.agent.definition.AgentVariant``). Any worker resolves such a name to the
+agent itself with two parts swapped: its model answers as the run's scenario says
+(scripted turns, an endpoint, nonsense, a gullible wrapper of the agent's own model,
+or the agent's own model), and each tool first applies the scenario's faults and fixtures
 around the real tool. The scenario (the harness document) is stored in Redis
 under the run's id (``keys.eval_scenario``) before the event is published, by
 the scenario runner (``tether eval``) and the adversarial suite alike, so
@@ -31,17 +33,17 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ValidationError
 
-from tether import keys
-from tether.agents import Agent
+from tether.agent.definition import VARIANT_SEPARATOR, Agent, AgentVariant
+from tether.agent.tools import Tool, ToolContext
 from tether.errors import TetherError, ToolTimeoutError, TransientToolError
 from tether.memory import longterm
-from tether.models.base import ModelClient, ModelResponse
-from tether.models.prices import prompt_token_bound
+from tether.models.base import ModelClient, ModelResponse, ResponseFormat
 from tether.models.scripted import ScriptedModel, tool_call
+from tether.models.wrapped import WrappedModel
 from tether.runtime import Runtime, get_runtime
-from tether.state import ChatMessage, ToolCall
-from tether.task_context import current_run_id
-from tether.tools import Tool, ToolContext
+from tether.store import keys
+from tether.store.state import ChatMessage, ToolCall
+from tether.worker.task_context import current_run_id
 
 from .scenario import (
     EndpointModelSpec,
@@ -52,7 +54,7 @@ from .scenario import (
     ToolFault,
 )
 
-EVAL_PREFIX = "eval:"
+EVAL_PREFIX = "eval" + VARIANT_SEPARATOR
 _CONTEXT_PARAM = "__tether_eval_context"
 
 
@@ -131,6 +133,7 @@ class HarnessModel:
     # Reservations bill nothing up front (a scenario's endpoint is unknown here); what a
     # call reports it cost is still charged to the run and checked by max_cost_usd.
     billed_models: tuple[str, ...] = ()
+    system = "tether.eval"
 
     def __init__(self, base: ModelClient) -> None:
         self._base = base
@@ -164,11 +167,7 @@ class HarnessModel:
         return self._base
 
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        model = self._model()
-        estimate = getattr(model, "estimate_tokens", None)
-        if estimate is None:
-            return prompt_token_bound(messages, tools)
-        return int(estimate(messages, tools))
+        return self._model().estimate_tokens(messages, tools)
 
     def complete(
         self,
@@ -176,8 +175,11 @@ class HarnessModel:
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> ModelResponse:
-        return self._model().complete(messages, tools, deadline=deadline)
+        return self._model().complete(
+            messages, tools, deadline=deadline, response_format=response_format
+        )
 
 
 def _nonsense(messages: list[ChatMessage]) -> ModelResponse:
@@ -206,19 +208,12 @@ def instructed_calls(messages: list[ChatMessage]) -> list[tuple[str, str]]:
     return found
 
 
-class Gullible:
+class Gullible(WrappedModel):
     """Wraps a model so that it follows instructions found in tool results: the worst case."""
-
-    def __init__(self, inner: ModelClient) -> None:
-        self.inner = inner
-        self.billed_models: list[str] = list(getattr(inner, "billed_models", [inner.name]))
 
     @property
     def name(self) -> str:
         return f"scripted:gullible({self.inner.name})"
-
-    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        return self.inner.estimate_tokens(messages, tools)
 
     def complete(
         self,
@@ -226,6 +221,7 @@ class Gullible:
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> ModelResponse:
         made = {
             (c.name, _canonical(c.arguments))
@@ -237,7 +233,9 @@ class Gullible:
             if (tool, _canonical(arguments)) not in made:
                 call = ToolCall(id=f"call_obey_{len(messages)}", name=tool, arguments=arguments)
                 return ModelResponse(tool_calls=[call], model=self.name)
-        return self.inner.complete(messages, tools, deadline=deadline)
+        return self.inner.complete(
+            messages, tools, deadline=deadline, response_format=response_format
+        )
 
 
 def _canonical(arguments: str) -> str:
@@ -350,3 +348,9 @@ def rejection(client: redis.Redis, run_id: str) -> str | None:
     except MissingScenarioError as exc:
         return str(exc)
     return None
+
+
+# The seam the production path resolves ``eval:`` names through (pyproject's entry point).
+EVAL_VARIANT = AgentVariant(
+    prefix=EVAL_PREFIX.removesuffix(VARIANT_SEPARATOR), derive=eval_agent, refusal=rejection
+)

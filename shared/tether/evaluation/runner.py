@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tether import client
-from tether.errors import TetherError
-from tether.messages import Verdict
 from tether.runtime import Runtime, get_runtime
-from tether.state import RunState, RunStatus
-from tether.store import run_id_for
+from tether.store.runs import run_id_for
+from tether.store.state import RunState, RunStatus
+from tether.transport.wire import EventKind, Verdict
 
+from .escalations import decide_waiting
 from .expectations import ExecutedCall, RunFacts, answer_of, check
 from .harness import eval_agent_name, save_scenario
 from .judge import Judge
@@ -47,21 +47,15 @@ def _settle(rt: Runtime, scenario: Scenario, run_id: str, event_id: str) -> RunS
             if scenario.on_escalation == "stop":
                 return state
             verdict = Verdict.approve if scenario.on_escalation == "approve" else Verdict.reject
-            for wait in state.awaiting_human:
-                if wait.escalation_id in decided:
-                    continue
-                try:
-                    client.decide(
-                        wait.escalation_id,
-                        verdict,
-                        by=DECIDED_BY,
-                        reason=f"scenario {scenario.name!r}: on_escalation {scenario.on_escalation}",
-                        runtime=rt,
-                    )
-                except TetherError:
-                    # The escalation service has not recorded it yet: decide on the next look.
-                    continue
-                decided.add(wait.escalation_id)
+            now = decide_waiting(
+                rt,
+                state,
+                verdict,
+                by=DECIDED_BY,
+                reason=f"scenario {scenario.name!r}: on_escalation {scenario.on_escalation}",
+                decided=decided,
+            )
+            decided.update(wait.escalation_id for wait in now)
         time.sleep(0.05)
     status = state.status if state else "not yet created"
     return f"the run was still {status} after the scenario's timeout_s ({scenario.timeout_s:g}s)"
@@ -74,9 +68,9 @@ def _facts(rt: Runtime, state: RunState) -> RunFacts:
             arguments=dict(event.data.get("arguments") or {}),
             ok=bool(event.data.get("ok")),
         )
-        for _, event in rt.store.trace(state.run_id)
+        for _, event in rt.store.log.read(state.run_id)
         # An action held for a human (needs_human) did not run.
-        if event.kind == "tool_call" and event.data.get("needs_human") is None
+        if event.kind == EventKind.tool_call and event.data.get("needs_human") is None
     ]
     return RunFacts(
         state=state, calls=calls, cost_usd=rt.store.budgets.usage(state.run_id).cost_usd

@@ -45,11 +45,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tether.errors import ConfigError
-from tether.messages import BudgetLimits
+from tether.errors import ConfigError, validation_problems
 from tether.models.base import ModelResponse
 from tether.models.scripted import text, tool_call
-from tether.state import RunStatus
+from tether.store.state import RunStatus
+from tether.transport.wire import BudgetLimits
 
 
 class _Strict(BaseModel):
@@ -324,12 +324,8 @@ def parse_scenario(data: Any, *, source: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
         raise ScenarioFileError(
-            f"scenario {source} is invalid: {problems}; fix the file (format: tether.evaluation.scenario)"
+            f"scenario {source} is invalid: {validation_problems(exc)}; fix the file (format: tether.evaluation.scenario)"
         ) from exc
 
 

@@ -3,7 +3,8 @@
 What is removed, precisely:
 
 - a thread (``forget_thread``): its history (turns), queue, queued events, publish-order
-  counter, run index and its entries in the threads indexes; and every run of the thread, with everything kept
+  counter, run index and its entries in the threads indexes; and every run of the thread
+  and every fork of one (tether.planner.fork: it holds a copy of the conversation), with everything kept
   under the run: its state (which holds the conversation), event log, budget and
   reservation keys, its spill list (on a Redis Cluster), the stored results, leases and in-flight markers of its tool
   actions, its escalations, and its entries in the run and escalation indexes;
@@ -27,10 +28,10 @@ from typing import TYPE_CHECKING, cast
 
 from pydantic import BaseModel, Field
 
-from tether import keys
 from tether.errors import TetherError
 from tether.memory import longterm, threads
-from tether.state import RunState
+from tether.store import keys
+from tether.store.state import RunState
 
 if TYPE_CHECKING:
     from tether.runtime import Runtime
@@ -51,15 +52,7 @@ class Forgotten(BaseModel):
 
 def _run_keys(rt: Runtime, run_id: str) -> tuple[list[str], list[str]]:
     """The keys of a run and the escalation ids it opened."""
-    found = [
-        keys.run(run_id),
-        keys.run_messages(run_id),
-        keys.run_completed(run_id),
-        keys.run_log(run_id),
-        keys.budget(run_id),
-        keys.reservations(run_id),
-        keys.spill(keys.run(run_id)),
-    ]
+    found = [*keys.run_keys(run_id), keys.spill(keys.run(run_id)), keys.run_forks(run_id)]
     state = rt.store.get(run_id)
     if state is not None:
         actions = {a.action_id for a in state.pending_actions} | {
@@ -71,7 +64,7 @@ def _run_keys(rt: Runtime, run_id: str) -> tuple[list[str], list[str]]:
                 keys.action_lock(action_id),
                 keys.action_inflight(action_id),
             ]
-    # Escalation ids begin with the run id (tether.planner.step.escalation_id).
+    # Escalation ids begin with the run id (tether.planner.fencing.escalation_id).
     prefix = "esc_" + run_id.replace(":", "_") + "_"
     escalations = [
         e
@@ -121,7 +114,8 @@ def forget_thread(rt: Runtime, thread_id: str) -> Forgotten:
             "queued ones finish, then forget it"
         )
     report = Forgotten()
-    run_ids = cast(list[str], client.zrange(keys.thread_runs(thread_id), 0, -1))
+    # A fork of a thread's run holds the conversation it copied: it goes with the thread.
+    run_ids = with_forks(rt, cast(list[str], client.zrange(keys.thread_runs(thread_id), 0, -1)))
     live = [r for r in run_ids if (s := rt.store.get(r)) is not None and not s.terminal]
     if live:
         raise ThreadBusyError(f"thread {thread_id!r} still has runs going: {', '.join(live)}")
@@ -129,11 +123,7 @@ def forget_thread(rt: Runtime, thread_id: str) -> Forgotten:
     thread_keys = [
         keys.thread_turns(thread_id),
         keys.thread_runs(thread_id),
-        keys.thread_queue(thread_id),
-        keys.thread_events(thread_id),
-        keys.thread_order(thread_id),
-        keys.thread_seq(thread_id),
-        keys.thread_skipped(thread_id),
+        *threads.queue_keys(thread_id),
     ]
     indexes = [keys.THREADS, keys.THREADS_BUSY, keys.THREADS_GAPS]
     pipe = client.pipeline(transaction=False)
@@ -174,6 +164,18 @@ def forget_subject(
     else:
         report.kept_runs = existing
     return report
+
+
+def with_forks(rt: Runtime, run_ids: list[str]) -> list[str]:
+    """``run_ids`` and the runs forked from them, and from those, in that order."""
+    found = list(run_ids)
+    seen = set(found)
+    for run_id in found:  # grows as forks are found
+        for fork in cast(list[str], rt.store.client.zrange(keys.run_forks(run_id), 0, -1)):
+            if fork not in seen:
+                seen.add(fork)
+                found.append(fork)
+    return found
 
 
 def _ended_or_gone(state: RunState | None) -> bool:

@@ -15,22 +15,21 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import keys, spill
+from tether.agent.tools import Tool, ToolContext, tool
 from tether.errors import TetherError
-from tether.messages import RunEvent, utcnow
-from tether.store import LIFECYCLE_MAXLEN, log_appends
-from tether.tools import Tool, ToolContext, tool
+from tether.store import keys, spill
+from tether.store.log import LIFECYCLE_MAXLEN, log_appends
+from tether.store.scripts import Script
+from tether.transport.wire import EventKind, RunEvent, utcnow
 
 if TYPE_CHECKING:
-    from tether.agents import Agent
     from tether.runtime import Runtime
 
-REMEMBER_SCRIPT = files("tether.memory").joinpath("remember.lua").read_text()
+REMEMBER = Script.load("tether.memory", "remember.lua")
 assert LIFECYCLE_MAXLEN == 100_000  # remember.lua caps the lifecycle stream the same way
 RECALL_LIMIT = 20
 MEMORY_TOOLS = ("remember", "recall")
@@ -74,7 +73,20 @@ def subject_of(metadata: dict[str, Any], config: MemoryConfig) -> str:
     return str(subject)
 
 
-def run_index(agent: Agent, metadata: dict[str, Any], run_ttl_s: int) -> list[tuple[str, int]]:
+class Remembering(Protocol):
+    """What ``run_index`` reads of an agent (a tether.agent.definition.Agent, which
+    imports this module: named by what it offers, so neither imports the other)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def memory(self) -> MemoryConfig | None: ...
+
+
+def run_index(
+    agent: Remembering, metadata: dict[str, Any], run_ttl_s: int
+) -> list[tuple[str, int]]:
     """The subject index a run of ``agent`` joins at its creation (none without memory).
 
     It lives as long as what it points at may: the memory (its TTL from the last write)
@@ -135,7 +147,7 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
         item = MemoryItem(key=key, value=value, run_id=ctx.run_id, action_id=ctx.action_id)
         entry = RunEvent(
             run_id=ctx.run_id,
-            kind="memory_write",
+            kind=EventKind.memory_write,
             step=ctx.step,
             data={"agent": agent, "subject": who, "key": key, "value": value},
         )
@@ -163,8 +175,8 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
                 ),
             ]
             away = spill.encode(writes)
-            reply = client.eval(
-                REMEMBER_SCRIPT, 2, memory_key, keys.spill(memory_key), *args, "spill", away
+            reply = REMEMBER.run(
+                client, keys=[memory_key, keys.spill(memory_key)], args=[*args, "spill", away]
             )
             if int(reply[0]) >= 0:
                 spill.settle(rt.store.batch, keys.spill(memory_key), [str(e) for e in reply[1:]])
@@ -172,14 +184,10 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
             args += ["here", log.fields["event"]]
             for field, entry_value in lifecycle.fields.items():
                 args += [field, entry_value]
-            reply = client.eval(
-                REMEMBER_SCRIPT,
-                4,
-                memory_key,
-                keys.MEMORY_AGENTS,
-                log.stream,
-                lifecycle.stream,
-                *args,
+            reply = REMEMBER.run(
+                client,
+                keys=[memory_key, keys.MEMORY_AGENTS, log.stream, lifecycle.stream],
+                args=args,
             )
         if int(reply[0]) < 0:
             limit = (
@@ -209,6 +217,8 @@ def _memory_tools(agent: str, config: MemoryConfig) -> list[Tool]:
 
 
 def _runtime() -> Runtime:
+    # Imported when a tool runs: the runtime imports Celery, which a module that only
+    # declares an agent (and a CLI command loading one) need not wait for.
     from tether.runtime import get_runtime
 
     return get_runtime()

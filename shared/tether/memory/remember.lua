@@ -4,7 +4,7 @@
 -- KEYS[4]: the lifecycle stream; ARGV[9]: the log entry JSON, ARGV[10..]: lifecycle
 -- field/value pairs.
 -- On a Redis Cluster (ARGV[8] 'spill'): KEYS[2]: the memory's spill list
--- (tether.spill), where ARGV[9], the entry holding those three writes, goes instead.
+-- (tether.store.spill), where ARGV[9], the entry holding those three writes, goes instead.
 -- ARGV[1]: the item's key, ARGV[2]: the item JSON, ARGV[3]: the action id writing it,
 -- ARGV[4]: max items, ARGV[5]: max bytes (sum of item JSON), ARGV[6]: TTL in seconds,
 -- ARGV[7]: the agent

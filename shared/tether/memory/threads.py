@@ -26,36 +26,49 @@ intake creates a run once per event id.
 
 from __future__ import annotations
 
+import json
 import time
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from tether import keys
-from tether.budgets import BudgetUsage
 from tether.errors import ModelError
 from tether.memory.window import KeptCall, Turn, fit
-from tether.messages import BudgetLimits, TaskEvent
-from tether.metrics import PUBLISHED_AT_HEADER
 from tether.models.prices import reserved_cost_usd
-from tether.state import ChatMessage, RunState
-from tether.store import run_id_for
-from tether.telemetry import log
-from tether.versioned import SideWrite
+from tether.observability.logs import log
+from tether.observability.metrics import PUBLISHED_AT_HEADER
+from tether.store import keys
+from tether.store.budgets import BudgetUsage
+from tether.store.runs import run_id_for
+from tether.store.scripts import Script
+from tether.store.state import ChatMessage, RunState
+from tether.store.versioned import SideWrite
+from tether.transport.wire import BudgetLimits, TaskEvent
 
 if TYPE_CHECKING:
-    from tether.agents import Agent
+    from tether.agent.definition import Agent
     from tether.runtime import Runtime
 
-ADMIT_SCRIPT = files("tether.memory").joinpath("threads.lua").read_text()
-SKIP_SCRIPT = files("tether.memory").joinpath("thread_skip.lua").read_text()
+THREADS = Script.load("tether.memory", "threads.lua")
+THREAD_SKIP = Script.load("tether.memory", "thread_skip.lua")
+THREAD_SCREEN = Script.load("tether.memory", "thread_screen.lua")
 # Turns kept per thread; older ones leave the history for good.
 MAX_TURNS = 200
 # What admit says of an event besides its place in the queue.
 STARTS_NOW = 0
 ALREADY_STARTED = -1
 WAITS_FOR_EARLIER = -2
+
+
+def queue_keys(thread_id: str) -> list[str]:
+    """The keys of the thread's queue, in the order threads.lua and thread_skip.lua take them."""
+    return [
+        keys.thread_queue(thread_id),
+        keys.thread_events(thread_id),
+        keys.thread_order(thread_id),
+        keys.thread_seq(thread_id),
+        keys.thread_skipped(thread_id),
+    ]
 
 
 def admit(rt: Runtime, event: TaskEvent) -> int:
@@ -71,21 +84,18 @@ def admit(rt: Runtime, event: TaskEvent) -> int:
     now = time.time()
     place, due = cast(
         list[Any],
-        rt.store.client.eval(
-            ADMIT_SCRIPT,
-            5,
-            keys.thread_queue(thread_id),
-            keys.thread_events(thread_id),
-            keys.thread_order(thread_id),
-            keys.thread_seq(thread_id),
-            keys.thread_skipped(thread_id),
-            event.event_id,
-            event.model_dump_json(),
-            now,
-            int(exists),
-            _published_at(),
-            event.thread_seq or "",
-            rt.settings.thread_gap_s,
+        THREADS.run(
+            rt.store.client,
+            keys=queue_keys(thread_id),
+            args=[
+                event.event_id,
+                event.model_dump_json(),
+                now,
+                int(exists),
+                _published_at(),
+                event.thread_seq or "",
+                rt.settings.thread_gap_s,
+            ],
         ),
     )
     place = int(place)
@@ -104,6 +114,26 @@ def admit(rt: Runtime, event: TaskEvent) -> int:
     return place
 
 
+def keep_screened(rt: Runtime, event: TaskEvent, goal: str) -> None:
+    """Put ``goal``, the input as its guardrails left it, in the thread's copy of
+    ``event``, which stays queued for as long as its run lives: a redacted value is
+    kept nowhere in Redis as it was published (thread_screen.lua)."""
+    if event.thread_id is None or goal == event.input:
+        return
+    queued = keys.thread_events(event.thread_id)
+    for _ in range(3):
+        raw = cast(str | None, rt.store.client.hget(queued, event.event_id))
+        if raw is None:
+            return
+        copy = json.loads(raw)
+        copy["input"] = goal
+        replaced = THREAD_SCREEN.run(
+            rt.store.client, keys=[queued], args=[event.event_id, raw, json.dumps(copy)]
+        )
+        if replaced:
+            return
+
+
 def next_seq(rt: Runtime, thread_id: str) -> int:
     """The thread's next place in publish order, for the event about to be published."""
     return int(rt.store.client.hincrby(keys.thread_seq(thread_id), "published", 1))
@@ -119,14 +149,9 @@ def skip(rt: Runtime, event: TaskEvent) -> list[str]:
     if event.thread_id is None:
         return []
     thread_id = event.thread_id
-    dropped = rt.store.client.register_script(SKIP_SCRIPT)(
-        keys=[
-            keys.thread_queue(thread_id),
-            keys.thread_events(thread_id),
-            keys.thread_order(thread_id),
-            keys.thread_seq(thread_id),
-            keys.thread_skipped(thread_id),
-        ],
+    dropped = THREAD_SKIP.run(
+        rt.store.client,
+        keys=queue_keys(thread_id),
         args=[event.event_id, event.thread_seq or ""],
     )
     if int(cast(int, dropped)):

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.models.prices import prompt_token_bound
-from tether.state import ChatMessage, ToolCall
+from tether.store.state import ChatMessage, ToolCall
 
 
 class KeptCall(BaseModel):

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.models.base import ModelClient, ModelResponse
 from tether.models.fallback import FallbackModel
-from tether.models.scripted import ScriptedModel, from_turns, text, tool_call
+from tether.models.scripted import ScriptedModel, answer, from_turns, text, tool_call
 
 if TYPE_CHECKING:
     from tether.models.openai import OpenAIModel
@@ -15,6 +15,7 @@ __all__ = [
     "ModelResponse",
     "OpenAIModel",
     "ScriptedModel",
+    "answer",
     "from_turns",
     "text",
     "tool_call",

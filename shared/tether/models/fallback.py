@@ -13,9 +13,8 @@ from tether.errors import (
     ModelPermanentError,
     ModelTransientError,
 )
-from tether.models.base import ModelClient, ModelResponse, model_system
-from tether.models.prices import billed_models
-from tether.state import ChatMessage
+from tether.models.base import ModelClient, ModelResponse, ResponseFormat
+from tether.store.state import ChatMessage
 
 
 class FallbackModel:
@@ -49,11 +48,11 @@ class FallbackModel:
 
     @property
     def system(self) -> str:
-        return model_system(self.models[0])
+        return self.models[0].system
 
     @property
     def billed_models(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(n for m in self.models for n in billed_models(m)))
+        return tuple(dict.fromkeys(n for m in self.models for n in m.billed_models))
 
     def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
         return max(m.estimate_tokens(messages, tools) for m in self.models)
@@ -64,13 +63,16 @@ class FallbackModel:
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> ModelResponse:
         failures: list[str] = []
         attempts = 0
         last: ModelError | None = None
         for model in self.models:
             try:
-                response = model.complete(messages, tools, deadline=deadline)
+                response = model.complete(
+                    messages, tools, deadline=deadline, response_format=response_format
+                )
             except ModelError as exc:
                 failures.append(f"{model.name}: {exc}")
                 attempts += exc.attempts
@@ -91,4 +93,7 @@ class FallbackModel:
         # The failure that ended the call decides the run's fate, so the error keeps its kind.
         if last.permanent:
             raise ModelPermanentError(message, attempts=attempts, status=last.status)
-        raise ModelTransientError(message, attempts=attempts, status=last.status, kind=last.kind)
+        error = ModelTransientError(message, attempts=attempts, status=last.status, kind=last.kind)
+        # A 429's Retry-After, for the planner to pause the endpoint on (tether.planner.ratelimited).
+        error.retry_after_s = last.retry_after_s
+        raise error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import openai
@@ -22,9 +23,10 @@ from tenacity.wait import wait_base
 
 from tether.config import get_settings
 from tether.errors import ModelError, ModelPermanentError, ModelTransientError
-from tether.models.base import ModelResponse
-from tether.models.prices import cost_usd, prompt_token_bound
-from tether.state import ChatMessage, ToolCall
+from tether.models.base import ModelResponse, ResponseFormat
+from tether.models.output_cap import OutputCapped
+from tether.models.prices import cost_usd
+from tether.store.state import ChatMessage, ToolCall
 
 # What to fix when the endpoint refuses a request, by HTTP status.
 _PERMANENT_ADVICE = {
@@ -57,8 +59,27 @@ def failure_kind(exc: BaseException) -> str | None:
     return None
 
 
+# Set by the planner around its model calls: a 429 that says when to come back is handed
+# back at once (ModelError.retry_after_s) for every worker to pause on together
+# (tether.planner.ratelimited), instead of each retrying it on its own.
+HAND_BACK_429: ContextVar[bool] = ContextVar("hand_back_429", default=False)
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The seconds a 429's Retry-After asks for; None where there is no usable one."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    try:
+        seconds = float(header) if header else -1.0
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 def _retryable(exc: BaseException) -> bool:
     kind = failure_kind(exc)
+    if kind == "rate_limited" and HAND_BACK_429.get() and retry_after_s(exc) is not None:
+        return False
     return kind is not None and kind != "permanent"
 
 
@@ -81,20 +102,14 @@ class wait_retry_after(wait_base):
 
     def __call__(self, retry_state: Any) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        response = getattr(exc, "response", None)
-        header = response.headers.get("retry-after") if response is not None else None
-        if header:
-            try:
-                seconds = float(header)
-            except ValueError:
-                seconds = -1.0
-            # A negative, NaN or absurd header is the server's bug; fall back rather than crash.
-            if math.isfinite(seconds) and seconds >= 0:
-                return min(seconds, self.cap_s)
+        # A negative, NaN or absurd header is the server's bug: fall back rather than crash.
+        seconds = retry_after_s(exc) if exc is not None else None
+        if seconds is not None:
+            return min(seconds, self.cap_s)
         return float(self.fallback(retry_state))
 
 
-class OpenAIModel:
+class OpenAIModel(OutputCapped):
     # Any OpenAI-compatible endpoint speaks the openai API; the GenAI semconv names it so.
     system = "openai"
 
@@ -135,11 +150,9 @@ class OpenAIModel:
         return (self.model,)
 
     @property
-    def max_output_tokens(self) -> int:
-        # Read when used, not when agent modules are imported, so the setting is current.
-        if self._max_output_tokens is not None:
-            return self._max_output_tokens
-        return get_settings().model_max_output_tokens
+    def tokenizer_model(self) -> str:
+        # Its tokenizer where the name is OpenAI's (tiktoken's map); any other keeps the byte bound.
+        return self.model
 
     def _wait(self) -> wait_base:
         cap = self._retry_wait_max_s
@@ -168,16 +181,13 @@ class OpenAIModel:
         # parsing), which lets a planner process hold more model calls in flight.
         return self._openai().post("/chat/completions", body=request, cast_to=ChatCompletion)
 
-    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        # The output half is real because every request caps the answer at it.
-        return prompt_token_bound(messages, tools) + self.max_output_tokens
-
     def complete(
         self,
         messages: list[ChatMessage],
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> ModelResponse:
         request: dict[str, Any] = {
             "model": self.model,
@@ -186,6 +196,8 @@ class OpenAIModel:
         }
         if tools:
             request["tools"] = tools
+        if response_format is not None:
+            request["response_format"] = response_format
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             wait=self._wait(),
@@ -239,7 +251,7 @@ class OpenAIModel:
                 attempts=attempts,
                 status=status,
             )
-        return ModelTransientError(
+        error = ModelTransientError(
             f"{where} failed after {attempts} attempt(s) ({kind}"
             + (f", HTTP {status}" if status else "")
             + f"): {type(exc).__name__}: {exc}; check the endpoint, key and rate limits",
@@ -247,3 +259,6 @@ class OpenAIModel:
             status=status,
             kind=kind,
         )
+        if kind == "rate_limited":
+            error.retry_after_s = retry_after_s(exc)
+        return error

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from tether.config import get_settings
 from tether.errors import UnknownModelPriceError
-from tether.state import openai_json_size
+from tether.models.tokens import chat_token_bound
+from tether.store.state import openai_json_size
 
 if TYPE_CHECKING:
     from genai_prices.types import PriceCalculation
 
-    from tether.messages import BudgetLimits
     from tether.models.base import ModelClient
-    from tether.state import ChatMessage
+    from tether.store.state import ChatMessage
+    from tether.transport.wire import BudgetLimits
 
 # Chat templates wrap the messages in text of their own: role markers, which the
 # JSON keys counted below outweigh, and fixed preambles, the longest common ones
@@ -68,21 +69,11 @@ def cost_bound_usd(model: str, tokens: int) -> float | None:
     return float(max(price.input_price, price.output_price) + max(fees, Decimal(0)))
 
 
-def billed_models(client: ModelClient) -> list[str]:
-    """The models whose prices a client's calls are billed at.
-
-    A client lists them as ``billed_models`` (the scripted model none: it is
-    free); one that does not is billed under its name.
-    """
-    billed: list[str] | None = getattr(client, "billed_models", None)
-    return list(billed) if billed is not None else [client.name]
-
-
 def require_prices(client: ModelClient, limits: BudgetLimits) -> None:
     """Refuse a cost budget that could not be enforced: a model of ``client`` has no price."""
     if limits.max_cost_usd is None:
         return
-    unpriced = [m for m in billed_models(client) if not known_price(m)]
+    unpriced = [m for m in client.billed_models if not known_price(m)]
     if unpriced:
         raise UnknownModelPriceError(unpriced, limits.max_cost_usd)
 
@@ -96,7 +87,7 @@ def reserved_cost_usd(client: ModelClient, tokens: int, limits: BudgetLimits) ->
     if limits.max_cost_usd is None:
         return 0.0
     require_prices(client, limits)
-    bounds = [cost_bound_usd(m, tokens) or 0.0 for m in billed_models(client)]
+    bounds = [cost_bound_usd(m, tokens) or 0.0 for m in client.billed_models]
     return max(bounds, default=0.0)
 
 
@@ -111,8 +102,19 @@ def token_bound(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def prompt_token_bound(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-    """An upper bound on the input tokens of a chat completion with ``messages`` and ``tools``."""
+def prompt_token_bound(
+    messages: list[ChatMessage], tools: list[dict[str, Any]], model: str | None = None
+) -> int:
+    """An upper bound on the input tokens of a chat completion with ``messages`` and ``tools``.
+
+    Counted by ``model``'s tokenizer where Tether ships it (OpenAI's models, see
+    tether.models.tokens), within about a fifth of the real count for English; else
+    one token per UTF-8 byte, three to four times the real count for English.
+    """
+    if model is not None:
+        counted = chat_token_bound(model, messages, tools)
+        if counted is not None:
+            return counted
     # Its bytes as token_bound would count them in the JSON of the whole conversation.
     conversation = openai_json_size(messages, utf8=True)
     # Templates that print tools as indented JSON (Llama 3.1's) print more bytes than compact JSON.

@@ -8,19 +8,49 @@ Wherever it is used its name reads ``scripted:...``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-from tether.config import get_settings
-from tether.models.base import ModelResponse
-from tether.models.prices import prompt_token_bound, typical_tokens, typical_tokens_of
-from tether.state import ChatMessage, ToolCall, openai_json_size
+from tether.models.base import ModelResponse, ResponseFormat
+from tether.models.output_cap import OutputCapped
+from tether.models.prices import typical_tokens, typical_tokens_of
+from tether.store.state import ChatMessage, ToolCall, openai_json_size
 
 Script = Callable[[list[ChatMessage]], ModelResponse]
 
 
 def text(content: str) -> ModelResponse:
     return ModelResponse(content=content, model="scripted")
+
+
+def answer(value: Any) -> ModelResponse:
+    """A final answer written as JSON text, as a model asked for structured output replies."""
+    return text(json.dumps(value))
+
+
+# The response_format of the request a script is answering: part of the request, as the
+# conversation is, so a script that reads it still answers the same request the same way.
+_requested: ContextVar[ResponseFormat | None] = ContextVar("requested_format", default=None)
+
+
+def requested_format() -> ResponseFormat | None:
+    """The ``response_format`` the request being scripted asked for; None: plain text.
+
+    A script reads it as a real model would: answer in the schema when asked for it.
+    """
+    return _requested.get()
+
+
+@contextmanager
+def answering(response_format: ResponseFormat | None) -> Iterator[None]:
+    """Let scripts called inside read ``response_format`` through requested_format()."""
+    token = _requested.set(response_format)
+    try:
+        yield
+    finally:
+        _requested.reset(token)
 
 
 def tool_call(
@@ -52,7 +82,7 @@ def from_turns(turns: Sequence[ModelResponse]) -> Script:
     return script
 
 
-class ScriptedModel:
+class ScriptedModel(OutputCapped):
     system = "tether.scripted"
     # Free: no cost budget is refused for want of its price.
     billed_models: tuple[str, ...] = ()
@@ -72,24 +102,16 @@ class ScriptedModel:
     def name(self) -> str:
         return f"scripted:{self._label}"
 
-    @property
-    def max_output_tokens(self) -> int:
-        # Read when used, not when agent modules are imported, so the setting is current.
-        if self._max_output_tokens is not None:
-            return self._max_output_tokens
-        return get_settings().model_max_output_tokens
-
-    def estimate_tokens(self, messages: list[ChatMessage], tools: list[dict[str, Any]]) -> int:
-        return prompt_token_bound(messages, tools) + self.max_output_tokens
-
     def complete(
         self,
         messages: list[ChatMessage],
         tools: list[dict[str, Any]],
         *,
         deadline: float | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> ModelResponse:
-        turn = self._script(messages)
+        with answering(response_format):
+            turn = self._script(messages)
         # Usage as a real model would report it; an answer longer than the output
         # cap is billed as the cut-off answer a real model would give.
         prompt_tokens = typical_tokens_of(_prompt_chars(messages, tools))

@@ -10,11 +10,11 @@ same function.
 
 from __future__ import annotations
 
-from tether import escalations
 from tether.errors import UnknownEscalationError
+from tether.escalation import records
 from tether.memory import threads
 from tether.runtime import Runtime
-from tether.state import EscalationRecord, RunState, RunStatus
+from tether.store.state import EscalationRecord, RunState, RunStatus
 
 _PLANNING = (RunStatus.queued, RunStatus.running)
 
@@ -59,6 +59,24 @@ def redispatch(rt: Runtime, state: RunState, before: RunState | None = None) -> 
 
 def _record(rt: Runtime, escalation_id: str) -> EscalationRecord | None:
     try:
-        return escalations.load(rt, escalation_id)[0]
+        return records.load(rt, escalation_id)[0]
     except UnknownEscalationError:
         return None
+
+
+def send_deferred(rt: Runtime, state: RunState | None, kind: str, what: str) -> str | None:
+    """Publish again a message a rate limit held back (tether.planner.ratelimited): step
+    ``what`` or pending action ``what`` of ``state``, only where the committed state still
+    waits for it; returns what was sent."""
+    if state is None or state.terminal:
+        return None
+    if kind == "step":
+        if state.status in _PLANNING and str(state.step) == what:
+            rt.send_step(state.run_id, state.step)
+            return f"step {what}"
+        return None
+    for action in state.pending_actions:
+        if action.action_id == what:
+            rt.send_action(action)
+            return action.action_id
+    return None

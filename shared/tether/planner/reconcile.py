@@ -1,6 +1,6 @@
 """Re-driving runs whose next message was lost: the backstop behind the transport.
 
-tether.transport keeps every message a worker takes, and gives a dead worker's
+tether.transport.reliable keeps every message a worker takes, and gives a dead worker's
 messages back within seconds; what it cannot see is a message lost with Redis
 itself (a server restarted without its data). The committed state says what
 comes next and every handler is safe to repeat, so a run with no commit for
@@ -21,17 +21,20 @@ import time
 from datetime import UTC, datetime
 from typing import cast
 
-from tether import escalations, keys
-from tether.celery_app import PLAN_QUEUE, TOOLS_QUEUE
 from tether.errors import UnknownEscalationError, UnknownRunError
-from tether.leases import Lease
+from tether.escalation import records
 from tether.memory import threads
-from tether.messages import ErrorCategory
+from tether.observability.logs import log
+from tether.planner import admission
 from tether.planner.lifecycle import finish
 from tether.planner.outbox import redispatch
+from tether.planner.ratelimited import Publisher
 from tether.runtime import Runtime
-from tether.state import RunError, RunState, RunStatus
-from tether.telemetry import log
+from tether.store import deferred, keys
+from tether.store.leases import Lease
+from tether.store.state import RunError, RunState, RunStatus
+from tether.transport.celery_app import PLAN_QUEUE, TOOLS_QUEUE
+from tether.transport.wire import ErrorCategory, EventKind
 
 SWEEP_LIMIT = 1000
 EXPIRE_LIMIT = 100
@@ -44,7 +47,7 @@ def expire_escalations(
 ) -> list[str]:
     """End the runs of escalations that expired undecided; returns the escalations expired.
 
-    Each is first recorded as expired (tether.escalations.expire: a compare-and-set
+    Each is first recorded as expired (tether.escalation.records.expire: a compare-and-set
     that a decision recorded before it wins), then its run ends ``rejected``
     (escalation_expired) if it still waits on it. It leaves the expiring index
     only then, so a sweeper that dies in between leaves the next sweep to finish.
@@ -82,7 +85,7 @@ def expire_escalations(
 def _expire_one(rt: Runtime, escalation_id: str, at: datetime) -> bool:
     """Expire one due escalation and end its run; False if it was not expired by this."""
     try:
-        record = escalations.expire(rt, escalation_id, at)
+        record = records.expire(rt, escalation_id, at)
     except UnknownEscalationError:  # expired with its run's data
         rt.store.client.zrem(keys.EXPIRING_ESCALATIONS, escalation_id)
         return False
@@ -135,29 +138,31 @@ def sweep(
     max_redrives = rt.settings.max_redrives if max_redrives is None else max_redrives
     redriven: list[str] = []
     backlog = _BacklogProbe(rt)
-    for run_id in rt.store.stalled(time.time() - stalled_after_s, limit):
+    for run_id in rt.store.indexes.stalled(time.time() - stalled_after_s, limit):
         # On a Redis Cluster: writes a commit left for other slots when its writer died.
         rt.store.settle_spill(run_id)
         state = rt.store.get(run_id)
         if state is None or state.terminal:
-            rt.store.forget_active(run_id)
+            rt.store.indexes.forget_active(run_id)
             continue
-        rt.store.touch_active(run_id)  # the next look comes another stalled_after_s later
+        rt.store.indexes.touch_active(run_id)  # the next look comes another stalled_after_s later
         busy = _busy(rt, state, backlog)
         if busy is not None:
             # Waiting its turn or being worked on is not stalling: no duplicate, no count.
-            rt.store.log(run_id, "run_not_redriven", state.step, status=state.status, why=busy)
+            rt.store.log.append(
+                run_id, EventKind.run_not_redriven, state.step, status=state.status, why=busy
+            )
             continue
         if state.status != RunStatus.waiting_human and (
-            rt.store.count_redrive(run_id, state.step) > max_redrives
+            rt.store.indexes.count_redrive(run_id, state.step) > max_redrives
         ):
             _give_up(rt, state, max_redrives)
             continue
         sent = redispatch(rt, state)
         if sent:
-            rt.store.log(
+            rt.store.log.append(
                 run_id,
-                "run_redriven",
+                EventKind.run_redriven,
                 state.step,
                 status=state.status,
                 sent=sent,
@@ -170,9 +175,21 @@ def sweep(
     handed = threads.sweep(rt, time.time() - stalled_after_s, limit)
     if handed:
         log.warning("threads_handed_over", sent=handed)
+    _admission_sweep(rt, stalled_after_s, backlog, limit)
     if redriven:
         log.warning("runs_redriven", count=len(redriven), stalled_after_s=stalled_after_s)
     return redriven
+
+
+def _admission_sweep(
+    rt: Runtime, stalled_after_s: float, backlog: _BacklogProbe, limit: int
+) -> list[str]:
+    """Slots of runs that ended as their worker died go back, and admitted events whose
+    start message was lost are published again: lost when the planner's queue is empty
+    and no run came within an interval, else after ``stalled_after_s``."""
+    now, interval = time.time(), rt.settings.reconcile_interval_s
+    lost_after = stalled_after_s if backlog.length(PLAN_QUEUE) else interval
+    return admission.sweep(rt, now - interval, now - lost_after, limit)
 
 
 class _BacklogProbe:
@@ -203,6 +220,9 @@ def _busy(rt: Runtime, state: RunState, backlog: _BacklogProbe) -> str | None:
     """
     if state.status == RunStatus.waiting_human:
         return None  # the outbox checks its waits one by one
+    held = _held_back(rt, state)
+    if held is not None:
+        return held
     if state.status in (RunStatus.queued, RunStatus.running):
         queue = PLAN_QUEUE
     elif state.pending_actions:
@@ -216,6 +236,18 @@ def _busy(rt: Runtime, state: RunState, backlog: _BacklogProbe) -> str | None:
         return None
     waiting = backlog.length(queue)
     return f"{waiting} messages wait on {queue} before it" if waiting else None
+
+
+def _held_back(rt: Runtime, state: RunState) -> str | None:
+    """Why a run's next message is not lost but waits, deferred, for a rate limit."""
+    if state.status in (RunStatus.queued, RunStatus.running):
+        entries = [deferred.step_entry(state.run_id, state.step)]
+    else:
+        entries = [deferred.action_entry(state.run_id, a.action_id) for a in state.pending_actions]
+    due = [at for at in deferred.waiting(rt.store.client, entries) if at is not None]
+    if not due:
+        return None
+    return f"held back by a rate limit until {datetime.fromtimestamp(max(due), UTC):%H:%M:%S}"
 
 
 def _give_up(rt: Runtime, state: RunState, max_redrives: int) -> None:
@@ -240,9 +272,12 @@ class Reconciler:
         self.rt = rt
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="tether-reconciler")
+        self.publisher = Publisher(rt)
 
     def start(self) -> Reconciler:
         self.thread.start()
+        # Every planner process publishes the messages rate limits held back, as they come due.
+        self.publisher.start()
         return self
 
     def _loop(self) -> None:

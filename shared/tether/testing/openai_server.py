@@ -6,13 +6,15 @@ scripted model takes: the conversation in, the next turn out. It injects the
 faults real endpoints have: 429 with Retry-After, 500, answers slower than the
 client's timeout, bodies cut short, malformed tool calls, and the other HTTP
 statuses (400, 401, 404, 408, 409), either on a schedule (one entry per request)
-or at random with a seed.
+or at random with a seed. Given ``requests_per_window`` or ``tokens_per_window``, it
+also keeps a provider's limits, answering 429 with Retry-After over them.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 import uuid
@@ -21,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tether.models.prices import typical_tokens
-from tether.models.scripted import Script
-from tether.state import ChatMessage, ToolCall
+from tether.models.scripted import Script, answering
+from tether.store.state import ChatMessage, ToolCall
 
 
 class Fault(StrEnum):
@@ -71,6 +73,29 @@ def _parse_messages(raw: list[dict[str, Any]]) -> list[ChatMessage]:
     return messages
 
 
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def response_format_problem(response_format: Any) -> str | None:
+    """Why an endpoint would refuse this ``response_format`` with a 400, as OpenAI's does;
+    None where it is well formed (or absent)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind in ("text", "json_object"):
+        return None
+    if kind != "json_schema":
+        return f"response_format.type must be text, json_object or json_schema, got {kind!r}"
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not _SCHEMA_NAME.match(str(spec.get("name", ""))):
+        return "response_format.json_schema.name must be 1-64 letters, digits, _ or -"
+    if not isinstance(spec.get("schema"), dict):
+        return "response_format.json_schema.schema must be a JSON schema object"
+    if not isinstance(spec.get("strict", False), bool):
+        return "response_format.json_schema.strict must be a boolean"
+    return None
+
+
 class ScriptedOpenAIServer:
     def __init__(
         self,
@@ -83,6 +108,9 @@ class ScriptedOpenAIServer:
         seed: int = 0,
         retry_after_s: float = 0.2,
         slow_s: float = 3.0,
+        requests_per_window: int | None = None,
+        tokens_per_window: int | None = None,
+        window_s: float = 60.0,
     ) -> None:
         self.script = script
         self.latency_s = latency_s
@@ -95,6 +123,11 @@ class ScriptedOpenAIServer:
         self.injected: list[Fault] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        # A provider's limits: requests and tokens per ``window_s`` (per minute at 60),
+        # replenished continuously as OpenAI's are; over them, 429 with Retry-After.
+        self._limits = _Buckets(requests_per_window, tokens_per_window, window_s)
+        self.limited = 0  # 429s answered for the limits
+        self.served: list[float] = []  # when each completion was answered (time.time())
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -119,7 +152,9 @@ class ScriptedOpenAIServer:
 
     def completion(self, request: dict[str, Any], fault: Fault | None = None) -> dict[str, Any]:
         messages = _parse_messages(request.get("messages", []))
-        turn = self.script(messages)
+        # The script reads the request's response_format as a real model heeds it.
+        with answering(request.get("response_format")):
+            turn = self.script(messages)
         calls: list[dict[str, Any]] = [
             {
                 "id": call.id
@@ -174,6 +209,12 @@ class ScriptedOpenAIServer:
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
+                refused = response_format_problem(request.get("response_format"))
+                if refused is not None:
+                    self._send(
+                        400, {"error": {"message": refused, "type": "invalid_request_error"}}
+                    )
+                    return
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 fault = server.next_fault()
@@ -194,6 +235,16 @@ class ScriptedOpenAIServer:
                 if fault == Fault.slow:
                     time.sleep(server.slow_s)
                 body = server.completion(request, fault)
+                wait = server._limits.take(1, int(body["usage"]["total_tokens"]))
+                if wait is not None:
+                    server.limited += 1
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limit reached", "type": "rate_limit_error"}},
+                        {"retry-after": f"{wait:.3f}"},
+                    )
+                    return
+                server.served.append(time.time())
                 if fault == Fault.truncated:
                     payload = json.dumps(body).encode()
                     self._send_raw(200, payload[: len(payload) // 2])
@@ -238,3 +289,35 @@ class ScriptedOpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Buckets:
+    """Token buckets for requests and tokens: full at first, refilled at limit/window."""
+
+    def __init__(self, requests: int | None, tokens: int | None, window_s: float) -> None:
+        self.limits = {"requests": requests, "tokens": tokens}
+        self.window_s = window_s
+        self.levels = {name: float(limit or 0) for name, limit in self.limits.items()}
+        self.at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, requests: int, tokens: int) -> float | None:
+        """Take a call's units; None if taken, else the seconds until there would be enough."""
+        wanted = {"requests": requests, "tokens": tokens}
+        with self.lock:
+            now = time.monotonic()
+            elapsed, self.at = now - self.at, now
+            wait = 0.0
+            for name, limit in self.limits.items():
+                if limit is None:
+                    continue
+                rate = limit / self.window_s
+                self.levels[name] = min(float(limit), self.levels[name] + elapsed * rate)
+                short = min(wanted[name], limit) - self.levels[name]
+                wait = max(wait, short / rate)
+            if wait > 0:
+                return wait
+            for name, limit in self.limits.items():
+                if limit is not None:
+                    self.levels[name] -= wanted[name]
+            return None

@@ -1,0 +1,1 @@
+"""The executor service's logic: one message is one tool action."""

@@ -1,0 +1,1 @@
+"""How agents do, read back from run records: stats, the live top view, feedback."""

@@ -1,0 +1,1 @@
+"""What Tether tells its operators: logs, metrics, traces, Sentry reports, redaction."""

@@ -1,0 +1,1 @@
+"""Rolling agents out in production: shadow runs and earned autonomy."""

@@ -1,0 +1,1 @@
+"""Messages between services: the Celery app, the reliable Redis channel, wire messages."""
