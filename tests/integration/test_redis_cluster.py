@@ -206,6 +206,10 @@ def test_a_thread_runs_in_publish_order_across_slots(
     for before, after in itertools.pairwise(states):
         assert before.finished_at is not None and after.created_at >= before.finished_at
     assert json.loads(states[2].result or "{}")["earlier"] == [s.result[:80] for s in states[:2]]
+    # The last run's turn is on the thread's slot, written just after its terminal commit.
+    wait_for(
+        lambda: len(threads.turns(rt, thread)) == len(run_ids), timeout_s=10, what="the last turn"
+    )
     assert [t.run_id for t in threads.turns(rt, thread)] == run_ids
     assert rt.store.client.llen(keys.thread_queue(thread)) == 0
     assert rt.store.client.zscore(keys.THREADS, thread) is not None

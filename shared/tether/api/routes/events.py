@@ -80,7 +80,7 @@ def publish(
     size = len(event.model_dump_json())
     if size > rt.settings.max_event_bytes:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             f"event {event.event_id!r} is {size} bytes, over the "
             f"{rt.settings.max_event_bytes}-byte cap (TETHER_MAX_EVENT_BYTES); "
             "send a reference to large data instead",
