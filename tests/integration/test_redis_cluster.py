@@ -121,14 +121,16 @@ def test_runs_go_through_a_three_node_cluster(
 
     # Every log entry reached the lifecycle stream (another slot) once; nothing is left
     # to apply; the indexes on other nodes hold every run.
+    for run_id in [*run_ids, paid]:
+        # The last commit's writes to other slots are applied just after it, and the
+        # writer removes an applied entry in its next round trip: both after the status a
+        # reader waited for is already committed.
+        spilled = keys.spill(keys.run(run_id))
+        wait_for(lambda s=spilled: rt.store.client.llen(s) == 0, 10, f"{spilled} to empty")
     lifecycle = _lifecycle(rt)
     for run_id in [*run_ids, paid]:
         logged = Counter((run_id, e.kind, str(e.step)) for _, e in rt.store.log.read(run_id))
         assert logged == Counter({k: n for k, n in lifecycle.items() if k[0] == run_id})
-        # The writer removes an applied entry in its next round trip, after the status
-        # a reader waited for is already committed.
-        spilled = keys.spill(keys.run(run_id))
-        wait_for(lambda s=spilled: rt.store.client.llen(s) == 0, 10, f"{spilled} to empty")
         assert rt.store.client.zscore(keys.RUN_INDEX, run_id) is not None
     assert rt.store.client.zcard(keys.PENDING_ESCALATIONS) == 0
     assert rt.store.client.zscore(keys.ALL_ESCALATIONS, record.escalation.escalation_id)
