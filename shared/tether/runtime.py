@@ -13,6 +13,7 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
 from tether.config import Settings, get_settings
+from tether.errors import TetherError
 from tether.observability import tracing
 from tether.observability.metrics import PUBLISHED_AT_HEADER
 from tether.store.connection import connect
@@ -66,12 +67,18 @@ class Runtime:
                 "declare": [],
                 **celery_app.direct_route(queue),
             }
-            if self.broker_is_store and self.store.batch.holding:
-                # Inside a task: the message goes out with the task's held writes
-                # (tether.transport.held_publish).
+            captured = held_publish.captured()
+            if captured is not None and not self.broker_is_store:
+                raise TetherError(
+                    f"{task} was published for a commit to send, but the broker is not the "
+                    "run store's Redis; publish it after the commit instead"
+                )
+            if self.broker_is_store and (captured is not None or self.store.batch.holding):
+                # Inside a task, the message goes out with the task's held writes; inside
+                # a commit's capture, with the commit (tether.transport.held_publish).
                 with (
                     self.celery.producer_or_acquire() as producer,
-                    held_publish.publishing_into(self.store.batch),
+                    held_publish.publishing_into(captured or self.store.batch),
                     producer.batch(),
                 ):
                     self.celery.send_task(task, producer=producer, **options)

@@ -2,8 +2,9 @@
 
 Every message a run needs next (its next step, its pending tool actions, the
 escalations it waits on, a decided escalation's resume) is derived from
-committed state and sent from here, after the commit; sending it again is
-harmless, because every consumer is idempotent. That is how lost messages and
+committed state and sent from here, after the commit, or by the commit itself
+(``action_writes``); sending it again is harmless, because every consumer is
+idempotent. That is how lost messages and
 dead workers are recovered: the reconciler and redelivered messages call the
 same function.
 """
@@ -15,6 +16,8 @@ from tether.escalation import records
 from tether.memory import threads
 from tether.runtime import Runtime
 from tether.store.state import EscalationRecord, RunState, RunStatus
+from tether.store.versioned import SideWrite
+from tether.transport import held_publish
 
 _PLANNING = (RunStatus.queued, RunStatus.running)
 
@@ -55,6 +58,22 @@ def redispatch(rt: Runtime, state: RunState, before: RunState | None = None) -> 
         rt.send_escalation(wait.escalation(state.run_id, state.agent))
         sent.append(wait.escalation_id)
     return sent
+
+
+def publishes_in_commit(rt: Runtime) -> bool:
+    """Whether a commit can send the actions it leaves pending in its own script
+    (``action_writes``): inside a task, where the broker is the run store's Redis."""
+    return rt.broker_is_store and rt.store.batch.holding
+
+
+def action_writes(rt: Runtime, state: RunState) -> list[SideWrite]:
+    """The messages of ``state``'s pending actions as side writes of the commit that
+    leaves them pending: they go out only if it wins, in its own round trip, so the
+    winner publishes with no round trip of its own and a loser publishes nothing."""
+    with held_publish.capturing() as captured:
+        for action in state.pending_actions:
+            rt.send_action(action)
+    return captured.side_writes
 
 
 def _record(rt: Runtime, escalation_id: str) -> EscalationRecord | None:

@@ -14,7 +14,7 @@ from tether.agent.definition import Agent
 from tether.agent.uncertainty import ASK_HUMAN
 from tether.errors import BudgetExhaustedError, InvalidToolCallError
 from tether.models.base import ModelResponse
-from tether.planner import asking, guarding
+from tether.planner import asking, guarding, outbox
 from tether.planner.fencing import escalation_id, published, step_commit
 from tether.planner.refusal import feed_back
 from tether.rollout import autonomy
@@ -155,16 +155,9 @@ def _commit(
         },
     )
 
-    decision = RunEvent(
-        run_id=read.run_id,
-        kind=EventKind.decision,
-        step=step,
-        data={
-            "decision": "tool_calls",
-            "actions": [a.model_dump(mode="json") for a in actions],
-            "awaiting_human": [w.escalation_id for w in waits],
-        },
-    )
+    decision = _decision(read, actions, waits)
+    # Where nothing waits for a human, the actions go out in the commit's own script.
+    in_commit = not waits and outbox.publishes_in_commit(rt)
     try:
         # The tool calls are reserved in the commit's round trip, which goes ahead only if
         # granted; the model call's settlement, held back till then, goes in the same script.
@@ -173,6 +166,7 @@ def _commit(
                 read.run_id,
                 commit,
                 log=lambda _: [decision, *auto],
+                side_writes=(lambda state: outbox.action_writes(rt, state)) if in_commit else None,
                 tool_calls=(f"tools:{step}", len([a for a in actions if a.tool != ASK_HUMAN])),
             )
     except BudgetExhaustedError as exc:
@@ -186,4 +180,19 @@ def _commit(
             f"{exc.reason}; raise max_tool_calls to let it go further",
             append=[assistant],
         )
+    if committed is not None and in_commit:
+        return True
     return published(rt, read.run_id, step, committed)
+
+
+def _decision(read: RunState, actions: list[ToolAction], waits: list[HumanWait]) -> RunEvent:
+    return RunEvent(
+        run_id=read.run_id,
+        kind=EventKind.decision,
+        step=read.step,
+        data={
+            "decision": "tool_calls",
+            "actions": [a.model_dump(mode="json") for a in actions],
+            "awaiting_human": [w.escalation_id for w in waits],
+        },
+    )

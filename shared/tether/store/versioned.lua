@@ -24,9 +24,12 @@
 -- an action's result: users.acl); each shares the document's slot, as a cluster asks.
 -- then, per append: maxlen (0: uncapped), P, and P field/value pairs
 -- then, per side write: its command (ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, and for
--- thread queues, histories and a run's appended lists RPUSH, LREM, LTRIM, DEL), N, and
--- N arguments
+-- thread queues, histories and a run's appended lists RPUSH, LREM, LTRIM, DEL, and for
+-- the messages a commit publishes LPUSH), N, and N arguments
+-- then, per publish, its channel and message (a task event of a message the commit
+-- publishes: channels are no keys, so they are arguments)
 -- then, per tail, the index its entries are wanted from
+-- ARGV[#ARGV - 2]: P, the number of publishes
 -- ARGV[#ARGV - 1]: T, the lists (the T KEYS before the spill list) whose newer entries a
 -- loser gets back
 -- ARGV[#ARGV]: S, 1 when the last key is a spill list, else 0
@@ -40,17 +43,18 @@
 -- asked, found (nil when the key is missing), and nothing is written.
 local allowed = {
   ZADD = true, ZREM = true, HSET = true, HDEL = true, HINCRBY = true, EXPIRE = true,
-  RPUSH = true, LREM = true, LTRIM = true, DEL = true,
+  RPUSH = true, LREM = true, LTRIM = true, DEL = true, LPUSH = true,
 }
 local nspill = tonumber(ARGV[#ARGV])
 local ntails = tonumber(ARGV[#ARGV - 1])
+local npublish = tonumber(ARGV[#ARGV - 2])
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
   local found = redis.call('HMGET', KEYS[1], 'doc', 'generation')
   local lost = {-1, current, found[1], found[2] or '0'}
   for i = 1, ntails do
     lost[#lost + 1] = redis.call(
-      'LRANGE', KEYS[#KEYS - nspill - ntails + i], ARGV[#ARGV - 1 - ntails + i - 1], -1)
+      'LRANGE', KEYS[#KEYS - nspill - ntails + i], ARGV[#ARGV - 3 - ntails + i], -1)
   end
   return lost
 end
@@ -107,6 +111,10 @@ while k <= #KEYS - ntails - nspill do
   redis.call(unpack(call))
   at = at + 2 + nargs
   k = k + 1
+end
+for _ = 1, npublish do
+  redis.call('PUBLISH', ARGV[at], ARGV[at + 1])
+  at = at + 2
 end
 local won = {current + 1}
 if nspill == 1 then

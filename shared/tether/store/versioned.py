@@ -18,6 +18,7 @@ from tether.store.batch import WriteBatch
 from tether.store.scripts import Script
 
 VERSIONED = Script.load("tether.store", "versioned.lua")
+PUBLISH = "PUBLISH"
 
 
 class VersionedDocs:
@@ -83,8 +84,8 @@ class Append:
 class SideWrite:
     """An index or key update that goes in only if the commit it rides with wins."""
 
-    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM, LTRIM or DEL (versioned.lua
-    # allows no others)
+    # ZADD, ZREM, HSET, HDEL, HINCRBY, EXPIRE, RPUSH, LREM, LTRIM, DEL, LPUSH or PUBLISH
+    # (versioned.lua allows no others); a PUBLISH's key is its channel
     command: str
     key: str
     args: tuple[str | int | float, ...]
@@ -121,6 +122,10 @@ def cas_call(
     (tether.store.spill).
     """
     spill_key = None
+    # Channels are no keys: a cluster publishes to every node from any slot, and an ACL
+    # grants them apart (&patterns).
+    publishes = [w for w in side_writes if w.command == PUBLISH]
+    side_writes = [w for w in side_writes if w.command != PUBLISH]
     if cluster:
         away, appends, side_writes = _split(key, appends, side_writes)
         if away is not None:
@@ -149,8 +154,11 @@ def cas_call(
             args += [field, entry]
     for side in side_writes:
         args += [side.command, len(side.args), *side.args]
+    for publish in publishes:
+        (message,) = publish.args
+        args += [publish.key, message]
     args += [index for _, index in tails]
-    args += [len(tails), 0 if spill_key is None else 1]
+    args += [len(publishes), len(tails), 0 if spill_key is None else 1]
     cas_keys = [
         key,
         *expire,

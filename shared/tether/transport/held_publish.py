@@ -17,16 +17,31 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
-from tether.store.batch import WriteBatch
+from tether.errors import TetherError
+from tether.store.versioned import PUBLISH, SideWrite
+
+
+class HeldWrites(Protocol):
+    """Where a message's commands go: a task's held writes (tether.store.batch), or a
+    commit's side writes (``Captured``)."""
+
+    @property
+    def holding(self) -> bool: ...
+
+    def defer(self, command: str, *args: Any) -> bool: ...
+
+    def run(self, build: Any) -> list[Any]: ...
+
 
 # Per thread, and per greenlet under gevent, as the held writes are.
-_into: ContextVar[WriteBatch | None] = ContextVar("tether_held_publish", default=None)
+_into: ContextVar[HeldWrites | None] = ContextVar("tether_held_publish", default=None)
+_captured: ContextVar[Captured | None] = ContextVar("tether_captured_publish", default=None)
 
 
 @contextmanager
-def publishing_into(writes: WriteBatch) -> Iterator[None]:
+def publishing_into(writes: HeldWrites) -> Iterator[None]:
     """Inside, a ``Producer.batch()`` on a Tether channel holds its messages in ``writes``."""
     token = _into.set(writes)
     try:
@@ -35,15 +50,57 @@ def publishing_into(writes: WriteBatch) -> Iterator[None]:
         _into.reset(token)
 
 
-def target() -> WriteBatch | None:
+def target() -> HeldWrites | None:
     return _into.get()
+
+
+class Captured:
+    """The messages published inside ``capturing()``, as side writes of a commit
+    (versioned.lua): they go out only if the commit wins, in its own script."""
+
+    holding = True
+
+    def __init__(self) -> None:
+        self.side_writes: list[SideWrite] = []
+
+    def defer(self, command: str, *args: Any) -> bool:
+        name = command.upper()
+        # kombu's Redis channel delivers a message with LPUSH (its queue) and PUBLISH
+        # (fanout: task events); PEXPIRE only for queues with an expiry, which Tether's lack.
+        if name not in ("LPUSH", PUBLISH):
+            raise TetherError(
+                f"a message published inside a commit asked for {name} {args[:1]}, which a "
+                "commit cannot send; publish it after the commit instead"
+            )
+        key, *rest = args
+        self.side_writes.append(SideWrite(name, str(key), tuple(rest)))
+        return True
+
+    def run(self, build: Any) -> list[Any]:
+        raise TetherError("a captured publish has no round trip of its own")
+
+
+@contextmanager
+def capturing() -> Iterator[Captured]:
+    """Inside, what a Runtime publishes (where the broker is the run store's Redis) is
+    captured as side writes for a commit instead of being sent."""
+    captured = Captured()
+    token = _captured.set(captured)
+    try:
+        yield captured
+    finally:
+        _captured.reset(token)
+
+
+def captured() -> Captured | None:
+    return _captured.get()
 
 
 class HeldPublishes:
     """kombu's publish-batch session (what ``Channel.create_publish_batch`` returns),
     handing the commands of each message to the held writes when the batch ends."""
 
-    def __init__(self, channel: Any, writes: WriteBatch) -> None:
+    def __init__(self, channel: Any, writes: HeldWrites) -> None:
         self.channel = channel
         self.writes = writes
         self._commands: list[tuple[str, tuple[Any, ...]]] = []
