@@ -9,7 +9,9 @@ next round trip, after everything the task wrote before it (Redis runs a
 pipeline's commands in order), and at the latest when the task body ends
 (TetherTask). A worker that dies first has published nothing and acknowledged
 nothing: its message is delivered again, and the handler publishes again, as
-it would after dying between a commit and a publish.
+it would after dying between a commit and a publish. Inside ``capturing()`` its
+commands become side writes of a commit instead (tether.store.versioned), sent by
+the commit's own script only if it wins.
 """
 
 from __future__ import annotations
