@@ -37,14 +37,19 @@ def test_a_full_bucket_lets_the_burst_go_and_queues_the_rest_one_interval_apart(
     slots = [limits.acquire(limiter, f"call{i}") for i in range(8)]
     assert [s.wait_s for s in slots[:4]] == [0.0] * 4
     assert [s.new for s in slots] == [False] * 4 + [True] * 4
-    assert [s.wait_s for s in slots[4:]] == pytest.approx([0.25, 0.5, 0.75, 1.0], abs=0.05)
+    # Slots are times on Redis's clock: read from the first call, so that a slow machine's
+    # time between the calls does not move them.
+    assert [s.start - slots[0].now for s in slots[4:]] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0], abs=0.01
+    )
 
 
 def test_burst_below_one_keeps_headroom(limits: RateLimits) -> None:
-    limiter = model_limiter("http://e/v1", "m", per_s(10, burst=0.5))
-    waits = [limits.acquire(limiter, f"call{i}").wait_s for i in range(6)]
-    assert waits[:5] == [0.0] * 5
-    assert waits[5] == pytest.approx(0.1, abs=0.02)
+    # 10 per 10 s: one a second, so the time the calls take does not refill the bucket.
+    limiter = model_limiter("http://e/v1", "m", RateLimit(requests=10, window_s=10.0, burst=0.5))
+    slots = [limits.acquire(limiter, f"call{i}") for i in range(6)]
+    assert [s.wait_s for s in slots[:5]] == [0.0] * 5
+    assert slots[5].start - slots[0].now == pytest.approx(1.0, abs=0.01)
 
 
 def test_asking_again_before_the_slot_gets_the_same_slot_and_waits_once(
@@ -64,14 +69,16 @@ def test_a_call_is_charged_when_it_goes_so_late_callers_cannot_bunch(
     limits: RateLimits,
 ) -> None:
     limiter = model_limiter("http://e/v1", "m", per_s(2))
-    assert [limits.acquire(limiter, x).wait_s for x in "ab"] == [0.0, 0.0]
-    assert limits.acquire(limiter, "c").wait_s == pytest.approx(0.5, abs=0.02)
-    assert limits.acquire(limiter, "d").wait_s == pytest.approx(1.0, abs=0.02)
+    first, second = (limits.acquire(limiter, x) for x in "ab")
+    assert (first.wait_s, second.wait_s) == (0.0, 0.0)
+    assert limits.acquire(limiter, "c").start - first.now == pytest.approx(0.5, abs=0.01)
+    assert limits.acquire(limiter, "d").start - first.now == pytest.approx(1.0, abs=0.01)
     time.sleep(1.2)  # both come late, together: the bucket decides, not their old slots
-    assert limits.acquire(limiter, "c").wait_s == 0.0
+    late = limits.acquire(limiter, "c")
+    assert late.wait_s == 0.0
     assert limits.acquire(limiter, "d").wait_s == 0.0
     # Two went just now: the next waits for the bucket (charged at 1.2 s, not at 0.5 and 1).
-    assert limits.acquire(limiter, "e").wait_s == pytest.approx(0.5, abs=0.05)
+    assert limits.acquire(limiter, "e").start - late.now == pytest.approx(0.5, abs=0.05)
 
 
 def test_callers_queued_go_before_a_newcomer(limits: RateLimits) -> None:
@@ -86,18 +93,23 @@ def test_callers_queued_go_before_a_newcomer(limits: RateLimits) -> None:
 
 def test_tokens_are_charged_at_the_bound_and_the_unused_given_back(limits: RateLimits) -> None:
     limiter = model_limiter("http://e/v1", "m", RateLimit(tokens=1000, window_s=10.0, burst=1.0))
-    assert limits.acquire(limiter, "a", tokens=800).wait_s == 0.0
+    first = limits.acquire(limiter, "a", tokens=800)
+    assert first.wait_s == 0.0
     limits.settle(limiter, "a", tokens_unused=700)  # it used 100
     # Without the 700 back, this one would wait 6 s for its 800.
     assert limits.acquire(limiter, "b", tokens=800).wait_s == 0.0
     # 900 of 1000 charged: a call bounded at 400 waits for 300 tokens (3 s).
-    assert limits.acquire(limiter, "c", tokens=400).wait_s == pytest.approx(3.0, abs=0.02)
+    assert limits.acquire(limiter, "c", tokens=400).start - first.now == pytest.approx(
+        3.0, abs=0.01
+    )
 
 
 def test_a_call_over_the_whole_allowance_waits_for_a_full_bucket(limits: RateLimits) -> None:
     limiter = model_limiter("http://e/v1", "m", RateLimit(tokens=100, window_s=1.0, burst=1.0))
-    assert limits.acquire(limiter, "a", tokens=50).wait_s == 0.0
-    assert limits.acquire(limiter, "b", tokens=10_000).wait_s == pytest.approx(0.5, abs=0.02)
+    first = limits.acquire(limiter, "a", tokens=50)
+    assert first.wait_s == 0.0
+    whole = limits.acquire(limiter, "b", tokens=10_000)
+    assert whole.start - first.now == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_pause_holds_every_model_of_the_endpoint(limits: RateLimits) -> None:
@@ -125,12 +137,13 @@ def test_no_limit_and_no_pause_writes_nothing(limits: RateLimits, runtime: Runti
 
 def test_tool_calls_per_second(limits: RateLimits) -> None:
     limiter = tool_limiter("search", 2.0)
-    waits = [limits.acquire(limiter, f"act{i}").wait_s for i in range(4)]
-    assert waits == pytest.approx([0.0, 0.0, 0.5, 1.0], abs=0.02)
+    slots = [limits.acquire(limiter, f"act{i}") for i in range(4)]
+    assert [s.wait_s for s in slots[:2]] == [0.0, 0.0]
+    assert [s.start - slots[0].now for s in slots[2:]] == pytest.approx([0.5, 1.0], abs=0.01)
     slow = tool_limiter("slow", 0.5)
-    assert [limits.acquire(slow, f"s{i}").wait_s for i in range(2)] == pytest.approx(
-        [0.0, 2.0], abs=0.02
-    )
+    first, second = (limits.acquire(slow, f"s{i}") for i in range(2))
+    assert first.wait_s == 0.0
+    assert second.start - first.now == pytest.approx(2.0, abs=0.01)
 
 
 def test_endpoints_of_model_clients() -> None:
