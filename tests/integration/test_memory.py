@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.helpers import wait_for
 from tests.memory_agents import ledger_path
 from tests.stacks import started_stack
 from tether import client
@@ -141,9 +142,9 @@ def test_an_event_ahead_of_an_earlier_one_waits_for_it_its_rejection_or_the_gap(
     published_at: dict[int, float] = {}
     # The second reaches intake first: it waits for the first, holding no worker.
     second = publish(2)
-    time.sleep(1.0)
+    # Intake queued it (however long a loaded machine took to get there), and ran nothing.
+    wait_for(lambda: threads.queued(mrt, thread) == [f"{thread}-2"], 20, "the second queued")
     assert mrt.store.get(second) is None
-    assert threads.queued(mrt, thread) == [f"{thread}-2"]
     first = publish(1)
     one, two = done(mrt, first), done(mrt, second)
     assert one.status == two.status == RunStatus.succeeded
