@@ -148,6 +148,7 @@ def test_a_429_with_retry_after_pauses_the_endpoint_for_every_step(
 ) -> None:
     agent = agent_for(server)
     server.schedule = [Fault.rate_limit]
+    asked = time.time()
     first = start(runtime, agent, "rl-429-first")
     # Handed back at once, not retried in the worker: one request reached the server.
     assert len(server.requests) == 1
@@ -156,12 +157,20 @@ def test_a_429_with_retry_after_pauses_the_endpoint_for_every_step(
     (wait,) = waits(runtime, first)
     assert wait["why"] == "429 Retry-After" and 2.0 <= wait["seconds"] <= 4.05
     pause = runtime.store.client.get(keys.ratelimit(server.base_url, "pause"))
-    assert pause is not None and float(pause) > time.time() + 1.5
+    # Retry-After (2 s) from the 429, which came after `asked` (Redis's clock is this one).
+    assert pause is not None and float(pause) >= asked + 2.0 - 0.01
 
+    # The second is held to the pause's end: its wait is what is left of it when it asks
+    # (a little later, so that it differs from the whole pause), read against this
+    # machine's clock around its start, however long that took.
+    time.sleep(0.1)
+    before = time.time()
     second = start(runtime, agent, "rl-429-second")
+    after = time.time()
     assert len(server.requests) == 1  # the pause holds every run's calls to the endpoint
     (held,) = waits(runtime, second)
-    assert held["why"] == "rate limit" and 1.5 < held["seconds"] <= 2.05
+    assert held["why"] == "rate limit" and held["until"] == pytest.approx(float(pause))
+    assert float(pause) - after - 0.005 <= held["seconds"] <= float(pause) - before + 0.005
     assert runtime.store.budgets.usage(first).steps == 1  # its reservation waits with it
 
 
