@@ -110,7 +110,12 @@ def test_lease_is_exclusive_renewed_and_lapses_when_its_holder_stops(runtime: Ru
     time.sleep(1.0)  # past the ttl: the renewer kept it alive
     assert not Lease(client, "tether:test:lease", ttl_s=0.6).acquire()
     first.stop_renewing()  # the holder "dies": renewals stop
-    time.sleep(0.8)
+    # It lapses a ttl after its last renewal, which may still have been on its way (a
+    # loaded machine may land it late): wait for that, not for a fixed time.
+    deadline = time.monotonic() + 5
+    while client.exists("tether:test:lease"):
+        assert time.monotonic() < deadline, "the lease did not lapse once its renewals stopped"
+        time.sleep(0.05)
     second = Lease(client, "tether:test:lease", ttl_s=0.6)
     assert second.acquire()
     second.release()
