@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from tests.agents import ledger_path
 from tether import Agent, ScriptedModel, ToolContext, tool
@@ -20,11 +21,21 @@ def _write(line: str) -> None:
         ledger.write(line + "\n")
 
 
+def _until_released(name: str) -> None:
+    """Work until the test opens the gate ``name`` (a file in SHUTDOWN_GATES), at most
+    25 s: the test decides when the work in a worker's hands is done, not a fixed time a
+    loaded machine may spend before the test has looked."""
+    gate = Path(os.environ["SHUTDOWN_GATES"]) / name
+    deadline = time.monotonic() + 25
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @tool(idempotent=False, timeout_s=30)
 def settle(ctx: ToolContext, cents: int) -> str:
     """Settle a payment: it must happen exactly once, and takes a while."""
     _write(f"{ctx.run_id} settle started")
-    time.sleep(float(os.environ.get("SHUTDOWN_TOOL_S", "3")))
+    _until_released(ctx.run_id)
     _write(f"{ctx.run_id} settle done")
     return f"settled {cents}"
 
@@ -55,7 +66,7 @@ def _slow_model(messages: list[ChatMessage]) -> ModelResponse:
     step = sum(1 for m in messages if m.role == "assistant")
     run = next((m.content for m in messages if m.role == "user"), "")
     _write(f"{run} model started {step}")
-    time.sleep(float(os.environ.get("SHUTDOWN_MODEL_S", "3")))
+    _until_released(run or "")
     _write(f"{run} model done {step}")
     return tool_call("jot") if step == 0 else text("jotted")
 

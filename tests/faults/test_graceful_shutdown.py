@@ -32,8 +32,9 @@ from tether.transport.celery_app import PLAN_QUEUE, TOOLS_QUEUE
 from tether.transport.consumers import CONSUMER_DEAD_AFTER_S
 from tether.transport.delivery import deliveries
 
-TOOL_S = 3.0
-MODEL_S = 3.0
+# Once the test opens a tool's or model call's gate (tests.shutdown_agents), the worker
+# finishing it exits within this.
+EXITS_WITHIN_S = 5.0
 # Well under CONSUMER_DEAD_AFTER_S: what a SIGTERMed worker did not run must not
 # wait for its heartbeat to lapse.
 BACK_WITHIN_S = 2.0
@@ -44,11 +45,7 @@ def shutdown_stack(
     ledger_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DevStack]:
     logs = Path(tmp_path_factory.mktemp("shutdown-logs"))
-    env = {
-        "LEDGER_DIR": str(ledger_dir),
-        "SHUTDOWN_TOOL_S": str(TOOL_S),
-        "SHUTDOWN_MODEL_S": str(MODEL_S),
-    }
+    env = {"LEDGER_DIR": str(ledger_dir), "SHUTDOWN_GATES": str(gates(shutdown_logs=logs))}
     with started_stack(
         DevStack(agent_modules=["tests.shutdown_agents"], concurrency=2, log_dir=logs, env=env)
     ) as stack:
@@ -58,6 +55,21 @@ def shutdown_stack(
 @pytest.fixture
 def srt(shutdown_stack: DevStack) -> Runtime:
     return Runtime(Settings(redis_url=shutdown_stack.redis_url))
+
+
+def gates(shutdown_logs: Path) -> Path:
+    """The folder of the gates the agents' tool and model calls wait on."""
+    folder = shutdown_logs / "gates"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def open_gates(stack: DevStack, names: list[str]) -> float:
+    """Let those calls finish; returns when."""
+    assert stack.log_dir is not None
+    for name in names:
+        (gates(stack.log_dir) / name).touch()
+    return time.monotonic()
 
 
 def consumer_of(broker: redis.Redis, queue: str) -> str:
@@ -95,13 +107,12 @@ def drains_then_exits(
     queue: str,
     old: subprocess.Popen[bytes],
     consumer: str,
-    sent: float,
     holding: int,
-    work_s: float,
+    release: list[str],
 ) -> float:
     """The SIGTERMed ``service`` worker holds only its ``holding`` messages in hand while
-    two late ones wait on ``queue``, then exits within ``work_s`` plus a margin once a
-    new worker is up; returns when it exited."""
+    two late ones wait on ``queue``, their work held until this opens the ``release``
+    gates; then, a new worker up, it exits within EXITS_WITHIN_S; returns when it exited."""
     broker = redis.Redis.from_url(stack.redis_url)
     time.sleep(1.0)  # a worker that still consumed would have taken one by now
     assert old.poll() is None, "it exited before the work in its hands was done"
@@ -111,9 +122,11 @@ def drains_then_exits(
     assert queued_deliveries(broker, queue) == [1, 1]
 
     stack.start_worker(service)
-    assert old.wait(timeout=work_s + 10) == 0
+    released = open_gates(stack, release)
+    assert old.wait(timeout=EXITS_WITHIN_S + 10) == 0
     exited = time.monotonic()
-    assert exited - sent < work_s + 5, f"exited {exited - sent:.1f}s after SIGTERM"
+    took = exited - released
+    assert took < EXITS_WITHIN_S, f"exited {took:.1f}s after its work was done"
     # Gone at once, not when its heartbeat lapses: nothing of it left to recover.
     assert_gone(broker, consumer)
     # Its SIGTERM handler ran without an error (under gevent, starting a thread there
@@ -137,7 +150,7 @@ def test_executor_sigtermed_mid_tool_finishes_it_once_and_leaves_the_rest_to_oth
 
     wait_for(lambda: all(started(r) for r in running), timeout_s=20, what="the tool to start")
     old_consumer = consumer_of(broker, TOOLS_QUEUE)
-    sent = sigterm(old)
+    sigterm(old)
     # Published while it drains: a draining executor must leave them on the queue.
     late = [client.submit("settler", f"late {i}", runtime=srt) for i in range(2)]
     wait_for(
@@ -147,14 +160,14 @@ def test_executor_sigtermed_mid_tool_finishes_it_once_and_leaves_the_rest_to_oth
     )
     # The running tool is all it holds.
     exited = drains_then_exits(
-        shutdown_stack, "executor", TOOLS_QUEUE, old, old_consumer, sent, 1, TOOL_S
+        shutdown_stack, "executor", TOOLS_QUEUE, old, old_consumer, 1, running + late
     )
 
     for run_id in running + late:
         state = wait_status(srt, run_id, "succeeded", timeout_s=25)
         assert state.result == "settled"
     took = time.monotonic() - exited
-    assert took < CONSUMER_DEAD_AFTER_S + TOOL_S + 10  # the new worker's start included
+    assert took < CONSUMER_DEAD_AFTER_S + 10  # the new worker's start included
 
     ledger = Counter(read_ledger())
     for run_id in running + late:
@@ -180,7 +193,7 @@ def test_planner_sigtermed_mid_model_call_commits_each_step_once(
 
     wait_for(lambda: all(in_call(x) for x in thinking.values()), timeout_s=20, what="model calls")
     old_consumer = consumer_of(broker, PLAN_QUEUE)
-    sent = sigterm(old)
+    sigterm(old)
     late = {client.submit("ponderer", f"late {i}", runtime=srt): f"late {i}" for i in range(2)}
     wait_for(
         lambda: broker.llen(PLAN_QUEUE) == 2 and old.poll() is None,
@@ -188,7 +201,8 @@ def test_planner_sigtermed_mid_model_call_commits_each_step_once(
         what="the late events to wait on the queue while it drains",
     )
     # Both model calls are all it holds.
-    drains_then_exits(shutdown_stack, "planner", PLAN_QUEUE, old, old_consumer, sent, 2, MODEL_S)
+    release = [*thinking.values(), *late.values()]
+    drains_then_exits(shutdown_stack, "planner", PLAN_QUEUE, old, old_consumer, 2, release)
     ledger = Counter(read_ledger())
     for label in thinking.values():
         # The call in flight at SIGTERM returned, in the worker that made it.
