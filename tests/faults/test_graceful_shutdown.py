@@ -33,8 +33,9 @@ from tether.transport.consumers import CONSUMER_DEAD_AFTER_S
 from tether.transport.delivery import deliveries
 
 # Once the test opens a tool's or model call's gate (tests.shutdown_agents), the worker
-# finishing it exits within this.
-EXITS_WITHIN_S = 5.0
+# finishing it exits within this: its commit, Celery's warm shutdown and the pool's, while
+# the new worker starts beside it on a loaded machine (CI took 5.1 s once).
+EXITS_WITHIN_S = 10.0
 # Well under CONSUMER_DEAD_AFTER_S: what a SIGTERMed worker did not run must not
 # wait for its heartbeat to lapse.
 BACK_WITHIN_S = 2.0
