@@ -19,6 +19,7 @@ from tether.dev.redis_server import RedisServer
 from tether.dev.stack import DevStack
 from tether.models import from_turns
 from tether.runtime import Runtime
+from tether.store.connection import connect
 from tether.testing.openai_server import ScriptedOpenAIServer
 
 UNIT_DB = 1
@@ -55,6 +56,12 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 @pytest.fixture
 def runtime(redis_url: str) -> Runtime:
     return Runtime(Settings(redis_url=redis_url))
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    """A client of the unit tests' clean database, as the run store connects."""
+    return connect(redis_url)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from tether.runtime import Runtime
 from tether.store import keys
 from tether.store.batch import WriteBatch
 from tether.store.budgets import Budgets, Reservation
-from tether.store.connection import connect
 from tether.store.runs import RunStore, run_id_for
 from tether.store.state import ChatMessage, RunState
 from tether.transport.wire import BudgetLimits, TaskEvent
@@ -24,11 +23,6 @@ from tether.transport.wire import BudgetLimits, TaskEvent
 @pytest.fixture(autouse=True, scope="module")
 def _agents() -> None:
     load_agent_modules(["tests.agents"])
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return connect(redis_url)
 
 
 @pytest.fixture

@@ -17,11 +17,6 @@ from tether.transport.wire import BudgetLimits
 
 
 @pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return connect(redis_url)
-
-
-@pytest.fixture
 def budgets(client: redis.Redis) -> Budgets:
     return Budgets(client)
 

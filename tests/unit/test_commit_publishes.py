@@ -18,7 +18,6 @@ from tether.errors import StaleStateError, TetherError
 from tether.planner import outbox
 from tether.runtime import Runtime
 from tether.store.batch import WriteBatch
-from tether.store.connection import connect
 from tether.store.versioned import SideWrite, VersionedDocs
 from tether.transport import held_publish
 from tether.transport.celery_app import TOOLS_QUEUE
@@ -28,11 +27,6 @@ from tether.transport.wire import ToolAction
 @pytest.fixture(autouse=True, scope="module")
 def _agents() -> None:
     load_agent_modules(["tests.agents"])
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return connect(redis_url)
 
 
 @pytest.fixture

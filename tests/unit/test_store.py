@@ -21,11 +21,6 @@ from tether.transport.wire import BudgetLimits, EventKind, Observation, RunEvent
 
 
 @pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return connect(redis_url)
-
-
-@pytest.fixture
 def store(client: redis.Redis) -> RunStore:
     return RunStore(client, run_ttl_s=3600)
 
